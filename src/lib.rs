@@ -1,1 +1,27 @@
+//! interop-gateway: the mTLS gRPC gateway through which agencies read citizen,
+//! land and business registry records, purpose-bound and field-minimal.
+//!
+//! A call arrives over TLS ([`server`], [`tls`]), is given an identity
+//! ([`identity`]), is checked against grants ([`policy`], [`fieldmask`]), is
+//! answered from a registry ([`registry`]) through a thin service adapter
+//! ([`service`]), and is logged.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod dev;
+pub mod domain;
+pub mod error;
+pub mod fieldmask;
+pub mod identity;
+pub mod pki;
+pub mod policy;
 pub mod proto;
+pub mod registry;
+pub mod schema;
+pub mod server;
+pub mod service;
+pub mod tls;

@@ -1,0 +1,249 @@
+//! `interop-gateway call`: a small operator client. Takes the request as
+//! proto3 JSON, prints the response as proto3 JSON, or the error with its
+//! `google.rpc` details as JSON (and exits 1).
+
+use std::path::PathBuf;
+
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::{json, Value};
+use tonic_types::StatusExt;
+
+use super::{load_config, runtime, ConfigArg, Failure, EXIT_CONFIG, EXIT_FAILED};
+use crate::{
+    client::{AgencyIdentity, Client},
+    pki::Layout,
+    policy::{self, METHODS},
+};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Agency to call as; its certificate is read from the dev PKI unless
+    /// --cert/--key are given.
+    #[arg(long)]
+    pub agency: Option<String>,
+    /// Gateway address (default: the config's `listen`).
+    #[arg(long)]
+    pub addr: Option<String>,
+    /// CA certificate that issued the gateway's certificate (default: tls.client_ca).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain, PEM.
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Client private key, PEM.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Full method name (`interop.citizen.v1.CitizenRegistryService/GetCitizen`) or
+    /// just the method (`GetCitizen`).
+    pub method: String,
+    /// The request as proto3 JSON, e.g. '{"context": {...}, "personalId": "..."}'.
+    pub request: String,
+}
+
+/// The canonical name of a gRPC status code.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// A status and its `google.rpc` details as JSON.
+pub fn status_json(status: &tonic::Status) -> Value {
+    let details = status.get_error_details();
+    let mut out = serde_json::Map::new();
+    if let Some(info) = details.error_info() {
+        out.insert(
+            "errorInfo".into(),
+            json!({"reason": info.reason, "domain": info.domain, "metadata": info.metadata}),
+        );
+    }
+    if let Some(bad) = details.bad_request() {
+        let v: Vec<Value> = bad
+            .field_violations
+            .iter()
+            .map(|f| json!({"field": f.field, "description": f.description}))
+            .collect();
+        out.insert("badRequest".into(), json!({ "fieldViolations": v }));
+    }
+    if let Some(r) = details.resource_info() {
+        out.insert(
+            "resourceInfo".into(),
+            json!({"resourceType": r.resource_type, "resourceName": r.resource_name, "description": r.description}),
+        );
+    }
+    json!({
+        "code": code_name(status.code()),
+        "message": status.message(),
+        "details": Value::Object(out),
+    })
+}
+
+/// `lowerCamelCase` -> `snake_case`, for one field-mask path segment.
+fn snake_case(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 4);
+    for c in s.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Accepts `readMask` in its canonical proto3-JSON form, a string of
+/// comma-separated lowerCamelCase paths (`"fullName,permanentAddress.provinceCode"`),
+/// as well as the `{"paths": [...]}` object form.
+fn canonical_read_mask(request: &mut Value) {
+    for key in ["readMask", "read_mask"] {
+        if let Some(Value::String(mask)) = request.get(key) {
+            let paths: Vec<Value> = mask
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(|p| Value::String(p.split('.').map(snake_case).collect::<Vec<_>>().join(".")))
+                .collect();
+            request[key] = json!({ "paths": paths });
+        }
+    }
+}
+
+fn parse<T: DeserializeOwned>(text: &str, method: &str) -> Result<T, Failure> {
+    let invalid = |e: serde_json::Error| {
+        Failure::new(
+            EXIT_CONFIG,
+            format!("request is not a valid {method} request: {e}"),
+        )
+    };
+    let mut value: Value = serde_json::from_str(text).map_err(invalid)?;
+    canonical_read_mask(&mut value);
+    serde_json::from_value(value).map_err(invalid)
+}
+
+fn show<T: Serialize>(
+    r: Result<tonic::Response<T>, tonic::Status>,
+) -> Result<Value, tonic::Status> {
+    r.map(|resp| serde_json::to_value(resp.into_inner()).unwrap_or(Value::Null))
+}
+
+pub fn run(args: Args) -> Result<(), Failure> {
+    let config = load_config(&args.config.config)?;
+    let method = METHODS
+        .iter()
+        .copied()
+        .find(|m| m.name == args.method || m.name.rsplit('/').next() == Some(args.method.as_str()))
+        .ok_or_else(|| {
+            let known: Vec<&str> = METHODS.iter().map(|m| m.name).collect();
+            Failure::new(
+                EXIT_CONFIG,
+                format!(
+                    "unknown method {:?}; one of: {}",
+                    args.method,
+                    known.join(", ")
+                ),
+            )
+        })?;
+    let layout = Layout::new(config.pki_dir());
+    let (cert, key) = match (&args.cert, &args.key, &args.agency) {
+        (Some(c), Some(k), _) => (c.clone(), k.clone()),
+        (_, _, Some(a)) => (layout.agency_cert(a), layout.agency_key(a)),
+        _ => {
+            return Err(Failure::new(
+                EXIT_CONFIG,
+                "give --agency CODE (dev PKI) or --cert and --key",
+            ))
+        }
+    };
+    let ca = args
+        .ca
+        .clone()
+        .unwrap_or_else(|| config.tls.client_ca.clone());
+    let identity =
+        AgencyIdentity::from_files(&ca, &cert, &key).map_err(|e| Failure::new(EXIT_CONFIG, e))?;
+    let addr = args.addr.clone().unwrap_or_else(|| {
+        let l = config.listen;
+        if l.ip().is_unspecified() {
+            format!("127.0.0.1:{}", l.port())
+        } else {
+            l.to_string()
+        }
+    });
+    let rt = runtime()?;
+    let result = rt.block_on(async {
+        let mut client = Client::connect(&addr, &identity)
+            .await
+            .map_err(|e| Failure::new(EXIT_FAILED, e))?;
+        let text = args.request.as_str();
+        let answer = match method {
+            m if m == policy::GET_CITIZEN => show(
+                client
+                    .citizen
+                    .get_citizen(parse::<crate::proto::citizen::v1::GetCitizenRequest>(
+                        text, m.name,
+                    )?)
+                    .await,
+            ),
+            m if m == policy::GET_PARCEL => show(
+                client
+                    .land
+                    .get_parcel(parse::<crate::proto::land::v1::GetParcelRequest>(
+                        text, m.name,
+                    )?)
+                    .await,
+            ),
+            m if m == policy::LIST_PARCELS_BY_HOLDER => show(
+                client
+                    .land
+                    .list_parcels_by_holder(parse::<
+                        crate::proto::land::v1::ListParcelsByHolderRequest,
+                    >(text, m.name)?)
+                    .await,
+            ),
+            m => show(
+                client
+                    .business
+                    .get_enterprise(parse::<crate::proto::business::v1::GetEnterpriseRequest>(
+                        text, m.name,
+                    )?)
+                    .await,
+            ),
+        };
+        Ok::<_, Failure>(answer)
+    })?;
+    match result {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            Ok(())
+        }
+        Err(status) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&status_json(&status)).unwrap_or_default()
+            );
+            Err(Failure::new(
+                EXIT_FAILED,
+                format!("{}: {}", code_name(status.code()), status.message()),
+            ))
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! `interop-gateway serve`.
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
+
+use super::{load_config, runtime, ConfigArg, Failure, EXIT_CONFIG, EXIT_FAILED};
+use crate::{config::LogFormat, dev, server};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub config: ConfigArg,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+pub fn run(args: Args) -> Result<(), Failure> {
+    let config = load_config(&args.config.config)?;
+    init_logging(config.log_format);
+    if config.dev {
+        let mut done = dev::ensure_pki(&config)
+            .map_err(|e| Failure::new(EXIT_FAILED, format!("dev PKI: {e}")))?;
+        done.extend(
+            dev::ensure_store(&config)
+                .map_err(|e| Failure::new(EXIT_FAILED, format!("dev store: {e:#}")))?,
+        );
+        for line in done {
+            tracing::info!("dev config: {line}");
+        }
+    }
+    config
+        .check_files()
+        .map_err(|e| Failure::new(EXIT_CONFIG, e))?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let agencies = config.agencies.len();
+        let trust_domain = config.trust_domain.clone();
+        let running = server::start(config)
+            .await
+            .map_err(|e| Failure::new(EXIT_FAILED, e))?;
+        tracing::info!(
+            addr = %running.addr,
+            %trust_domain,
+            agencies,
+            "serving (mutual TLS; health and reflection on the same port)"
+        );
+        let stop = running.shutdown_handle();
+        tokio::spawn(async move {
+            server::termination_signal().await;
+            tracing::info!("shutting down: no new connections; finishing calls in flight");
+            let _ = stop.send(true);
+        });
+        running
+            .wait()
+            .await
+            .map_err(|e| Failure::new(EXIT_FAILED, e))?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}

@@ -1,0 +1,287 @@
+//! The TOML config: parse, validate, resolve paths. A [`Config`] only exists
+//! validated: every error names the file, the key and what to change. Relative
+//! paths resolve from the config file's folder; unknown keys are errors.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+use crate::{
+    domain,
+    fieldmask::PathSet,
+    policy::{self, Grant, Policy},
+    schema::Schema,
+};
+
+/// A config that cannot be used, with a message naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: String,
+    trust_domain: String,
+    data_dir: PathBuf,
+    #[serde(default)]
+    dev: bool,
+    #[serde(default)]
+    log_format: LogFormat,
+    tls: RawTls,
+    #[serde(default)]
+    agency: Vec<RawAgency>,
+    #[serde(default)]
+    grant: Vec<RawGrant>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: PathBuf,
+    #[serde(default)]
+    crls: Vec<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgency {
+    code: String,
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrant {
+    agency: String,
+    method: String,
+    procedures: Vec<String>,
+    #[serde(default)]
+    fields: Vec<String>,
+}
+
+/// How `serve` writes its log lines.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable `key=value` lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Files of the gateway's TLS identity and of the agencies' trust anchors.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+    pub crls: Vec<PathBuf>,
+}
+
+/// A configured agency.
+#[derive(Clone, Debug)]
+pub struct Agency {
+    pub code: String,
+    pub name: String,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub listen: SocketAddr,
+    pub trust_domain: String,
+    pub data_dir: PathBuf,
+    /// The config marks itself as a development config: `serve` may create a
+    /// missing dev PKI and demo store.
+    pub dev: bool,
+    pub log_format: LogFormat,
+    pub tls: TlsFiles,
+    pub agencies: BTreeMap<String, Agency>,
+    pub policy: Policy,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            message: format!("cannot read config: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates config text as if read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let err = |message: String| ConfigError {
+            file: path.display().to_string(),
+            message,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let mut msg = e.message().to_owned();
+            if let Some(span) = e.span() {
+                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                msg = format!("line {line}: {msg}");
+            }
+            err(msg)
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
+
+        let listen: SocketAddr = raw.listen.parse().map_err(|e| {
+            err(format!(
+                "listen: {:?} is not an address with a port, like \"127.0.0.1:50051\" ({e})",
+                raw.listen
+            ))
+        })?;
+        let td = &raw.trust_domain;
+        let td_ok = !td.is_empty()
+            && td.len() <= 255
+            && td.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'_'
+            });
+        if !td_ok {
+            return Err(err(format!(
+                "trust_domain: {td:?} is not a SPIFFE trust domain (lowercase letters, digits, '.', '-', '_')"
+            )));
+        }
+
+        let mut agencies = BTreeMap::new();
+        for (i, a) in raw.agency.iter().enumerate() {
+            domain::agency::parse_agency_code(&a.code)
+                .map_err(|e| err(format!("agency[{i}].code: {e}")))?;
+            if a.name.trim().is_empty() {
+                return Err(err(format!("agency[{i}].name: must not be empty")));
+            }
+            if agencies
+                .insert(
+                    a.code.clone(),
+                    Agency {
+                        code: a.code.clone(),
+                        name: a.name.clone(),
+                    },
+                )
+                .is_some()
+            {
+                return Err(err(format!(
+                    "agency[{i}].code: {:?} is configured twice",
+                    a.code
+                )));
+            }
+        }
+
+        let schema = Schema::gateway();
+        let mut grants = Vec::new();
+        for (i, g) in raw.grant.iter().enumerate() {
+            if !agencies.contains_key(&g.agency) {
+                return Err(err(format!(
+                    "grant[{i}].agency: {:?} is not a configured agency (add an [[agency]] with this code)",
+                    g.agency
+                )));
+            }
+            let Some(method) = policy::method(&g.method) else {
+                let known: Vec<&str> = policy::METHODS.iter().map(|m| m.name).collect();
+                return Err(err(format!(
+                    "grant[{i}].method: {:?} is not a method of this gateway; one of: {}",
+                    g.method,
+                    known.join(", ")
+                )));
+            };
+            if g.procedures.is_empty() {
+                return Err(err(format!(
+                    "grant[{i}].procedures: must name at least one procedure code"
+                )));
+            }
+            for (j, p) in g.procedures.iter().enumerate() {
+                domain::agency::parse_procedure_code(p)
+                    .map_err(|e| err(format!("grant[{i}].procedures[{j}]: {e}")))?;
+            }
+            if g.fields.is_empty() {
+                return Err(err(format!(
+                    "grant[{i}].fields: {} returns {} records; name the fields this grant may read",
+                    method.name, method.record
+                )));
+            }
+            for (j, f) in g.fields.iter().enumerate() {
+                schema
+                    .resolve(method.record, f)
+                    .map_err(|e| err(format!("grant[{i}].fields[{j}]: {e}")))?;
+            }
+            grants.push(Grant {
+                agency: g.agency.clone(),
+                method,
+                procedures: g.procedures.clone(),
+                fields: PathSet::new(&g.fields),
+            });
+        }
+
+        Ok(Config {
+            path: path.to_owned(),
+            listen,
+            trust_domain: raw.trust_domain.clone(),
+            data_dir: resolve(&raw.data_dir),
+            dev: raw.dev,
+            log_format: raw.log_format,
+            tls: TlsFiles {
+                cert: resolve(&raw.tls.cert),
+                key: resolve(&raw.tls.key),
+                client_ca: resolve(&raw.tls.client_ca),
+                crls: raw.tls.crls.iter().map(|p| resolve(p)).collect(),
+            },
+            agencies,
+            policy: Policy::new(grants),
+        })
+    }
+
+    /// The embedded store's file.
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("registry.sqlite")
+    }
+
+    /// Folder of the dev PKI: the folder of `tls.client_ca`.
+    pub fn pki_dir(&self) -> PathBuf {
+        self.tls
+            .client_ca
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+
+    /// Checks that every TLS file exists, naming the key of the first missing one.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        let mut files = vec![
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+            ("tls.client_ca", &self.tls.client_ca),
+        ];
+        for crl in &self.tls.crls {
+            files.push(("tls.crls", crl));
+        }
+        for (key, file) in files {
+            if !file.is_file() {
+                return Err(ConfigError {
+                    file: self.path.display().to_string(),
+                    message: format!("{key}: file {} does not exist", file.display()),
+                });
+            }
+        }
+        Ok(())
+    }
+}

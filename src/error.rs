@@ -1,0 +1,139 @@
+//! The one error type of request handling, and the one place where it becomes
+//! a `tonic::Status` with `google.rpc` details (`ErrorInfo`, `BadRequest`,
+//! `ResourceInfo`). Reasons are stable strings clients can switch on.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+/// `ErrorInfo.domain` of every error the gateway returns.
+pub const ERROR_DOMAIN: &str = "interop-gateway";
+
+/// Stable `ErrorInfo.reason` values.
+pub mod reason {
+    pub const NO_AGENCY_IDENTITY: &str = "NO_AGENCY_IDENTITY";
+    pub const WRONG_TRUST_DOMAIN: &str = "WRONG_TRUST_DOMAIN";
+    pub const UNKNOWN_AGENCY: &str = "UNKNOWN_AGENCY";
+    pub const INVALID_ARGUMENT: &str = "INVALID_ARGUMENT";
+    pub const INVALID_FIELD_MASK: &str = "INVALID_FIELD_MASK";
+    pub const METHOD_NOT_GRANTED: &str = "METHOD_NOT_GRANTED";
+    pub const PROCEDURE_NOT_GRANTED: &str = "PROCEDURE_NOT_GRANTED";
+    pub const FIELD_NOT_GRANTED: &str = "FIELD_NOT_GRANTED";
+    pub const RECORD_NOT_FOUND: &str = "RECORD_NOT_FOUND";
+    pub const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
+    pub const INTERNAL: &str = "INTERNAL";
+}
+
+/// One field violation: the request field path and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub field: String,
+    pub description: String,
+}
+
+impl Violation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+/// Everything that can end a request early.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("{message}")]
+    Unauthenticated {
+        reason: &'static str,
+        message: String,
+    },
+    #[error("{}", describe(.violations))]
+    InvalidArgument {
+        reason: &'static str,
+        violations: Vec<Violation>,
+    },
+    #[error("{message}")]
+    PermissionDenied {
+        reason: &'static str,
+        message: String,
+        metadata: Vec<(String, String)>,
+    },
+    #[error("{resource_type} {name} is not in the registry")]
+    NotFound {
+        resource_type: &'static str,
+        name: String,
+    },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+fn describe(violations: &[Violation]) -> String {
+    let parts: Vec<String> = violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect();
+    format!("invalid request: {}", parts.join("; "))
+}
+
+impl RequestError {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        RequestError::InvalidArgument {
+            reason: reason::INVALID_ARGUMENT,
+            violations: vec![Violation::new(field, description)],
+        }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            RequestError::Unauthenticated { .. } => Code::Unauthenticated,
+            RequestError::InvalidArgument { .. } => Code::InvalidArgument,
+            RequestError::PermissionDenied { .. } => Code::PermissionDenied,
+            RequestError::NotFound { .. } => Code::NotFound,
+            RequestError::Unavailable(_) => Code::Unavailable,
+            RequestError::Internal(_) => Code::Internal,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            RequestError::Unauthenticated { reason, .. }
+            | RequestError::InvalidArgument { reason, .. }
+            | RequestError::PermissionDenied { reason, .. } => reason,
+            RequestError::NotFound { .. } => reason::RECORD_NOT_FOUND,
+            RequestError::Unavailable(_) => reason::STORE_UNAVAILABLE,
+            RequestError::Internal(_) => reason::INTERNAL,
+        }
+    }
+}
+
+impl From<RequestError> for Status {
+    fn from(err: RequestError) -> Status {
+        let message = err.to_string();
+        let mut metadata = std::collections::HashMap::new();
+        let mut details = ErrorDetails::new();
+        match &err {
+            RequestError::InvalidArgument { violations, .. } => {
+                details.set_bad_request(
+                    violations
+                        .iter()
+                        .map(|v| FieldViolation::new(&v.field, &v.description))
+                        .collect::<Vec<_>>(),
+                );
+            }
+            RequestError::PermissionDenied { metadata: m, .. } => {
+                metadata.extend(m.iter().cloned());
+            }
+            RequestError::NotFound {
+                resource_type,
+                name,
+            } => {
+                details.set_resource_info(*resource_type, name.as_str(), "", message.as_str());
+            }
+            _ => {}
+        }
+        details.set_error_info(err.reason(), ERROR_DOMAIN, metadata);
+        Status::with_error_details(err.code(), message, details)
+    }
+}

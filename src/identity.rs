@@ -1,0 +1,139 @@
+//! Certificate -> agency. The rule lives here and nowhere else: an agency is
+//! the URI SAN `spiffe://<trust_domain>/agency/<agency_code>` of the client
+//! certificate that completed the mutual-TLS handshake, and the code must be
+//! one the config knows.
+
+use x509_parser::{certificate::X509Certificate, extensions::GeneralName, prelude::FromDer};
+
+use crate::error::{reason, RequestError};
+
+/// The calling agency's code, as proven by its certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AgencyId(String);
+
+impl AgencyId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for AgencyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The SPIFFE URIs of a DER certificate's subject alternative names.
+pub fn spiffe_uris(cert_der: &[u8]) -> Result<Vec<String>, String> {
+    let (_, cert) = X509Certificate::from_der(cert_der)
+        .map_err(|e| format!("client certificate could not be parsed: {e}"))?;
+    let mut uris = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::URI(uri) = name {
+                if uri.to_ascii_lowercase().starts_with("spiffe://") {
+                    uris.push((*uri).to_owned());
+                }
+            }
+        }
+    }
+    Ok(uris)
+}
+
+/// Resolves the agency of a verified client certificate.
+///
+/// `is_known` says whether an agency code is configured.
+pub fn agency_of(
+    cert_der: &[u8],
+    trust_domain: &str,
+    is_known: impl Fn(&str) -> bool,
+) -> Result<AgencyId, RequestError> {
+    let unauthenticated =
+        |reason, message: String| RequestError::Unauthenticated { reason, message };
+    let uris = spiffe_uris(cert_der).map_err(|m| unauthenticated(reason::NO_AGENCY_IDENTITY, m))?;
+    let expected = format!("spiffe://{trust_domain}/agency/<agency code>");
+    if uris.is_empty() {
+        return Err(unauthenticated(
+            reason::NO_AGENCY_IDENTITY,
+            format!("client certificate has no SPIFFE URI SAN; the gateway expects {expected}"),
+        ));
+    }
+    let prefix = format!("spiffe://{trust_domain}/");
+    let Some(in_domain) = uris.iter().find(|u| u.starts_with(&prefix)) else {
+        return Err(unauthenticated(
+            reason::WRONG_TRUST_DOMAIN,
+            format!(
+                "client certificate names {} but this gateway's trust domain is {trust_domain}; expected {expected}",
+                uris.join(", ")
+            ),
+        ));
+    };
+    let Some(code) = in_domain[prefix.len()..].strip_prefix("agency/") else {
+        return Err(unauthenticated(
+            reason::NO_AGENCY_IDENTITY,
+            format!("client certificate URI {in_domain} is not of the form {expected}"),
+        ));
+    };
+    if !is_known(code) {
+        return Err(unauthenticated(
+            reason::UNKNOWN_AGENCY,
+            format!("agency {code:?} (from {in_domain}) is not configured on this gateway; ask its operator to add an [[agency]] entry"),
+        ));
+    }
+    Ok(AgencyId(code.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{Ca, Validity};
+    use rustls_pki_types::{pem::PemObject, CertificateDer};
+
+    fn der(pem: &str) -> Vec<u8> {
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
+    }
+
+    #[test]
+    fn agency_from_spiffe_uri() {
+        let ca = Ca::generate("test").unwrap();
+        let cert = ca
+            .issue_agency(
+                "interop.example.vn",
+                "000.00.20.H13",
+                Validity::days_from_now(1),
+            )
+            .unwrap();
+        let d = der(&cert.cert_pem);
+        let id = agency_of(&d, "interop.example.vn", |c| c == "000.00.20.H13").unwrap();
+        assert_eq!(id.as_str(), "000.00.20.H13");
+        let err = agency_of(&d, "other.vn", |_| true).unwrap_err();
+        assert!(matches!(
+            err,
+            RequestError::Unauthenticated {
+                reason: reason::WRONG_TRUST_DOMAIN,
+                ..
+            }
+        ));
+        let err = agency_of(&d, "interop.example.vn", |_| false).unwrap_err();
+        assert!(matches!(
+            err,
+            RequestError::Unauthenticated {
+                reason: reason::UNKNOWN_AGENCY,
+                ..
+            }
+        ));
+        let plain = ca
+            .issue_client("x", None, Validity::days_from_now(1))
+            .unwrap();
+        let err = agency_of(&der(&plain.cert_pem), "interop.example.vn", |_| true).unwrap_err();
+        assert!(matches!(
+            err,
+            RequestError::Unauthenticated {
+                reason: reason::NO_AGENCY_IDENTITY,
+                ..
+            }
+        ));
+    }
+}

@@ -1,0 +1,274 @@
+//! Grants and the allow/deny decision. Deny by default: a call is allowed only
+//! when a grant names the calling agency, the full method name and the
+//! procedure the call serves; the record it gets back carries exactly the
+//! intersection of its `read_mask` and the granted fields.
+
+use std::collections::HashMap;
+
+use crate::{
+    error::{reason, RequestError, Violation},
+    fieldmask::{MaskTree, PathSet},
+    schema::Schema,
+};
+
+/// A gRPC method the gateway serves and the record type it discloses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MethodSpec {
+    /// `package.Service/Method`.
+    pub name: &'static str,
+    /// Fully-qualified record message whose fields grants name.
+    pub record: &'static str,
+}
+
+pub const GET_CITIZEN: MethodSpec = MethodSpec {
+    name: "interop.citizen.v1.CitizenRegistryService/GetCitizen",
+    record: "interop.citizen.v1.Citizen",
+};
+pub const GET_PARCEL: MethodSpec = MethodSpec {
+    name: "interop.land.v1.LandRegistryService/GetParcel",
+    record: "interop.land.v1.Parcel",
+};
+pub const LIST_PARCELS_BY_HOLDER: MethodSpec = MethodSpec {
+    name: "interop.land.v1.LandRegistryService/ListParcelsByHolder",
+    record: "interop.land.v1.Parcel",
+};
+pub const GET_ENTERPRISE: MethodSpec = MethodSpec {
+    name: "interop.business.v1.BusinessRegistryService/GetEnterprise",
+    record: "interop.business.v1.Enterprise",
+};
+
+/// Every method a grant may name.
+pub const METHODS: &[MethodSpec] = &[
+    GET_CITIZEN,
+    GET_PARCEL,
+    LIST_PARCELS_BY_HOLDER,
+    GET_ENTERPRISE,
+];
+
+pub fn method(name: &str) -> Option<MethodSpec> {
+    METHODS.iter().copied().find(|m| m.name == name)
+}
+
+/// One validated grant.
+#[derive(Clone, Debug)]
+pub struct Grant {
+    pub agency: String,
+    pub method: MethodSpec,
+    pub procedures: Vec<String>,
+    pub fields: PathSet,
+}
+
+impl Grant {
+    /// A grant for procedure `p` also covers a province's version of it,
+    /// `p.<agency code>` (for example `2.000815` covers `2.000815.000.00.00.H55`).
+    fn serves(&self, procedure: &str) -> bool {
+        self.procedures.iter().any(|g| {
+            procedure == g
+                || (procedure.len() > g.len()
+                    && procedure.starts_with(g.as_str())
+                    && procedure.as_bytes()[g.len()] == b'.')
+        })
+    }
+}
+
+/// All grants, indexed by agency and method.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    grants: HashMap<(String, &'static str), Vec<Grant>>,
+}
+
+/// What an allowed call may disclose.
+#[derive(Clone, Debug)]
+pub struct Authorization {
+    pub method: MethodSpec,
+    pub granted: PathSet,
+}
+
+/// The fields one answer discloses, as paths and compiled for the wire.
+#[derive(Clone, Debug)]
+pub struct Disclosure {
+    pub paths: PathSet,
+    pub mask: MaskTree,
+}
+
+impl Policy {
+    pub fn new(grants: Vec<Grant>) -> Self {
+        let mut index: HashMap<(String, &'static str), Vec<Grant>> = HashMap::new();
+        for g in grants {
+            index
+                .entry((g.agency.clone(), g.method.name))
+                .or_default()
+                .push(g);
+        }
+        Policy { grants: index }
+    }
+
+    /// Allows or denies `agency` calling `method` for `procedure`.
+    pub fn authorize(
+        &self,
+        agency: &str,
+        method: MethodSpec,
+        procedure: &str,
+    ) -> Result<Authorization, RequestError> {
+        let meta = |extra: Vec<(&str, &str)>| {
+            let mut m = vec![
+                ("agency".to_owned(), agency.to_owned()),
+                ("method".to_owned(), method.name.to_owned()),
+            ];
+            m.extend(extra.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())));
+            m
+        };
+        let Some(grants) = self.grants.get(&(agency.to_owned(), method.name)) else {
+            return Err(RequestError::PermissionDenied {
+                reason: reason::METHOD_NOT_GRANTED,
+                message: format!(
+                    "agency {agency} has no grant for {}; ask the gateway operator for one naming this method and procedure",
+                    method.name
+                ),
+                metadata: meta(vec![]),
+            });
+        };
+        let matching: Vec<&Grant> = grants.iter().filter(|g| g.serves(procedure)).collect();
+        if matching.is_empty() {
+            let granted: Vec<&str> = grants
+                .iter()
+                .flat_map(|g| g.procedures.iter().map(String::as_str))
+                .collect();
+            return Err(RequestError::PermissionDenied {
+                reason: reason::PROCEDURE_NOT_GRANTED,
+                message: format!(
+                    "agency {agency} may call {} only for procedures {}; not for {procedure}",
+                    method.name,
+                    granted.join(", ")
+                ),
+                metadata: meta(vec![("procedure_code", procedure)]),
+            });
+        }
+        let granted = PathSet::new(matching.iter().flat_map(|g| g.fields.iter()));
+        Ok(Authorization { method, granted })
+    }
+}
+
+impl Authorization {
+    /// Checks `read_mask` and returns what the answer may carry.
+    pub fn disclose(
+        &self,
+        read_mask: &[String],
+        procedure: &str,
+    ) -> Result<Disclosure, RequestError> {
+        let schema = Schema::gateway();
+        let mut violations = Vec::new();
+        for (i, path) in read_mask.iter().enumerate() {
+            if let Err(e) = schema.resolve(self.method.record, path) {
+                violations.push(Violation::new(
+                    format!("read_mask.paths[{i}]"),
+                    e.to_string(),
+                ));
+            }
+        }
+        if !violations.is_empty() {
+            return Err(RequestError::InvalidArgument {
+                reason: reason::INVALID_FIELD_MASK,
+                violations,
+            });
+        }
+        let paths = if read_mask.is_empty() {
+            self.granted.clone()
+        } else {
+            let asked = PathSet::new(read_mask);
+            let outside = asked.outside(&self.granted);
+            if !outside.is_empty() {
+                return Err(RequestError::PermissionDenied {
+                    reason: reason::FIELD_NOT_GRANTED,
+                    message: format!(
+                        "read_mask names fields this grant does not cover: {}; granted: {}",
+                        outside.join(", "),
+                        self.granted.to_strings().join(", ")
+                    ),
+                    metadata: vec![
+                        ("method".to_owned(), self.method.name.to_owned()),
+                        ("procedure_code".to_owned(), procedure.to_owned()),
+                        ("fields".to_owned(), outside.join(",")),
+                    ],
+                });
+            }
+            asked.intersect(&self.granted)
+        };
+        let resolved: Vec<Vec<u32>> = paths
+            .iter()
+            .map(|p| schema.resolve(self.method.record, &p))
+            .collect::<Result<_, _>>()
+            .map_err(|e| RequestError::Internal(format!("granted field does not resolve: {e}")))?;
+        let mask = MaskTree::from_numbers(resolved.iter().map(Vec::as_slice));
+        Ok(Disclosure { paths, mask })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy::new(vec![Grant {
+            agency: "000.00.20.H13".into(),
+            method: GET_CITIZEN,
+            procedures: vec!["1.004227".into()],
+            fields: PathSet::new(["full_name", "permanent_address"]),
+        }])
+    }
+
+    #[test]
+    fn deny_by_default_and_by_procedure() {
+        let p = policy();
+        let e = p
+            .authorize("000.00.01.H13", GET_CITIZEN, "1.004227")
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            RequestError::PermissionDenied {
+                reason: reason::METHOD_NOT_GRANTED,
+                ..
+            }
+        ));
+        let e = p
+            .authorize("000.00.20.H13", GET_CITIZEN, "1.000001")
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            RequestError::PermissionDenied {
+                reason: reason::PROCEDURE_NOT_GRANTED,
+                ..
+            }
+        ));
+        assert!(p
+            .authorize("000.00.20.H13", GET_CITIZEN, "1.004227.000.00.00.H13")
+            .is_ok());
+        assert!(p
+            .authorize("000.00.20.H13", GET_CITIZEN, "1.0042270")
+            .is_err());
+    }
+
+    #[test]
+    fn read_mask_checks() {
+        let a = policy()
+            .authorize("000.00.20.H13", GET_CITIZEN, "1.004227")
+            .unwrap();
+        let d = a
+            .disclose(&["permanent_address.province_code".into()], "1.004227")
+            .unwrap();
+        assert_eq!(
+            d.paths.to_strings(),
+            vec!["permanent_address.province_code"]
+        );
+        let e = a.disclose(&["sex".into()], "1.004227").unwrap_err();
+        assert!(matches!(
+            e,
+            RequestError::PermissionDenied {
+                reason: reason::FIELD_NOT_GRANTED,
+                ..
+            }
+        ));
+        let e = a.disclose(&["no_such".into()], "1.004227").unwrap_err();
+        assert!(matches!(e, RequestError::InvalidArgument { .. }));
+    }
+}

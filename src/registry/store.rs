@@ -1,0 +1,332 @@
+//! The embedded store: one SQLite file holding every record protobuf-encoded,
+//! keyed by its identifier, with an index of parcels by holder. Lookups are
+//! primary-key or index seeks, so their cost does not grow with the registry.
+//!
+//! SQLite is synchronous; reads run on tokio's blocking pool over a small pool
+//! of read-only connections (WAL mode lets them run beside an import).
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
+
+/// Current layout of the store file (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS citizen (
+    personal_id TEXT PRIMARY KEY,
+    record BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS enterprise (
+    enterprise_code TEXT PRIMARY KEY,
+    record BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS parcel (
+    commune_code TEXT NOT NULL,
+    map_sheet INTEGER NOT NULL,
+    parcel_number INTEGER NOT NULL,
+    record BLOB NOT NULL,
+    PRIMARY KEY (commune_code, map_sheet, parcel_number)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS parcel_holder (
+    holder_id TEXT NOT NULL,
+    commune_code TEXT NOT NULL,
+    map_sheet INTEGER NOT NULL,
+    parcel_number INTEGER NOT NULL,
+    PRIMARY KEY (holder_id, commune_code, map_sheet, parcel_number)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS parcel_holder_by_parcel
+    ON parcel_holder (commune_code, map_sheet, parcel_number);
+";
+
+/// A store that cannot be opened or read.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path} does not exist; create it with `interop-gateway import`")]
+    Missing { path: PathBuf },
+    #[error("store {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "store {path} has layout version {found}, this gateway reads version {SCHEMA_VERSION}"
+    )]
+    Version { path: PathBuf, found: i64 },
+    #[error("store worker failed: {0}")]
+    Join(String),
+}
+
+/// Identifies a parcel in the store.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ParcelKey {
+    pub commune_code: String,
+    pub map_sheet: u32,
+    pub parcel_number: u32,
+}
+
+/// Read access to the store, shared by every request.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Store {
+    /// Opens an existing store for reading.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if !path.is_file() {
+            return Err(StoreError::Missing {
+                path: path.to_owned(),
+            });
+        }
+        let store = Store {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                idle: Mutex::new(Vec::new()),
+            }),
+        };
+        // Open one connection now so a broken file fails the start, not a call.
+        let conn = store.connect()?;
+        store.release(conn);
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    fn sqlite(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        move |source| StoreError::Sqlite {
+            path: self.inner.path.clone(),
+            source,
+        }
+    }
+
+    fn connect(&self) -> Result<Connection, StoreError> {
+        let conn = Connection::open_with_flags(
+            &self.inner.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(self.sqlite())?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(self.sqlite())?;
+        if version != SCHEMA_VERSION {
+            return Err(StoreError::Version {
+                path: self.inner.path.clone(),
+                found: version,
+            });
+        }
+        Ok(conn)
+    }
+
+    fn release(&self, conn: Connection) {
+        if let Ok(mut idle) = self.inner.idle.lock() {
+            idle.push(conn);
+        }
+    }
+
+    /// Runs `f` with a pooled connection on the blocking pool.
+    async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = store.inner.idle.lock().ok().and_then(|mut v| v.pop());
+            let conn = match pooled {
+                Some(c) => c,
+                None => store.connect()?,
+            };
+            let result = f(&conn).map_err(store.sqlite());
+            store.release(conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Join(e.to_string()))?
+    }
+
+    pub async fn citizen(&self, personal_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let id = personal_id.to_owned();
+        self.with_conn(move |c| {
+            c.prepare_cached("SELECT record FROM citizen WHERE personal_id = ?1")?
+                .query_row([id], |r| r.get(0))
+                .optional()
+        })
+        .await
+    }
+
+    pub async fn enterprise(&self, code: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let code = code.to_owned();
+        self.with_conn(move |c| {
+            c.prepare_cached("SELECT record FROM enterprise WHERE enterprise_code = ?1")?
+                .query_row([code], |r| r.get(0))
+                .optional()
+        })
+        .await
+    }
+
+    pub async fn parcel(&self, key: &ParcelKey) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.clone();
+        self.with_conn(move |c| {
+            c.prepare_cached(
+                "SELECT record FROM parcel
+                 WHERE commune_code = ?1 AND map_sheet = ?2 AND parcel_number = ?3",
+            )?
+            .query_row(
+                params![key.commune_code, key.map_sheet, key.parcel_number],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// Parcels held by `holder_id` in key order, strictly after `after`, at most `limit`.
+    pub async fn parcels_by_holder(
+        &self,
+        holder_id: &str,
+        after: Option<ParcelKey>,
+        limit: usize,
+    ) -> Result<Vec<(ParcelKey, Vec<u8>)>, StoreError> {
+        let holder = holder_id.to_owned();
+        let after = after.unwrap_or(ParcelKey {
+            commune_code: String::new(),
+            map_sheet: 0,
+            parcel_number: 0,
+        });
+        self.with_conn(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT p.commune_code, p.map_sheet, p.parcel_number, p.record
+                 FROM parcel_holder h
+                 JOIN parcel p ON p.commune_code = h.commune_code
+                    AND p.map_sheet = h.map_sheet AND p.parcel_number = h.parcel_number
+                 WHERE h.holder_id = ?1
+                   AND (h.commune_code, h.map_sheet, h.parcel_number) > (?2, ?3, ?4)
+                 ORDER BY h.commune_code, h.map_sheet, h.parcel_number
+                 LIMIT ?5",
+            )?;
+            let rows = stmt.query_map(
+                params![
+                    holder,
+                    after.commune_code,
+                    after.map_sheet,
+                    after.parcel_number,
+                    limit as i64
+                ],
+                |r| {
+                    Ok((
+                        ParcelKey {
+                            commune_code: r.get(0)?,
+                            map_sheet: r.get(1)?,
+                            parcel_number: r.get(2)?,
+                        },
+                        r.get(3)?,
+                    ))
+                },
+            )?;
+            rows.collect()
+        })
+        .await
+    }
+}
+
+/// Opens (creating if needed) a store for writing and brings its layout up to date.
+pub fn open_for_write(path: &Path) -> Result<Connection, StoreError> {
+    let sqlite = |source| StoreError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| StoreError::Sqlite {
+            path: path.to_owned(),
+            source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+        })?;
+    }
+    let conn = Connection::open(path).map_err(sqlite)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(sqlite)?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sqlite)?;
+    if version != 0 && version != SCHEMA_VERSION {
+        return Err(StoreError::Version {
+            path: path.to_owned(),
+            found: version,
+        });
+    }
+    conn.execute_batch(SCHEMA).map_err(sqlite)?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(sqlite)?;
+    Ok(conn)
+}
+
+/// Upserts within an open write transaction.
+pub struct Writer<'t> {
+    tx: &'t Transaction<'t>,
+}
+
+impl<'t> Writer<'t> {
+    pub fn new(tx: &'t Transaction<'t>) -> Self {
+        Self { tx }
+    }
+
+    pub fn citizen(&self, personal_id: &str, record: &[u8]) -> rusqlite::Result<()> {
+        self.tx
+            .prepare_cached("INSERT OR REPLACE INTO citizen (personal_id, record) VALUES (?1, ?2)")?
+            .execute(params![personal_id, record])?;
+        Ok(())
+    }
+
+    pub fn enterprise(&self, code: &str, record: &[u8]) -> rusqlite::Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO enterprise (enterprise_code, record) VALUES (?1, ?2)",
+            )?
+            .execute(params![code, record])?;
+        Ok(())
+    }
+
+    pub fn parcel(&self, key: &ParcelKey, holders: &[&str], record: &[u8]) -> rusqlite::Result<()> {
+        let k = params![key.commune_code, key.map_sheet, key.parcel_number];
+        self.tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO parcel (commune_code, map_sheet, parcel_number, record)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![
+                key.commune_code,
+                key.map_sheet,
+                key.parcel_number,
+                record
+            ])?;
+        self.tx
+            .prepare_cached(
+                "DELETE FROM parcel_holder
+                 WHERE commune_code = ?1 AND map_sheet = ?2 AND parcel_number = ?3",
+            )?
+            .execute(k)?;
+        let mut insert = self.tx.prepare_cached(
+            "INSERT OR IGNORE INTO parcel_holder (holder_id, commune_code, map_sheet, parcel_number)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for h in holders {
+            insert.execute(params![
+                h,
+                key.commune_code,
+                key.map_sheet,
+                key.parcel_number
+            ])?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,56 @@
+//! `interop.business.v1.BusinessRegistryService`.
+
+use tonic::{Request, Response, Status};
+
+use super::{disclose, store_error, Core, Scoped};
+use crate::{
+    domain,
+    error::RequestError,
+    policy,
+    proto::{
+        business::v1::{
+            business_registry_service_server::BusinessRegistryService, Enterprise,
+            GetEnterpriseRequest, GetEnterpriseResponse,
+        },
+        common::v1::AccessContext,
+    },
+};
+
+impl Scoped for GetEnterpriseRequest {
+    fn context(&self) -> Option<&AccessContext> {
+        self.context.as_ref()
+    }
+    fn read_mask(&self) -> &[String] {
+        self.read_mask.as_ref().map_or(&[], |m| &m.paths)
+    }
+    fn subject_for_log(&self) -> String {
+        self.enterprise_code.chars().take(20).collect()
+    }
+}
+
+#[tonic::async_trait]
+impl BusinessRegistryService for Core {
+    async fn get_enterprise(
+        &self,
+        request: Request<GetEnterpriseRequest>,
+    ) -> Result<Response<GetEnterpriseResponse>, Status> {
+        self.call(policy::GET_ENTERPRISE, request, |call, req| async move {
+            let code = domain::enterprise_code::parse(&req.enterprise_code)
+                .map_err(|e| RequestError::invalid("enterprise_code", e.to_string()))?;
+            let record = self
+                .store
+                .enterprise(code.as_str())
+                .await
+                .map_err(store_error)?
+                .ok_or_else(|| RequestError::NotFound {
+                    resource_type: "interop.business.v1.Enterprise",
+                    name: code.as_str().to_owned(),
+                })?;
+            let enterprise: Enterprise = disclose(&call, &record)?;
+            Ok(GetEnterpriseResponse {
+                enterprise: Some(enterprise),
+            })
+        })
+        .await
+    }
+}

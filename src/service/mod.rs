@@ -1,0 +1,187 @@
+//! The tonic service impls: thin adapters from protobuf to the modules below.
+//! Every data call takes the same path, written once in [`Core::call`]:
+//! identity (certificate -> agency), access context, grant, field mask, the
+//! registry lookup, and one structured log line.
+
+use std::{future::Future, sync::Arc, time::Instant};
+
+use tonic::{Request, Response, Status};
+
+use crate::{
+    config::Config,
+    domain,
+    error::{RequestError, Violation},
+    identity::{self, AgencyId},
+    policy::{Disclosure, MethodSpec},
+    proto::common::v1::AccessContext,
+    registry::Store,
+};
+
+pub mod business;
+pub mod citizen;
+pub mod land;
+
+/// Longest officer id accepted (it is free text from the caller's system).
+const MAX_OFFICER_ID: usize = 64;
+
+/// What every service shares: the validated config and the store.
+#[derive(Clone)]
+pub struct Core {
+    pub config: Arc<Config>,
+    pub store: Store,
+}
+
+/// An allowed call: who, for what, and what it may disclose.
+pub struct Call {
+    pub agency: AgencyId,
+    pub procedure_code: String,
+    pub dossier_id: String,
+    pub disclosure: Disclosure,
+}
+
+/// The parts of a request every data call has.
+pub trait Scoped {
+    fn context(&self) -> Option<&AccessContext>;
+    fn read_mask(&self) -> &[String];
+    /// The record key, in a form safe to log (personal ids masked).
+    fn subject_for_log(&self) -> String;
+}
+
+/// Masks a value when it is a personal id; other identifiers are not personal.
+pub fn loggable_id(id: &str) -> String {
+    match domain::personal_id::parse(id) {
+        Ok(pid) => pid.masked(),
+        Err(_) if id.len() >= 12 && id.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{}***", &id[..3])
+        }
+        Err(_) => id.chars().take(20).collect(),
+    }
+}
+
+fn check_context(ctx: Option<&AccessContext>) -> Result<(String, String), RequestError> {
+    let Some(ctx) = ctx else {
+        return Err(RequestError::invalid(
+            "context",
+            "required: set context.procedure_code and context.dossier_id to the procedure and dossier this call serves",
+        ));
+    };
+    let mut violations = Vec::new();
+    if ctx.procedure_code.is_empty() {
+        violations.push(Violation::new(
+            "context.procedure_code",
+            "required: the code of the administrative procedure (for example 1.004227)",
+        ));
+    } else if let Err(e) = domain::agency::parse_procedure_code(&ctx.procedure_code) {
+        violations.push(Violation::new("context.procedure_code", e.to_string()));
+    }
+    if ctx.dossier_id.is_empty() {
+        violations.push(Violation::new(
+            "context.dossier_id",
+            "required: the dossier id in your one-stop system (for example 000.00.20.H13-241205-0001)",
+        ));
+    } else if let Err(e) = domain::agency::parse_dossier_id(&ctx.dossier_id) {
+        violations.push(Violation::new("context.dossier_id", e.to_string()));
+    }
+    if ctx.officer_id.chars().count() > MAX_OFFICER_ID {
+        violations.push(Violation::new(
+            "context.officer_id",
+            format!("at most {MAX_OFFICER_ID} characters"),
+        ));
+    }
+    if violations.is_empty() {
+        Ok((ctx.procedure_code.clone(), ctx.dossier_id.clone()))
+    } else {
+        Err(RequestError::InvalidArgument {
+            reason: crate::error::reason::INVALID_ARGUMENT,
+            violations,
+        })
+    }
+}
+
+impl Core {
+    /// Runs one data call through identity, context, grant and mask, then `f`.
+    pub async fn call<Req, Resp, F, Fut>(
+        &self,
+        method: MethodSpec,
+        request: Request<Req>,
+        f: F,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: Scoped,
+        F: FnOnce(Call, Req) -> Fut,
+        Fut: Future<Output = Result<Resp, RequestError>>,
+    {
+        let started = Instant::now();
+        let certs = request.peer_certs();
+        let req = request.into_inner();
+        let subject = req.subject_for_log();
+        let procedure_for_log = req
+            .context()
+            .map(|c| c.procedure_code.chars().take(40).collect::<String>())
+            .unwrap_or_default();
+        let mut agency_for_log = String::from("-");
+
+        let result = async {
+            let leaf = certs.as_ref().and_then(|c| c.first()).ok_or_else(|| {
+                RequestError::Unauthenticated {
+                    reason: crate::error::reason::NO_AGENCY_IDENTITY,
+                    message: "no client certificate on this connection".into(),
+                }
+            })?;
+            let agency = identity::agency_of(leaf, &self.config.trust_domain, |code| {
+                self.config.agencies.contains_key(code)
+            })?;
+            agency_for_log = agency.to_string();
+            let (procedure_code, dossier_id) = check_context(req.context())?;
+            let authz = self
+                .config
+                .policy
+                .authorize(agency.as_str(), method, &procedure_code)?;
+            let disclosure = authz.disclose(req.read_mask(), &procedure_code)?;
+            let call = Call {
+                agency,
+                procedure_code,
+                dossier_id,
+                disclosure,
+            };
+            f(call, req).await
+        }
+        .await;
+
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(e) => e.code(),
+        };
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(
+            target: "interop_gateway::access",
+            agency = %agency_for_log,
+            method = method.name,
+            procedure = %procedure_for_log,
+            subject = %subject,
+            code = ?code,
+            latency_ms = format_args!("{latency_ms:.3}"),
+            "call"
+        );
+        result.map(Response::new).map_err(Status::from)
+    }
+}
+
+/// Decodes a stored record after applying the call's field mask.
+pub fn disclose<T: prost::Message + Default>(
+    call: &Call,
+    record: &[u8],
+) -> Result<T, RequestError> {
+    let bytes = call
+        .disclosure
+        .mask
+        .apply(record)
+        .map_err(|e| RequestError::Internal(e.to_string()))?;
+    T::decode(bytes.as_slice()).map_err(|e| RequestError::Internal(format!("stored record: {e}")))
+}
+
+/// Maps a store failure to the caller's view of it.
+pub fn store_error(e: crate::registry::StoreError) -> RequestError {
+    tracing::error!(error = %e, "store read failed");
+    RequestError::Unavailable("the registry store cannot be read right now; retry later".into())
+}

@@ -1,0 +1,115 @@
+//! The rustls server side: TLS 1.3 only, ALPN `h2`, and a mandatory client
+//! certificate that must chain to the configured CA bundle and not be revoked
+//! by any configured CRL. Failing chains never reach a handler: the handshake
+//! fails.
+
+use std::{fs, path::Path, sync::Arc};
+
+use rustls::{crypto::ring, server::WebPkiClientVerifier, RootCertStore, ServerConfig};
+use rustls_pki_types::{
+    pem::PemObject, CertificateDer, CertificateRevocationListDer, PrivateKeyDer,
+};
+
+use crate::config::TlsFiles;
+
+/// A TLS file that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{key} ({path}): {message}")]
+pub struct TlsError {
+    pub key: &'static str,
+    pub path: String,
+    pub message: String,
+}
+
+fn err(key: &'static str, path: &Path, message: impl Into<String>) -> TlsError {
+    TlsError {
+        key,
+        path: path.display().to_string(),
+        message: message.into(),
+    }
+}
+
+/// Reads every certificate of a PEM file.
+pub fn load_certs(
+    key: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let data = fs::read(path).map_err(|e| err(key, path, e.to_string()))?;
+    let certs = CertificateDer::pem_slice_iter(&data)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(key, path, format!("not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(err(
+            key,
+            path,
+            "no PEM certificate (BEGIN CERTIFICATE) found",
+        ));
+    }
+    Ok(certs)
+}
+
+/// Reads a PEM private key (PKCS#8, PKCS#1 or SEC1).
+pub fn load_key(key: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let data = fs::read(path).map_err(|e| err(key, path, e.to_string()))?;
+    PrivateKeyDer::from_pem_slice(&data)
+        .map_err(|e| err(key, path, format!("no usable PEM private key: {e}")))
+}
+
+fn load_crls(
+    paths: &[std::path::PathBuf],
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let mut crls = Vec::new();
+    for path in paths {
+        let data = fs::read(path).map_err(|e| err("tls.crls", path, e.to_string()))?;
+        let found = CertificateRevocationListDer::pem_slice_iter(&data)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| err("tls.crls", path, format!("not a PEM CRL file: {e}")))?;
+        if found.is_empty() {
+            return Err(err("tls.crls", path, "no PEM CRL (BEGIN X509 CRL) found"));
+        }
+        crls.extend(found);
+    }
+    Ok(crls)
+}
+
+/// Builds the server config from the configured files.
+pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs("tls.client_ca", &files.client_ca)? {
+        roots.add(cert).map_err(|e| {
+            err(
+                "tls.client_ca",
+                &files.client_ca,
+                format!("unusable CA certificate: {e}"),
+            )
+        })?;
+    }
+    let crls = load_crls(&files.crls)?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .with_crls(crls)
+        .build()
+        .map_err(|e| {
+            err(
+                "tls.client_ca",
+                &files.client_ca,
+                format!("cannot verify clients with it: {e}"),
+            )
+        })?;
+    let chain = load_certs("tls.cert", &files.cert)?;
+    let key = load_key("tls.key", &files.key)?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| err("tls.cert", &files.cert, e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| {
+            err(
+                "tls.key",
+                &files.key,
+                format!("does not match tls.cert or is unsupported: {e}"),
+            )
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}

@@ -1,0 +1,267 @@
+//! The binary as operators use it: atomic import, config errors, the dev
+//! bootstrap, `call`, and a clean exit on SIGTERM.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use interop_gateway::{config::Config, registry::Store};
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_interop-gateway");
+
+/// Kills the server if the test fails before stopping it, so that a failed
+/// assertion never leaves a process (and its pipes) behind.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    Pki::new(dir.path());
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, config_text(&[], "certs/ca.pem")).unwrap();
+    (dir, config)
+}
+
+fn import(config: &Path, registry: &str, file: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["import", "--config"])
+        .arg(config)
+        .args(["--registry", registry])
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn import_with_one_bad_line_refuses_the_whole_file() {
+    let (dir, config) = setup();
+    let good = dir.path().join("good.jsonl");
+    write_jsonl(&good, &[citizen()]);
+    let out = import(&config, "citizen", &good);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Line 1 is a valid new citizen, line 2 disagrees with its own id (born 1985
+    // per the id, 1986 in the record), line 3 is not JSON.
+    let mut newcomer = citizen();
+    newcomer.personal_id = "092085000777".into();
+    let mut wrong_year = citizen();
+    wrong_year.personal_id = "092085000888".into();
+    wrong_year.date_of_birth.as_mut().unwrap().year = 1986;
+    let bad = dir.path().join("bad.jsonl");
+    let text = format!(
+        "{}\n{}\n{{\"personalId\": \n",
+        serde_json::to_string(&newcomer).unwrap(),
+        serde_json::to_string(&wrong_year).unwrap()
+    );
+    std::fs::write(&bad, text).unwrap();
+    let out = import(&config, "citizen", &bad);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let shown = bad.display().to_string();
+    assert!(stderr.contains(&format!("{shown}:2:")), "{stderr}");
+    assert!(stderr.contains(&format!("{shown}:3:")), "{stderr}");
+    assert!(!stderr.contains(&format!("{shown}:1:")), "{stderr}");
+
+    let cfg = Config::load(&config).unwrap();
+    let store = Store::open(&cfg.store_path()).unwrap();
+    assert!(store.citizen(CITIZEN_ID).await.unwrap().is_some());
+    assert!(
+        store.citizen("092085000777").await.unwrap().is_none(),
+        "line 1 must not be imported"
+    );
+}
+
+#[test]
+fn refused_first_import_leaves_no_store_behind() {
+    let (dir, config) = setup();
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"enterpriseCode\": \"0300588568\", \"name\": \"X\"}\n",
+    )
+    .unwrap();
+    let out = import(&config, "business", &bad);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("check digit"));
+    let cfg = Config::load(&config).unwrap();
+    assert!(!cfg.store_path().exists());
+    assert_eq!(
+        std::fs::read_dir(&cfg.data_dir)
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0
+    );
+}
+
+fn config_error(text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    Config::parse(text, &path).unwrap_err().to_string()
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let good = config_text(&[], "certs/ca.pem");
+    assert!(Config::parse(&good, Path::new("/x/gateway.toml")).is_ok());
+
+    let e = config_error(&good.replace(
+        "data_dir = \"data\"",
+        "data_dir = \"data\"\nlisten_port = 1",
+    ));
+    assert!(e.contains("listen_port") && e.contains("line 5"), "{e}");
+    let e = config_error(&good.replacen(
+        "agency = \"000.00.20.H13\"",
+        "agency = \"000.00.21.H13\"",
+        1,
+    ));
+    assert!(
+        e.contains("grant[0].agency") && e.contains("000.00.21.H13"),
+        "{e}"
+    );
+    let e = config_error(&good.replacen(
+        "CitizenRegistryService/GetCitizen",
+        "CitizenRegistryService/GetCitizens",
+        1,
+    ));
+    assert!(e.contains("grant[0].method"), "{e}");
+    let e = config_error(&good.replacen(
+        "\"full_name\", \"date_of_birth\"",
+        "\"full_name\", \"birthday\"",
+        1,
+    ));
+    assert!(
+        e.contains("grant[0].fields[2]") && e.contains("birthday"),
+        "{e}"
+    );
+    let e = config_error(&good.replacen("code = \"000.00.00.G22\"", "code = \"G22\"", 1));
+    assert!(e.contains("agency[2].code"), "{e}");
+    let e = config_error(&good.replacen(
+        "procedures = [\"1.004227\"]",
+        "procedures = [\"1004227\"]",
+        1,
+    ));
+    assert!(e.contains("grant[0].procedures[0]"), "{e}");
+}
+
+#[test]
+fn serve_with_missing_files_and_no_dev_mark_stops_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, config_text(&[], "certs/ca.pem")).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tls.cert"), "{stderr}");
+    assert!(!dir.path().join("certs").exists());
+    assert!(!dir.path().join("data").exists());
+}
+
+#[test]
+fn dev_config_bootstraps_serves_calls_and_exits_zero_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    let text = config_text(&[], "certs/ca.pem").replacen(
+        "data_dir = \"data\"",
+        "data_dir = \"data\"\ndev = true",
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let stderr = child.0.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let mut log = String::new();
+    let addr = loop {
+        let line = lines.next().expect("serve exited before serving").unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if let Some(rest) = line.split("addr=").nth(1) {
+            if line.contains("serving") {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+        }
+    };
+    assert!(log.contains("created dev CA"), "{log}");
+    assert!(log.contains("imported"), "{log}");
+    // Keep draining the log so the server never blocks on a full pipe.
+    let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+
+    let first = std::fs::read_to_string(dir.path().join("data/demo/citizens.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
+    let id = first["personalId"].as_str().unwrap().to_owned();
+    let request = format!(
+        r#"{{"context": {{"procedureCode": "{PROCEDURE_LAND}", "dossierId": "{DOSSIER}"}}, "personalId": "{id}", "readMask": "fullName,permanentAddress.provinceCode"}}"#
+    );
+    let out = Command::new(BIN)
+        .args(["call", "--config"])
+        .arg(&config)
+        .args([
+            "--addr",
+            &addr,
+            "--agency",
+            LAND_OFFICE,
+            "GetCitizen",
+            &request,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["citizen"]["fullName"], first["fullName"]);
+    assert!(answer["citizen"].get("personalId").is_none());
+
+    // An error prints its code and details as JSON and exits 1.
+    let out = Command::new(BIN)
+        .args(["call", "--config"])
+        .arg(&config)
+        .args(["--addr", &addr, "--agency", PORTAL, "GetCitizen", &request])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(err["code"], "PERMISSION_DENIED");
+    assert_eq!(err["details"]["errorInfo"]["reason"], "METHOD_NOT_GRANTED");
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.0.wait().unwrap();
+    let rest = drain.join().unwrap().join("\n");
+    assert!(status.success(), "exit {status:?}; log:\n{rest}");
+    assert!(rest.contains("stopped"), "{rest}");
+    // The access log line masks the personal id.
+    assert!(rest.contains("GetCitizen") && !rest.contains(&id), "{rest}");
+}

@@ -1,0 +1,339 @@
+//! Shared test scaffolding: a per-run PKI, a config, a small store with known
+//! records, and a real gateway on 127.0.0.1:0 called over mTLS.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use interop_gateway::{
+    client::{AgencyIdentity, Client},
+    config::Config,
+    pki::{self, Ca, IssuedCert, Validity},
+    proto::{
+        business::v1::{BusinessLine, Enterprise, Representative},
+        citizen::v1::{Citizen, IdCard},
+        common::v1::{AccessContext, Address, Date},
+        land::v1::{Certificate, Holder, LandUse, Parcel, ParcelRef},
+    },
+    registry::{import::import_file, Registry},
+    server::{self, Running},
+};
+use tempfile::TempDir;
+
+pub const TRUST_DOMAIN: &str = "interop.example.vn";
+/// Land registration office: citizen lookups (some fields) and land.
+pub const LAND_OFFICE: &str = "000.00.20.H13";
+/// Business registration office: enterprise lookups.
+pub const BUSINESS_OFFICE: &str = "000.00.12.H13";
+/// A configured agency with no grants at all.
+pub const PORTAL: &str = "000.00.00.G22";
+
+pub const PROCEDURE_LAND: &str = "1.004227";
+pub const PROCEDURE_BUSINESS: &str = "2.000815";
+pub const DOSSIER: &str = "000.00.20.H13-241205-0001";
+
+pub const CITIZEN_ID: &str = "092085000123";
+/// Well-formed (province 092, 1900s female, 1990) but not in the store.
+pub const ABSENT_CITIZEN_ID: &str = "092190000999";
+pub const ENTERPRISE_CODE: &str = "0300588569";
+pub const COMMUNE: &str = "31117";
+pub const HOLDER_PARCELS: u32 = 5;
+
+pub fn context(procedure: &str) -> Option<AccessContext> {
+    Some(AccessContext {
+        procedure_code: procedure.to_owned(),
+        dossier_id: DOSSIER.to_owned(),
+        officer_id: "officer-7".to_owned(),
+    })
+}
+
+fn date(year: i32, month: i32, day: i32) -> Option<Date> {
+    Some(Date { year, month, day })
+}
+
+fn address() -> Option<Address> {
+    Some(Address {
+        address_line: "12 đường Hòa Bình".into(),
+        commune_code: COMMUNE.into(),
+        commune_name: "Phường Ninh Kiều".into(),
+        province_code: "92".into(),
+        province_name: "Cần Thơ".into(),
+    })
+}
+
+pub fn citizen() -> Citizen {
+    Citizen {
+        personal_id: CITIZEN_ID.into(),
+        full_name: "Nguyễn Văn An".into(),
+        date_of_birth: date(1985, 3, 4),
+        sex: 1,
+        nationality: "Việt Nam".into(),
+        ethnicity: "Kinh".into(),
+        hometown: address(),
+        permanent_address: address(),
+        current_address: address(),
+        household_id: "HK-92-000123".into(),
+        id_card: Some(IdCard {
+            issued_on: date(2021, 5, 10),
+            expires_on: date(2025, 3, 4),
+            issued_by: "Cục Cảnh sát quản lý hành chính về trật tự xã hội".into(),
+        }),
+        date_of_death: None,
+    }
+}
+
+pub fn parcel(number: u32) -> Parcel {
+    Parcel {
+        r#ref: Some(ParcelRef {
+            commune_code: COMMUNE.into(),
+            map_sheet: 12,
+            parcel_number: number,
+        }),
+        address: address(),
+        area_m2: 120.5,
+        land_uses: vec![LandUse {
+            purpose_code: "ODT".into(),
+            area_m2: 120.5,
+            term_until: None,
+        }],
+        holders: vec![Holder {
+            holder_id: CITIZEN_ID.into(),
+            name: "Nguyễn Văn An".into(),
+            kind: 1,
+        }],
+        certificate: Some(Certificate {
+            serial: "AA 01224578".into(),
+            registry_book_number: "CS01234".into(),
+            issued_on: date(2024, 9, 1),
+            issued_by: "Sở Nông nghiệp và Môi trường thành phố Cần Thơ".into(),
+        }),
+        encumbrances: vec![],
+    }
+}
+
+pub fn enterprise() -> Enterprise {
+    Enterprise {
+        enterprise_code: ENTERPRISE_CODE.into(),
+        name: "Công ty TNHH Thương mại Tây Đô".into(),
+        foreign_name: "Tay Do Trading Company Limited".into(),
+        short_name: "TAY DO TRADING".into(),
+        r#type: 1,
+        status: 1,
+        founded_on: date(2010, 6, 1),
+        charter_capital_vnd: 5_000_000_000,
+        head_office: address(),
+        legal_representatives: vec![Representative {
+            personal_id: CITIZEN_ID.into(),
+            full_name: "Nguyễn Văn An".into(),
+            title: "Giám đốc".into(),
+        }],
+        business_lines: vec![BusinessLine {
+            vsic_code: "4690".into(),
+            description: "Bán buôn tổng hợp".into(),
+            main: true,
+        }],
+    }
+}
+
+pub fn write_jsonl<T: serde::Serialize>(path: &Path, records: &[T]) {
+    let lines: Vec<String> = records
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap())
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+/// A per-run dev PKI.
+pub struct Pki {
+    pub ca: Ca,
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    pub fn new(dir: &Path) -> Pki {
+        let ca = Ca::generate("test CA").unwrap();
+        let dir = dir.join("certs");
+        pki::write_file(&dir.join("ca.pem"), ca.cert_pem(), false).unwrap();
+        pki::write_file(&dir.join("ca.key"), &ca.key_pem(), true).unwrap();
+        let server = ca.issue_server(&["localhost", "127.0.0.1"]).unwrap();
+        pki::write_issued(&dir.join("gateway.pem"), &dir.join("gateway.key"), &server).unwrap();
+        Pki { ca, dir }
+    }
+
+    pub fn agency(&self, code: &str) -> IssuedCert {
+        self.ca
+            .issue_agency(TRUST_DOMAIN, code, Validity::days_from_now(30))
+            .unwrap()
+    }
+
+    pub fn identity(&self, issued: &IssuedCert) -> AgencyIdentity {
+        AgencyIdentity {
+            ca_pem: self.ca.cert_pem().as_bytes().to_vec(),
+            cert_pem: issued.cert_pem.as_bytes().to_vec(),
+            key_pem: issued.key_pem.as_bytes().to_vec(),
+        }
+    }
+}
+
+pub fn config_text(crls: &[&Path], client_ca: &str) -> String {
+    let crls: Vec<String> = crls
+        .iter()
+        .map(|p| format!("{:?}", p.display().to_string()))
+        .collect();
+    format!(
+        r#"
+listen = "127.0.0.1:0"
+trust_domain = "{TRUST_DOMAIN}"
+data_dir = "data"
+
+[tls]
+cert = "certs/gateway.pem"
+key = "certs/gateway.key"
+client_ca = "{client_ca}"
+crls = [{crls}]
+
+[[agency]]
+code = "{LAND_OFFICE}"
+name = "Văn phòng Đăng ký đất đai TP Cần Thơ"
+
+[[agency]]
+code = "{BUSINESS_OFFICE}"
+name = "Phòng Đăng ký kinh doanh, Sở Tài chính TP Cần Thơ"
+
+[[agency]]
+code = "{PORTAL}"
+name = "Cổng Dịch vụ công quốc gia"
+
+[[grant]]
+agency = "{LAND_OFFICE}"
+method = "interop.citizen.v1.CitizenRegistryService/GetCitizen"
+procedures = ["{PROCEDURE_LAND}"]
+fields = ["personal_id", "full_name", "date_of_birth", "permanent_address"]
+
+[[grant]]
+agency = "{LAND_OFFICE}"
+method = "interop.land.v1.LandRegistryService/GetParcel"
+procedures = ["{PROCEDURE_LAND}"]
+fields = ["ref", "address", "area_m2", "land_uses", "holders", "certificate"]
+
+[[grant]]
+agency = "{LAND_OFFICE}"
+method = "interop.land.v1.LandRegistryService/ListParcelsByHolder"
+procedures = ["{PROCEDURE_LAND}"]
+fields = ["ref", "area_m2", "holders"]
+
+[[grant]]
+agency = "{BUSINESS_OFFICE}"
+method = "interop.business.v1.BusinessRegistryService/GetEnterprise"
+procedures = ["{PROCEDURE_BUSINESS}"]
+fields = ["enterprise_code", "name", "type", "status", "head_office.province_code", "legal_representatives"]
+"#,
+        crls = crls.join(", ")
+    )
+}
+
+/// A running gateway with its folder, PKI and config.
+pub struct Gateway {
+    pub dir: TempDir,
+    pub pki: Pki,
+    pub config: Config,
+    pub addr: String,
+    running: Option<Running>,
+}
+
+#[derive(Default)]
+pub struct Options {
+    /// Serials the CRL revokes (a CRL is configured only when set).
+    pub revoked: Option<Vec<u64>>,
+    /// Extra PEM CA certificates appended to the client CA bundle.
+    pub extra_client_ca: Option<String>,
+}
+
+pub fn store_fixtures(dir: &Path, store: &Path) {
+    let citizens = dir.join("citizens.jsonl");
+    write_jsonl(&citizens, &[citizen()]);
+    let parcels = dir.join("parcels.jsonl");
+    let list: Vec<Parcel> = (1..=HOLDER_PARCELS).map(|n| parcel(100 + n)).collect();
+    write_jsonl(&parcels, &list);
+    let enterprises = dir.join("enterprises.jsonl");
+    write_jsonl(&enterprises, &[enterprise()]);
+    import_file(store, Registry::Citizen, &citizens).unwrap();
+    import_file(store, Registry::Land, &parcels).unwrap();
+    import_file(store, Registry::Business, &enterprises).unwrap();
+}
+
+impl Gateway {
+    pub async fn start() -> Gateway {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(opts: Options) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path());
+        let mut crl_paths = Vec::new();
+        if let Some(revoked) = &opts.revoked {
+            let p = pki.dir.join("revoked.crl.pem");
+            std::fs::write(&p, pki.ca.crl_pem(revoked).unwrap()).unwrap();
+            crl_paths.push(p);
+        }
+        let client_ca = match &opts.extra_client_ca {
+            Some(extra) => {
+                let bundle = pki.dir.join("bundle.pem");
+                std::fs::write(&bundle, format!("{}{}", pki.ca.cert_pem(), extra)).unwrap();
+                "certs/bundle.pem"
+            }
+            None => "certs/ca.pem",
+        };
+        let refs: Vec<&Path> = crl_paths.iter().map(PathBuf::as_path).collect();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, config_text(&refs, client_ca)).unwrap();
+        let config = Config::load(&path).unwrap();
+        store_fixtures(dir.path(), &config.store_path());
+        let running = server::start(config.clone()).await.unwrap();
+        let addr = format!("https://127.0.0.1:{}", running.addr.port());
+        Gateway {
+            dir,
+            pki,
+            config,
+            addr,
+            running: Some(running),
+        }
+    }
+
+    /// A client with a fresh certificate for a configured agency.
+    pub async fn client(&self, agency: &str) -> Client {
+        let issued = self.pki.agency(agency);
+        self.client_with(&issued).await
+    }
+
+    pub async fn client_with(&self, issued: &IssuedCert) -> Client {
+        Client::connect(&self.addr, &self.pki.identity(issued))
+            .await
+            .unwrap()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await.unwrap();
+        }
+    }
+}
+
+/// The `ErrorInfo.reason` of a status.
+pub fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
+/// The `BadRequest` field names of a status.
+pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
