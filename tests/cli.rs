@@ -265,3 +265,72 @@ fn dev_config_bootstraps_serves_calls_and_exits_zero_on_sigterm() {
     // The access log line masks the personal id.
     assert!(rest.contains("GetCitizen") && !rest.contains(&id), "{rest}");
 }
+
+#[test]
+fn certs_init_and_issue_write_a_working_dev_pki() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        config_text(&[], "pki/ca.pem").replace("certs/gateway", "pki/gateway"),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["certs", "init", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pki = dir.path().join("pki");
+    for f in ["ca.pem", "ca.key", "gateway.pem", "gateway.key"] {
+        assert!(pki.join(f).is_file(), "{f}");
+    }
+    for code in [LAND_OFFICE, BUSINESS_OFFICE, PORTAL] {
+        assert!(
+            pki.join("agencies").join(format!("{code}.pem")).is_file(),
+            "{code}"
+        );
+    }
+    let ca_before = std::fs::read(pki.join("ca.pem")).unwrap();
+
+    let out = Command::new(BIN)
+        .args(["certs", "issue", "--agency", "000.00.31.H13", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not in"),
+        "warns about the unconfigured agency"
+    );
+    let pem = std::fs::read(pki.join("agencies/000.00.31.H13.pem")).unwrap();
+    use rustls_pki_types::{pem::PemObject, CertificateDer};
+    let der = CertificateDer::from_pem_slice(&pem).unwrap();
+    assert_eq!(
+        interop_gateway::identity::spiffe_uris(&der).unwrap(),
+        vec![format!("spiffe://{TRUST_DOMAIN}/agency/000.00.31.H13")]
+    );
+    // init again keeps what exists
+    let out = Command::new(BIN)
+        .args(["certs", "init", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(std::fs::read(pki.join("ca.pem")).unwrap(), ca_before);
+
+    let out = Command::new(BIN)
+        .args(["certs", "issue", "--agency", "H13", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

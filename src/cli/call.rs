@@ -11,6 +11,7 @@ use tonic_types::StatusExt;
 use super::{load_config, runtime, ConfigArg, Failure, EXIT_CONFIG, EXIT_FAILED};
 use crate::{
     client::{AgencyIdentity, Client},
+    error::code_name,
     pki::Layout,
     policy::{self, METHODS},
 };
@@ -40,30 +41,6 @@ pub struct Args {
     pub method: String,
     /// The request as proto3 JSON, e.g. '{"context": {...}, "personalId": "..."}'.
     pub request: String,
-}
-
-/// The canonical name of a gRPC status code.
-pub fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
-    }
 }
 
 /// A status and its `google.rpc` details as JSON.

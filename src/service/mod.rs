@@ -159,7 +159,7 @@ impl Core {
             method = method.name,
             procedure = %procedure_for_log,
             subject = %subject,
-            code = ?code,
+            code = crate::error::code_name(code),
             latency_ms = format_args!("{latency_ms:.3}"),
             "call"
         );

@@ -242,8 +242,6 @@ pub struct Gateway {
 
 #[derive(Default)]
 pub struct Options {
-    /// Serials the CRL revokes (a CRL is configured only when set).
-    pub revoked: Option<Vec<u64>>,
     /// Extra PEM CA certificates appended to the client CA bundle.
     pub extra_client_ca: Option<String>,
 }
@@ -269,12 +267,6 @@ impl Gateway {
     pub async fn start_with(opts: Options) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::new(dir.path());
-        let mut crl_paths = Vec::new();
-        if let Some(revoked) = &opts.revoked {
-            let p = pki.dir.join("revoked.crl.pem");
-            std::fs::write(&p, pki.ca.crl_pem(revoked).unwrap()).unwrap();
-            crl_paths.push(p);
-        }
         let client_ca = match &opts.extra_client_ca {
             Some(extra) => {
                 let bundle = pki.dir.join("bundle.pem");
@@ -283,9 +275,8 @@ impl Gateway {
             }
             None => "certs/ca.pem",
         };
-        let refs: Vec<&Path> = crl_paths.iter().map(PathBuf::as_path).collect();
         let path = dir.path().join("gateway.toml");
-        std::fs::write(&path, config_text(&refs, client_ca)).unwrap();
+        std::fs::write(&path, config_text(&[], client_ca)).unwrap();
         let config = Config::load(&path).unwrap();
         store_fixtures(dir.path(), &config.store_path());
         let running = server::start(config.clone()).await.unwrap();
