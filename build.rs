@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "interop/citizen/v1/citizen.proto",
     "interop/land/v1/land.proto",
     "interop/business/v1/business.proto",
+    "interop/audit/v1/access_log.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -7,6 +7,7 @@ use std::{path::Path, time::Duration};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::proto::{
+    audit::v1::access_log_service_client::AccessLogServiceClient,
     business::v1::business_registry_service_client::BusinessRegistryServiceClient,
     citizen::v1::citizen_registry_service_client::CitizenRegistryServiceClient,
     land::v1::land_registry_service_client::LandRegistryServiceClient,
@@ -59,6 +60,7 @@ pub struct Client {
     pub citizen: CitizenRegistryServiceClient<Channel>,
     pub land: LandRegistryServiceClient<Channel>,
     pub business: BusinessRegistryServiceClient<Channel>,
+    pub access_log: AccessLogServiceClient<Channel>,
 }
 
 /// Builds an endpoint (`https://host:port` or `host:port`) with mTLS.
@@ -94,6 +96,7 @@ impl Client {
             citizen: CitizenRegistryServiceClient::new(channel.clone()),
             land: LandRegistryServiceClient::new(channel.clone()),
             business: BusinessRegistryServiceClient::new(channel.clone()),
+            access_log: AccessLogServiceClient::new(channel.clone()),
             channel,
         }
     }

@@ -37,6 +37,8 @@ struct RawConfig {
     log_format: LogFormat,
     tls: RawTls,
     #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
     agency: Vec<RawAgency>,
     #[serde(default)]
     grant: Vec<RawGrant>,
@@ -50,6 +52,15 @@ struct RawTls {
     client_ca: PathBuf,
     #[serde(default)]
     crls: Vec<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    dir: Option<PathBuf>,
+    signing_key: Option<PathBuf>,
+    checkpoint_every_records: Option<u64>,
+    checkpoint_every_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,6 +100,19 @@ pub struct TlsFiles {
     pub crls: Vec<PathBuf>,
 }
 
+/// Where and how the access log is kept.
+#[derive(Clone, Debug)]
+pub struct AuditSettings {
+    /// Folder of `audit.log`, `audit.head`, `audit.pub`.
+    pub dir: PathBuf,
+    /// The Ed25519 signing key (PKCS#8), created on first start.
+    pub signing_key: PathBuf,
+    /// A signed checkpoint at least every this many records...
+    pub checkpoint_every_records: std::num::NonZeroU64,
+    /// ...and at least this often while records are written.
+    pub checkpoint_every: std::time::Duration,
+}
+
 /// A configured agency.
 #[derive(Clone, Debug)]
 pub struct Agency {
@@ -108,6 +132,7 @@ pub struct Config {
     pub dev: bool,
     pub log_format: LogFormat,
     pub tls: TlsFiles,
+    pub audit: AuditSettings,
     pub agencies: BTreeMap<String, Agency>,
     pub policy: Policy,
 }
@@ -213,16 +238,27 @@ impl Config {
                 domain::agency::parse_procedure_code(p)
                     .map_err(|e| err(format!("grant[{i}].procedures[{j}]: {e}")))?;
             }
-            if g.fields.is_empty() {
-                return Err(err(format!(
-                    "grant[{i}].fields: {} returns {} records; name the fields this grant may read",
-                    method.name, method.record
-                )));
-            }
-            for (j, f) in g.fields.iter().enumerate() {
-                schema
-                    .resolve(method.record, f)
-                    .map_err(|e| err(format!("grant[{i}].fields[{j}]: {e}")))?;
+            match method.record {
+                Some(record) if g.fields.is_empty() => {
+                    return Err(err(format!(
+                        "grant[{i}].fields: {} returns {record} records; name the fields this grant may read",
+                        method.name
+                    )));
+                }
+                Some(record) => {
+                    for (j, f) in g.fields.iter().enumerate() {
+                        schema
+                            .resolve(record, f)
+                            .map_err(|e| err(format!("grant[{i}].fields[{j}]: {e}")))?;
+                    }
+                }
+                None if !g.fields.is_empty() => {
+                    return Err(err(format!(
+                        "grant[{i}].fields: {} returns no registry record; remove `fields`",
+                        method.name
+                    )));
+                }
+                None => {}
             }
             grants.push(Grant {
                 agency: g.agency.clone(),
@@ -232,11 +268,41 @@ impl Config {
             });
         }
 
+        let every_records = raw.audit.checkpoint_every_records.unwrap_or(1000);
+        let checkpoint_every_records = std::num::NonZeroU64::new(every_records)
+            .ok_or_else(|| err("audit.checkpoint_every_records: must be at least 1".into()))?;
+        let every_seconds = raw.audit.checkpoint_every_seconds.unwrap_or(10);
+        if every_seconds == 0 || every_seconds > 86_400 {
+            return Err(err(format!(
+                "audit.checkpoint_every_seconds: must be 1 to 86400, got {every_seconds}"
+            )));
+        }
+        let data_dir = resolve(&raw.data_dir);
+        let audit_dir = raw
+            .audit
+            .dir
+            .as_deref()
+            .map(resolve)
+            .unwrap_or_else(|| data_dir.join("audit"));
+        let signing_key = raw
+            .audit
+            .signing_key
+            .as_deref()
+            .map(resolve)
+            .unwrap_or_else(|| data_dir.join("audit-signing.key"));
+        let audit = AuditSettings {
+            dir: audit_dir,
+            signing_key,
+            checkpoint_every_records,
+            checkpoint_every: std::time::Duration::from_secs(every_seconds),
+        };
+
         Ok(Config {
             path: path.to_owned(),
             listen,
             trust_domain: raw.trust_domain.clone(),
-            data_dir: resolve(&raw.data_dir),
+            data_dir,
+            audit,
             dev: raw.dev,
             log_format: raw.log_format,
             tls: TlsFiles {

@@ -20,6 +20,7 @@ pub mod reason {
     pub const FIELD_NOT_GRANTED: &str = "FIELD_NOT_GRANTED";
     pub const RECORD_NOT_FOUND: &str = "RECORD_NOT_FOUND";
     pub const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
+    pub const AUDIT_UNAVAILABLE: &str = "AUDIT_UNAVAILABLE";
     pub const INTERNAL: &str = "INTERNAL";
 }
 
@@ -66,6 +67,8 @@ pub enum RequestError {
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
+    AuditUnavailable(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -91,7 +94,7 @@ impl RequestError {
             RequestError::InvalidArgument { .. } => Code::InvalidArgument,
             RequestError::PermissionDenied { .. } => Code::PermissionDenied,
             RequestError::NotFound { .. } => Code::NotFound,
-            RequestError::Unavailable(_) => Code::Unavailable,
+            RequestError::Unavailable(_) | RequestError::AuditUnavailable(_) => Code::Unavailable,
             RequestError::Internal(_) => Code::Internal,
         }
     }
@@ -103,6 +106,7 @@ impl RequestError {
             | RequestError::PermissionDenied { reason, .. } => reason,
             RequestError::NotFound { .. } => reason::RECORD_NOT_FOUND,
             RequestError::Unavailable(_) => reason::STORE_UNAVAILABLE,
+            RequestError::AuditUnavailable(_) => reason::AUDIT_UNAVAILABLE,
             RequestError::Internal(_) => reason::INTERNAL,
         }
     }

@@ -16,33 +16,45 @@ use crate::{
 pub struct MethodSpec {
     /// `package.Service/Method`.
     pub name: &'static str,
-    /// Fully-qualified record message whose fields grants name.
-    pub record: &'static str,
+    /// Fully-qualified record message whose fields grants name; `None` for
+    /// methods that return no registry record (their grants name no fields).
+    pub record: Option<&'static str>,
 }
 
 pub const GET_CITIZEN: MethodSpec = MethodSpec {
     name: "interop.citizen.v1.CitizenRegistryService/GetCitizen",
-    record: "interop.citizen.v1.Citizen",
+    record: Some("interop.citizen.v1.Citizen"),
 };
 pub const GET_PARCEL: MethodSpec = MethodSpec {
     name: "interop.land.v1.LandRegistryService/GetParcel",
-    record: "interop.land.v1.Parcel",
+    record: Some("interop.land.v1.Parcel"),
 };
 pub const LIST_PARCELS_BY_HOLDER: MethodSpec = MethodSpec {
     name: "interop.land.v1.LandRegistryService/ListParcelsByHolder",
-    record: "interop.land.v1.Parcel",
+    record: Some("interop.land.v1.Parcel"),
 };
 pub const GET_ENTERPRISE: MethodSpec = MethodSpec {
     name: "interop.business.v1.BusinessRegistryService/GetEnterprise",
-    record: "interop.business.v1.Enterprise",
+    record: Some("interop.business.v1.Enterprise"),
+};
+
+pub const VERIFY_CITIZEN: MethodSpec = MethodSpec {
+    name: "interop.citizen.v1.CitizenRegistryService/VerifyCitizen",
+    record: None,
+};
+pub const LIST_ACCESS_RECORDS: MethodSpec = MethodSpec {
+    name: "interop.audit.v1.AccessLogService/ListAccessRecords",
+    record: None,
 };
 
 /// Every method a grant may name.
 pub const METHODS: &[MethodSpec] = &[
     GET_CITIZEN,
+    VERIFY_CITIZEN,
     GET_PARCEL,
     LIST_PARCELS_BY_HOLDER,
     GET_ENTERPRISE,
+    LIST_ACCESS_RECORDS,
 ];
 
 pub fn method(name: &str) -> Option<MethodSpec> {
@@ -157,9 +169,16 @@ impl Authorization {
         procedure: &str,
     ) -> Result<Disclosure, RequestError> {
         let schema = Schema::gateway();
+        let Some(record) = self.method.record else {
+            // Methods without a record have no read_mask and disclose no fields.
+            return Ok(Disclosure {
+                paths: PathSet::default(),
+                mask: MaskTree::default(),
+            });
+        };
         let mut violations = Vec::new();
         for (i, path) in read_mask.iter().enumerate() {
-            if let Err(e) = schema.resolve(self.method.record, path) {
+            if let Err(e) = schema.resolve(record, path) {
                 violations.push(Violation::new(
                     format!("read_mask.paths[{i}]"),
                     e.to_string(),
@@ -196,7 +215,7 @@ impl Authorization {
         };
         let resolved: Vec<Vec<u32>> = paths
             .iter()
-            .map(|p| schema.resolve(self.method.record, &p))
+            .map(|p| schema.resolve(record, &p))
             .collect::<Result<_, _>>()
             .map_err(|e| RequestError::Internal(format!("granted field does not resolve: {e}")))?;
         let mask = MaskTree::from_numbers(resolved.iter().map(Vec::as_slice));

@@ -31,3 +31,9 @@ pub mod business {
         include!(concat!(env!("OUT_DIR"), "/interop.business.v1.serde.rs"));
     }
 }
+pub mod audit {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/interop.audit.v1.rs"));
+        include!(concat!(env!("OUT_DIR"), "/interop.audit.v1.serde.rs"));
+    }
+}

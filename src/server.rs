@@ -15,8 +15,10 @@ use tokio_rustls::{server::TlsStream, TlsAcceptor};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::{
+    audit::{AuditError, AuditLog, AuditOptions, Signer},
     config::Config,
     proto::{
+        audit::v1::access_log_service_server::AccessLogServiceServer,
         business::v1::business_registry_service_server::BusinessRegistryServiceServer,
         citizen::v1::citizen_registry_service_server::CitizenRegistryServiceServer,
         land::v1::land_registry_service_server::LandRegistryServiceServer, FILE_DESCRIPTOR_SET,
@@ -47,6 +49,8 @@ pub enum ServeError {
     Transport(String),
     #[error("reflection: {0}")]
     Reflection(String),
+    #[error("audit log: {0}")]
+    Audit(#[from] AuditError),
 }
 
 /// A started gateway.
@@ -91,9 +95,23 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         addr: config.listen,
         source,
     })?;
+    let signer = Signer::load_or_create(&config.audit.signing_key)?;
+    let audit = Arc::new(
+        AuditLog::open(
+            &config.audit.dir,
+            signer,
+            AuditOptions {
+                checkpoint_every_records: config.audit.checkpoint_every_records,
+                checkpoint_every: config.audit.checkpoint_every,
+                ..AuditOptions::default()
+            },
+        )
+        .await?,
+    );
     let core = Core {
         config: Arc::new(config),
         store,
+        audit: Arc::clone(&audit),
     };
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -106,6 +124,12 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     health_reporter
         .set_serving::<BusinessRegistryServiceServer<Core>>()
         .await;
+    health_reporter
+        .set_serving::<AccessLogServiceServer<Core>>()
+        .await;
+    // Data services are only as healthy as the access log: without it no
+    // answer may leave, so health follows the log's writability.
+    tokio::spawn(follow_audit_health(audit.health(), health_reporter.clone()));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -129,7 +153,8 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     let router = tonic::transport::Server::builder()
         .add_service(CitizenRegistryServiceServer::new(core.clone()))
         .add_service(LandRegistryServiceServer::new(core.clone()))
-        .add_service(BusinessRegistryServiceServer::new(core))
+        .add_service(BusinessRegistryServiceServer::new(core.clone()))
+        .add_service(AccessLogServiceServer::new(core))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
@@ -140,7 +165,15 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await
-            .map_err(|e| ServeError::Transport(e.to_string()))
+            .map_err(|e| ServeError::Transport(e.to_string()))?;
+        // Every call has finished and dropped its handle: seal the log.
+        match Arc::try_unwrap(audit) {
+            Ok(log) => log.shutdown().await?,
+            Err(_) => tracing::warn!(
+                "access log still in use at shutdown; its tail is sealed on next start"
+            ),
+        }
+        Ok(())
     });
     Ok(Running {
         addr,
@@ -188,25 +221,62 @@ async fn accept_loop(
     }
 }
 
-/// Resolves when the process gets SIGTERM or Ctrl-C.
-pub async fn termination_signal() {
+async fn follow_audit_health(
+    mut healthy: watch::Receiver<bool>,
+    reporter: tonic_health::server::HealthReporter,
+) {
+    loop {
+        let status = if *healthy.borrow_and_update() {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        for service in [
+            "",
+            "interop.citizen.v1.CitizenRegistryService",
+            "interop.land.v1.LandRegistryService",
+            "interop.business.v1.BusinessRegistryService",
+            "interop.audit.v1.AccessLogService",
+        ] {
+            reporter.set_service_status(service, status).await;
+        }
+        if healthy.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Registers for SIGTERM and Ctrl-C now (so a signal arriving right after
+/// start-up is not lost to the default action) and returns a future that
+/// resolves when either arrives.
+pub fn termination_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {},
-                    _ = tokio::signal::ctrl_c() => {},
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {},
+                        _ = int.recv() => {},
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                (Ok(mut term), Err(_)) => {
+                    term.recv().await;
+                }
+                (Err(_), Ok(mut int)) => {
+                    int.recv().await;
+                }
+                (Err(_), Err(_)) => std::future::pending::<()>().await,
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

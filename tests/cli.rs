@@ -334,3 +334,11 @@ fn certs_init_and_issue_write_a_working_dev_pki() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn committed_dev_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.toml");
+    let config = Config::load(&path).unwrap();
+    assert!(config.dev);
+    assert_eq!(config.agencies.len(), 3);
+}

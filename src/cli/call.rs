@@ -180,6 +180,22 @@ pub fn run(args: Args) -> Result<(), Failure> {
                     )?)
                     .await,
             ),
+            m if m == policy::VERIFY_CITIZEN => show(
+                client
+                    .citizen
+                    .verify_citizen(parse::<crate::proto::citizen::v1::VerifyCitizenRequest>(
+                        text, m.name,
+                    )?)
+                    .await,
+            ),
+            m if m == policy::LIST_ACCESS_RECORDS => show(
+                client
+                    .access_log
+                    .list_access_records(
+                        parse::<crate::proto::audit::v1::ListAccessRecordsRequest>(text, m.name)?,
+                    )
+                    .await,
+            ),
             m if m == policy::GET_PARCEL => show(
                 client
                     .land

@@ -5,10 +5,12 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+pub mod audit;
 pub mod call;
 pub mod certs;
 pub mod demo_data;
 pub mod import;
+pub mod report;
 pub mod serve;
 
 /// interop-gateway: mTLS gRPC gateway for inter-agency registry lookups.
@@ -31,6 +33,10 @@ pub enum Command {
     Certs(certs::Args),
     /// Call a gateway method as an agency and print the answer as JSON.
     Call(call::Args),
+    /// Verify or export the access log.
+    Audit(audit::Args),
+    /// Reports from the access log (data re-use per procedure and agency).
+    Report(report::Args),
 }
 
 /// `--config`, shared by the subcommands that read the config.
@@ -75,6 +81,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::DemoData(a) => demo_data::run(a),
         Command::Certs(a) => certs::run(a),
         Command::Call(a) => call::run(a),
+        Command::Audit(a) => audit::run(a),
+        Command::Report(a) => report::run(a),
     }
 }
 
@@ -87,4 +95,58 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::new(EXIT_FAILED, format!("cannot start the runtime: {e}")))
+}
+
+/// Offset of Vietnam time (UTC+7, no daylight saving): days in reports and
+/// `--since`/`--from`/`--to` are Vietnam calendar days, as managers count them.
+pub const VN_OFFSET_MS: i64 = 7 * 3_600_000;
+
+/// `YYYY-MM-DD` (start of that day, Vietnam time) or milliseconds since the
+/// Unix epoch, as milliseconds since the Unix epoch.
+pub fn parse_day_start(text: &str) -> Result<i64, String> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    let (y, m, d) = parse_date(text)?;
+    Ok(crate::domain::calendar::to_days(y, m, d) * 86_400_000 - VN_OFFSET_MS)
+}
+
+/// A `YYYY-MM-DD` calendar date.
+pub fn parse_date(text: &str) -> Result<(i32, u32, u32), String> {
+    let bad = || format!("{text:?} is not a date YYYY-MM-DD (or milliseconds since 1970)");
+    let parts: Vec<&str> = text.split('-').collect();
+    let [y, m, d] = parts.as_slice() else {
+        return Err(bad());
+    };
+    if y.len() != 4 || m.len() != 2 || d.len() != 2 {
+        return Err(bad());
+    }
+    let (y, m, d): (i32, u32, u32) = (
+        y.parse().map_err(|_| bad())?,
+        m.parse().map_err(|_| bad())?,
+        d.parse().map_err(|_| bad())?,
+    );
+    if !crate::domain::calendar::is_real_date(y, m as i32, d as i32) {
+        return Err(bad());
+    }
+    Ok((y, m, d))
+}
+
+/// The Vietnam calendar day of a Unix time in milliseconds.
+pub fn vn_day(time_unix_ms: i64) -> (i32, u32, u32) {
+    crate::domain::calendar::from_days((time_unix_ms + VN_OFFSET_MS).div_euclid(86_400_000))
+}
+
+/// `YYYY-MM-DD HH:MM:SS +07:00` for a Unix time in milliseconds.
+pub fn format_time(time_unix_ms: i64) -> String {
+    let (y, m, d) = vn_day(time_unix_ms);
+    let secs = (time_unix_ms + VN_OFFSET_MS)
+        .div_euclid(1000)
+        .rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} +07:00",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }

@@ -44,8 +44,10 @@ pub fn run(args: Args) -> Result<(), Failure> {
         .map_err(|e| Failure::new(EXIT_CONFIG, e))?;
     let rt = runtime()?;
     rt.block_on(async move {
+        ignore_file_size_signal();
         let agencies = config.agencies.len();
         let trust_domain = config.trust_domain.clone();
+        let signal = server::termination_signal();
         let running = server::start(config)
             .await
             .map_err(|e| Failure::new(EXIT_FAILED, e))?;
@@ -57,7 +59,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         );
         let stop = running.shutdown_handle();
         tokio::spawn(async move {
-            server::termination_signal().await;
+            signal.await;
             tracing::info!("shutting down: no new connections; finishing calls in flight");
             let _ = stop.send(true);
         });
@@ -68,4 +70,22 @@ pub fn run(args: Args) -> Result<(), Failure> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// With a file-size limit (`ulimit -f`) the kernel sends SIGXFSZ on a write
+/// past it, which would kill the process. Catching it turns the limit into a
+/// plain write error, which the access log handles by failing closed.
+fn ignore_file_size_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        const SIGXFSZ: i32 = 25;
+        if let Ok(mut sig) = signal(SignalKind::from_raw(SIGXFSZ)) {
+            tokio::spawn(async move {
+                while sig.recv().await.is_some() {
+                    tracing::warn!("file size limit reached (SIGXFSZ)");
+                }
+            });
+        }
+    }
 }

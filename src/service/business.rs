@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{disclose, store_error, Core, Scoped};
+use super::{disclose, store_error, Answer, Core, Scoped};
 use crate::{
     domain,
     error::RequestError,
@@ -26,6 +26,9 @@ impl Scoped for GetEnterpriseRequest {
     fn subject_for_log(&self) -> String {
         self.enterprise_code.chars().take(20).collect()
     }
+    fn subjects(&self) -> Vec<String> {
+        vec![self.enterprise_code.chars().take(20).collect()]
+    }
 }
 
 #[tonic::async_trait]
@@ -47,8 +50,12 @@ impl BusinessRegistryService for Core {
                     name: code.as_str().to_owned(),
                 })?;
             let enterprise: Enterprise = disclose(&call, &record)?;
-            Ok(GetEnterpriseResponse {
-                enterprise: Some(enterprise),
+            Ok(Answer {
+                response: GetEnterpriseResponse {
+                    enterprise: Some(enterprise),
+                },
+                subjects: vec![code.as_str().to_owned()],
+                fields: call.disclosure.paths.to_strings(),
             })
         })
         .await

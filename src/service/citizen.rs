@@ -2,7 +2,9 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{disclose, loggable_id, store_error, Core, Scoped};
+use prost::Message;
+
+use super::{disclose, loggable_id, store_error, Answer, Core, Scoped};
 use crate::{
     domain,
     error::RequestError,
@@ -10,7 +12,7 @@ use crate::{
     proto::{
         citizen::v1::{
             citizen_registry_service_server::CitizenRegistryService, Citizen, GetCitizenRequest,
-            GetCitizenResponse,
+            GetCitizenResponse, VerifyCitizenRequest, VerifyCitizenResponse,
         },
         common::v1::AccessContext,
     },
@@ -26,6 +28,49 @@ impl Scoped for GetCitizenRequest {
     fn subject_for_log(&self) -> String {
         loggable_id(&self.personal_id)
     }
+    fn subjects(&self) -> Vec<String> {
+        vec![self.personal_id.chars().take(20).collect()]
+    }
+}
+
+impl Scoped for VerifyCitizenRequest {
+    fn context(&self) -> Option<&AccessContext> {
+        self.context.as_ref()
+    }
+    fn read_mask(&self) -> &[String] {
+        &[]
+    }
+    fn subject_for_log(&self) -> String {
+        loggable_id(&self.personal_id)
+    }
+    fn subjects(&self) -> Vec<String> {
+        vec![self.personal_id.chars().take(20).collect()]
+    }
+}
+
+/// A name as compared by `VerifyCitizen`: Unicode NFC, trimmed, every run of
+/// whitespace folded into one space. Case and diacritics are kept.
+pub fn comparable_name(name: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let nfc: String = name.nfc().collect();
+    nfc.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+impl Core {
+    /// The stored (encoded, unmasked) record of a citizen, or NOT_FOUND.
+    async fn citizen_record(
+        &self,
+        id: &domain::personal_id::PersonalId,
+    ) -> Result<Vec<u8>, RequestError> {
+        self.store
+            .citizen(id.as_str())
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| RequestError::NotFound {
+                resource_type: "interop.citizen.v1.Citizen",
+                name: id.as_str().to_owned(),
+            })
+    }
 }
 
 #[tonic::async_trait]
@@ -37,18 +82,53 @@ impl CitizenRegistryService for Core {
         self.call(policy::GET_CITIZEN, request, |call, req| async move {
             let id = domain::personal_id::parse(&req.personal_id)
                 .map_err(|e| RequestError::invalid("personal_id", e.to_string()))?;
-            let record = self
-                .store
-                .citizen(id.as_str())
-                .await
-                .map_err(store_error)?
-                .ok_or_else(|| RequestError::NotFound {
-                    resource_type: "interop.citizen.v1.Citizen",
-                    name: id.as_str().to_owned(),
-                })?;
+            let record = self.citizen_record(&id).await?;
             let citizen: Citizen = disclose(&call, &record)?;
-            Ok(GetCitizenResponse {
-                citizen: Some(citizen),
+            Ok(Answer {
+                response: GetCitizenResponse {
+                    citizen: Some(citizen),
+                },
+                subjects: vec![id.as_str().to_owned()],
+                fields: call.disclosure.paths.to_strings(),
+            })
+        })
+        .await
+    }
+
+    async fn verify_citizen(
+        &self,
+        request: Request<VerifyCitizenRequest>,
+    ) -> Result<Response<VerifyCitizenResponse>, Status> {
+        self.call(policy::VERIFY_CITIZEN, request, |_call, req| async move {
+            let id = domain::personal_id::parse(&req.personal_id)
+                .map_err(|e| RequestError::invalid("personal_id", e.to_string()))?;
+            if req.full_name.trim().is_empty() && req.date_of_birth.is_none() {
+                return Err(RequestError::invalid(
+                    "full_name",
+                    "nothing to verify: set full_name, date_of_birth or both",
+                ));
+            }
+            let record = self.citizen_record(&id).await?;
+            let citizen = Citizen::decode(record.as_slice())
+                .map_err(|e| RequestError::Internal(format!("stored record: {e}")))?;
+            let mut mismatched_fields = Vec::new();
+            if !req.full_name.trim().is_empty()
+                && comparable_name(&req.full_name) != comparable_name(&citizen.full_name)
+            {
+                mismatched_fields.push("full_name".to_owned());
+            }
+            if let Some(declared) = &req.date_of_birth {
+                if Some(declared) != citizen.date_of_birth.as_ref() {
+                    mismatched_fields.push("date_of_birth".to_owned());
+                }
+            }
+            Ok(Answer {
+                response: VerifyCitizenResponse {
+                    r#match: mismatched_fields.is_empty(),
+                    mismatched_fields,
+                },
+                subjects: vec![id.as_str().to_owned()],
+                fields: Vec::new(),
             })
         })
         .await

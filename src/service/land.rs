@@ -3,7 +3,9 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{disclose, loggable_id, store_error, Core, Scoped};
+use prost::Message;
+
+use super::{disclose, loggable_id, page_token, store_error, Answer, Core, Scoped};
 use crate::{
     domain,
     error::{RequestError, Violation},
@@ -17,11 +19,6 @@ use crate::{
     },
     registry::ParcelKey,
 };
-
-/// Page size when the caller sets none.
-const DEFAULT_PAGE_SIZE: usize = 20;
-/// Larger page sizes are reduced to this.
-const MAX_PAGE_SIZE: usize = 100;
 
 impl Scoped for GetParcelRequest {
     fn context(&self) -> Option<&AccessContext> {
@@ -43,6 +40,30 @@ impl Scoped for GetParcelRequest {
             },
         )
     }
+    fn subjects(&self) -> Vec<String> {
+        vec![self.subject_for_log()]
+    }
+}
+
+/// The access-log subject of a parcel: `commune/sheet/number`.
+fn parcel_subject(key: &ParcelKey) -> String {
+    format!(
+        "{}/{}/{}",
+        key.commune_code, key.map_sheet, key.parcel_number
+    )
+}
+
+/// A parcel's subject and its holders: a holder sees reads of parcels it holds.
+fn parcel_subjects(
+    key: &ParcelKey,
+    record: &[u8],
+    out: &mut Vec<String>,
+) -> Result<(), RequestError> {
+    let parcel = Parcel::decode(record)
+        .map_err(|e| RequestError::Internal(format!("stored record: {e}")))?;
+    out.push(parcel_subject(key));
+    out.extend(parcel.holders.into_iter().map(|h| h.holder_id));
+    Ok(())
 }
 
 impl Scoped for ListParcelsByHolderRequest {
@@ -54,6 +75,9 @@ impl Scoped for ListParcelsByHolderRequest {
     }
     fn subject_for_log(&self) -> String {
         loggable_id(&self.holder_id)
+    }
+    fn subjects(&self) -> Vec<String> {
+        vec![self.holder_id.chars().take(20).collect()]
     }
 }
 
@@ -123,49 +147,26 @@ fn check_holder(id: &str) -> Result<(), RequestError> {
     }
 }
 
-const TOKEN_VERSION: &str = "p1";
-const SEP: char = '\u{1f}';
-
-/// Binds a token to its holder without carrying the holder's id: page tokens
-/// end up in client logs, and a personal id must not.
-fn holder_tag(holder: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, holder.as_bytes());
-    digest.as_ref()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+const TOKEN_KIND: &str = "p1";
 
 /// Encodes the last key of a page, bound to the holder it was issued for.
 pub fn encode_page_token(holder: &str, last: &ParcelKey) -> String {
-    let tag = holder_tag(holder);
-    let raw = format!(
-        "{TOKEN_VERSION}{SEP}{tag}{SEP}{}{SEP}{}{SEP}{}",
-        last.commune_code, last.map_sheet, last.parcel_number
-    );
-    raw.bytes().map(|b| format!("{b:02x}")).collect()
+    page_token::seal(
+        TOKEN_KIND,
+        holder,
+        &[
+            last.commune_code.clone(),
+            last.map_sheet.to_string(),
+            last.parcel_number.to_string(),
+        ],
+    )
 }
 
 fn decode_page_token(token: &str, holder: &str) -> Result<ParcelKey, RequestError> {
-    let bad = || {
-        RequestError::invalid(
-            "page_token",
-            "not a token this gateway issued for this holder_id; pass next_page_token of the previous response unchanged, with the same holder_id",
-        )
-    };
-    if token.len() % 2 != 0 || token.len() > 512 {
-        return Err(bad());
-    }
-    let bytes: Vec<u8> = (0..token.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(token.get(i..i + 2).unwrap_or("zz"), 16))
-        .collect::<Result<_, _>>()
-        .map_err(|_| bad())?;
-    let raw = String::from_utf8(bytes).map_err(|_| bad())?;
-    let parts: Vec<&str> = raw.split(SEP).collect();
-    match parts.as_slice() {
-        [TOKEN_VERSION, h, commune, sheet, number] if *h == holder_tag(holder) => Ok(ParcelKey {
-            commune_code: (*commune).to_owned(),
+    let bad = || page_token::invalid("holder_id");
+    match page_token::open(token, TOKEN_KIND, holder).as_deref() {
+        Some([commune, sheet, number]) => Ok(ParcelKey {
+            commune_code: commune.clone(),
             map_sheet: sheet.parse().map_err(|_| bad())?,
             parcel_number: number.parse().map_err(|_| bad())?,
         }),
@@ -194,8 +195,14 @@ impl LandRegistryService for Core {
                     ),
                 })?;
             let parcel: Parcel = disclose(&call, &record)?;
-            Ok(GetParcelResponse {
-                parcel: Some(parcel),
+            let mut subjects = Vec::new();
+            parcel_subjects(&key, &record, &mut subjects)?;
+            Ok(Answer {
+                response: GetParcelResponse {
+                    parcel: Some(parcel),
+                },
+                subjects,
+                fields: call.disclosure.paths.to_strings(),
             })
         })
         .await
@@ -210,16 +217,7 @@ impl LandRegistryService for Core {
             request,
             |call, req| async move {
                 check_holder(&req.holder_id)?;
-                let size = match req.page_size {
-                    n if n < 0 => {
-                        return Err(RequestError::invalid(
-                            "page_size",
-                            format!("must not be negative, got {n}"),
-                        ))
-                    }
-                    0 => DEFAULT_PAGE_SIZE,
-                    n => (n as usize).min(MAX_PAGE_SIZE),
-                };
+                let size = page_token::page_size(req.page_size)?;
                 let after = if req.page_token.is_empty() {
                     None
                 } else {
@@ -241,9 +239,22 @@ impl LandRegistryService for Core {
                     .iter()
                     .map(|(_, record)| disclose::<Parcel>(&call, record))
                     .collect::<Result<_, _>>()?;
-                Ok(ListParcelsByHolderResponse {
-                    parcels,
-                    next_page_token,
+                let mut subjects = vec![req.holder_id.clone()];
+                for (key, record) in &rows {
+                    parcel_subjects(key, record, &mut subjects)?;
+                }
+                let fields = if rows.is_empty() {
+                    Vec::new()
+                } else {
+                    call.disclosure.paths.to_strings()
+                };
+                Ok(Answer {
+                    response: ListParcelsByHolderResponse {
+                        parcels,
+                        next_page_token,
+                    },
+                    subjects,
+                    fields,
                 })
             },
         )

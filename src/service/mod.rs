@@ -3,11 +3,16 @@
 //! identity (certificate -> agency), access context, grant, field mask, the
 //! registry lookup, and one structured log line.
 
-use std::{future::Future, sync::Arc, time::Instant};
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
 
 use tonic::{Request, Response, Status};
 
 use crate::{
+    audit::{AuditLog, AuditRecord},
     config::Config,
     domain,
     error::{RequestError, Violation},
@@ -17,18 +22,33 @@ use crate::{
     registry::Store,
 };
 
+pub mod access_log;
 pub mod business;
 pub mod citizen;
 pub mod land;
+pub mod page_token;
 
 /// Longest officer id accepted (it is free text from the caller's system).
 const MAX_OFFICER_ID: usize = 64;
 
-/// What every service shares: the validated config and the store.
+/// Response header carrying the id under which the call was audited.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// What every service shares: the validated config, the store, the access log.
 #[derive(Clone)]
 pub struct Core {
     pub config: Arc<Config>,
     pub store: Store,
+    pub audit: Arc<AuditLog>,
+}
+
+/// A successful answer and what the access log must say about it.
+pub struct Answer<Resp> {
+    pub response: Resp,
+    /// Whose records it concerns (personal ids, enterprise codes, parcel keys).
+    pub subjects: Vec<String>,
+    /// Field paths of registry records it discloses.
+    pub fields: Vec<String>,
 }
 
 /// An allowed call: who, for what, and what it may disclose.
@@ -45,6 +65,23 @@ pub trait Scoped {
     fn read_mask(&self) -> &[String];
     /// The record key, in a form safe to log (personal ids masked).
     fn subject_for_log(&self) -> String;
+    /// Whose records the request asks about, for the access log.
+    fn subjects(&self) -> Vec<String>;
+}
+
+/// A fresh request id: 128 random bits, hex.
+fn new_request_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        // Fall back to time: unique enough to correlate, never a reason to fail a call.
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        bytes = nanos.to_be_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Masks a value when it is a personal id; other identifiers are not personal.
@@ -109,12 +146,20 @@ impl Core {
     where
         Req: Scoped,
         F: FnOnce(Call, Req) -> Fut,
-        Fut: Future<Output = Result<Resp, RequestError>>,
+        Fut: Future<Output = Result<Answer<Resp>, RequestError>>,
     {
         let started = Instant::now();
+        let time_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default();
+        let request_id = new_request_id();
         let certs = request.peer_certs();
         let req = request.into_inner();
         let subject = req.subject_for_log();
+        let requested_subjects = req.subjects();
+        let context = req.context().cloned().unwrap_or_default();
+        let mut audited_agency: Option<AgencyId> = None;
         let procedure_for_log = req
             .context()
             .map(|c| c.procedure_code.chars().take(40).collect::<String>())
@@ -132,6 +177,7 @@ impl Core {
                 self.config.agencies.contains_key(code)
             })?;
             agency_for_log = agency.to_string();
+            audited_agency = Some(agency.clone());
             let (procedure_code, dossier_id) = check_context(req.context())?;
             let authz = self
                 .config
@@ -148,6 +194,42 @@ impl Core {
         }
         .await;
 
+        // No answer leaves before its access record is durable; a call whose
+        // record cannot be written fails closed.
+        let result = match audited_agency {
+            None => result,
+            Some(agency) => {
+                let (subjects, fields, code) = match &result {
+                    Ok(a) => (a.subjects.clone(), a.fields.clone(), tonic::Code::Ok),
+                    Err(e) => (requested_subjects, Vec::new(), e.code()),
+                };
+                let mut subjects = subjects;
+                subjects.sort();
+                subjects.dedup();
+                let record = AuditRecord {
+                    time_unix_ms,
+                    request_id: request_id.clone(),
+                    agency_code: agency.to_string(),
+                    method: method.name.to_owned(),
+                    procedure_code: context.procedure_code.chars().take(64).collect(),
+                    dossier_id: context.dossier_id.chars().take(64).collect(),
+                    officer_id: context.officer_id.chars().take(MAX_OFFICER_ID).collect(),
+                    subjects,
+                    fields,
+                    outcome: crate::error::code_name(code).to_owned(),
+                    latency_us: started.elapsed().as_micros() as u64,
+                };
+                match self.audit.append(record).await {
+                    Ok(_) => result,
+                    Err(e) => {
+                        tracing::error!(error = %e, "access log write failed; failing the call closed");
+                        Err(RequestError::AuditUnavailable(
+                            "the access log cannot be written right now, so no data is disclosed; retry later".into(),
+                        ))
+                    }
+                }
+            }
+        };
         let code = match &result {
             Ok(_) => tonic::Code::Ok,
             Err(e) => e.code(),
@@ -163,7 +245,23 @@ impl Core {
             latency_ms = format_args!("{latency_ms:.3}"),
             "call"
         );
-        result.map(Response::new).map_err(Status::from)
+        let id = tonic::metadata::MetadataValue::try_from(request_id.as_str()).ok();
+        match result {
+            Ok(answer) => {
+                let mut response = Response::new(answer.response);
+                if let Some(id) = id {
+                    response.metadata_mut().insert(REQUEST_ID_HEADER, id);
+                }
+                Ok(response)
+            }
+            Err(e) => {
+                let mut status = Status::from(e);
+                if let Some(id) = id {
+                    status.metadata_mut().insert(REQUEST_ID_HEADER, id);
+                }
+                Err(status)
+            }
+        }
     }
 }
 

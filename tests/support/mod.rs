@@ -29,6 +29,7 @@ pub const PORTAL: &str = "000.00.00.G22";
 
 pub const PROCEDURE_LAND: &str = "1.004227";
 pub const PROCEDURE_BUSINESS: &str = "2.000815";
+pub const PROCEDURE_PORTAL: &str = "2.002154";
 pub const DOSSIER: &str = "000.00.20.H13-241205-0001";
 
 pub const CITIZEN_ID: &str = "092085000123";
@@ -222,6 +223,16 @@ procedures = ["{PROCEDURE_LAND}"]
 fields = ["ref", "area_m2", "holders"]
 
 [[grant]]
+agency = "{LAND_OFFICE}"
+method = "interop.citizen.v1.CitizenRegistryService/VerifyCitizen"
+procedures = ["{PROCEDURE_LAND}"]
+
+[[grant]]
+agency = "{PORTAL}"
+method = "interop.audit.v1.AccessLogService/ListAccessRecords"
+procedures = ["{PROCEDURE_PORTAL}"]
+
+[[grant]]
 agency = "{BUSINESS_OFFICE}"
 method = "interop.business.v1.BusinessRegistryService/GetEnterprise"
 procedures = ["{PROCEDURE_BUSINESS}"]
@@ -327,4 +338,103 @@ pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
         .bad_request()
         .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
         .unwrap_or_default()
+}
+
+/// The gateway binary running as a child process, killed if a test fails
+/// before stopping it (so no process or pipe outlives the test).
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub addr: String,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ServeProcess {
+    /// Starts `interop-gateway serve --config <config>` (through `sh -c` with
+    /// `prefix` before it when given, e.g. `ulimit -f 8;`) and waits for its
+    /// `serving ... addr=` line.
+    pub fn start(config: &Path, prefix: Option<&str>) -> ServeProcess {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let bin = env!("CARGO_BIN_EXE_interop-gateway");
+        let mut cmd = match prefix {
+            Some(p) => {
+                let mut c = Command::new("bash");
+                c.arg("-c")
+                    .arg(format!("{p} exec \"$0\" serve --config \"$1\""))
+                    .arg(bin)
+                    .arg(config);
+                c
+            }
+            None => {
+                let mut c = Command::new(bin);
+                c.args(["serve", "--config"]).arg(config);
+                c
+            }
+        };
+        let mut child = cmd
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let addr = loop {
+            let Some(Ok(line)) = lines.next() else {
+                let _ = child.kill();
+                panic!("serve exited before serving: {:?}", log.lock().unwrap());
+            };
+            log.lock().unwrap().push(line.clone());
+            if line.contains("serving") {
+                if let Some(rest) = line.split("addr=").nth(1) {
+                    break rest.split_whitespace().next().unwrap().to_owned();
+                }
+            }
+        };
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        ServeProcess {
+            child,
+            addr: format!("https://{addr}"),
+            log,
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A folder with a per-run PKI, a (non-dev) config and the fixture store.
+pub fn prepared_dir() -> (TempDir, Pki, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, config_text(&[], "certs/ca.pem")).unwrap();
+    let cfg = Config::load(&config).unwrap();
+    store_fixtures(dir.path(), &cfg.store_path());
+    (dir, pki, config)
 }

@@ -1,0 +1,207 @@
+//! The bytes of one line of `audit.log` (and of `audit.head`, which holds one
+//! checkpoint line): writing record and checkpoint lines, and reading a line
+//! back into what it claims, before anything is checked.
+
+use std::io;
+
+use serde::{Deserialize, Serialize};
+
+use super::{chain::Checkpoint, record::AuditRecord};
+
+/// What one line of the log says.
+#[derive(Debug)]
+pub(crate) enum Line {
+    Record {
+        seq: u64,
+        hash: [u8; 32],
+        record: AuditRecord,
+    },
+    Checkpoint(Checkpoint),
+}
+
+#[derive(Serialize)]
+struct RecordOut<'a> {
+    seq: u64,
+    hash: String,
+    record: &'a AuditRecord,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointJson {
+    seq: u64,
+    hash: String,
+    time_unix_ms: i64,
+    signature: String,
+}
+
+#[derive(Serialize)]
+struct CheckpointOut {
+    checkpoint: CheckpointJson,
+}
+
+/// Either shape of line; which keys are present decides which it is.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnyLine {
+    seq: Option<u64>,
+    hash: Option<String>,
+    record: Option<AuditRecord>,
+    checkpoint: Option<CheckpointJson>,
+}
+
+/// Appends `{"seq":..,"hash":..,"record":{..}}\n` to `out`.
+pub(crate) fn write_record(
+    out: &mut Vec<u8>,
+    seq: u64,
+    hash: &[u8; 32],
+    record: &AuditRecord,
+) -> io::Result<()> {
+    let line = RecordOut {
+        seq,
+        hash: hex(hash),
+        record,
+    };
+    serde_json::to_writer(&mut *out, &line).map_err(io::Error::other)?;
+    out.push(b'\n');
+    Ok(())
+}
+
+/// Appends `{"checkpoint":{..}}\n` to `out`.
+pub(crate) fn write_checkpoint(out: &mut Vec<u8>, cp: &Checkpoint) -> io::Result<()> {
+    let line = CheckpointOut {
+        checkpoint: CheckpointJson {
+            seq: cp.seq,
+            hash: hex(&cp.hash),
+            time_unix_ms: cp.time_unix_ms,
+            signature: hex(&cp.signature),
+        },
+    };
+    serde_json::to_writer(&mut *out, &line).map_err(io::Error::other)?;
+    out.push(b'\n');
+    Ok(())
+}
+
+/// Reads one line (without its `\n`). The error says what is malformed.
+pub(crate) fn parse(bytes: &[u8]) -> Result<Line, String> {
+    let any: AnyLine = serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    match any {
+        AnyLine {
+            seq: Some(seq),
+            hash: Some(hash),
+            record: Some(record),
+            checkpoint: None,
+        } => Ok(Line::Record {
+            seq,
+            hash: unhex(&hash).ok_or("\"hash\" is not 64 hex digits")?,
+            record,
+        }),
+        AnyLine {
+            seq: None,
+            hash: None,
+            record: None,
+            checkpoint: Some(cp),
+        } => Ok(Line::Checkpoint(Checkpoint {
+            seq: cp.seq,
+            hash: unhex(&cp.hash).ok_or("checkpoint \"hash\" is not 64 hex digits")?,
+            time_unix_ms: cp.time_unix_ms,
+            signature: unhex(&cp.signature)
+                .ok_or("checkpoint \"signature\" is not 128 hex digits")?,
+        })),
+        _ => Err(
+            "neither a record line (seq, hash, record) nor a checkpoint line (checkpoint)".into(),
+        ),
+    }
+}
+
+/// Lowercase hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
+}
+
+/// Exactly `N` bytes of hex, either case.
+fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let s = s.as_bytes();
+    if s.len() != 2 * N {
+        return None;
+    }
+    let digit = |c: u8| char::from(c).to_digit(16).map(|d| d as u8);
+    let mut out = [0; N];
+    for (i, pair) in s.chunks_exact(2).enumerate() {
+        out[i] = (digit(pair[0])? << 4) | digit(pair[1])?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::record::sample;
+
+    #[test]
+    fn record_line_round_trips_and_ends_in_one_newline() {
+        let r = sample(3, "001099012345");
+        let mut buf = Vec::new();
+        write_record(&mut buf, 3, &[0xab; 32], &r).unwrap();
+        assert_eq!(buf.iter().filter(|&&b| b == b'\n').count(), 1);
+        assert!(buf.starts_with(br#"{"seq":3,"hash":"abab"#));
+        match parse(&buf[..buf.len() - 1]).unwrap() {
+            Line::Record { seq, hash, record } => {
+                assert_eq!((seq, hash, record), (3, [0xab; 32], r));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn checkpoint_line_round_trips() {
+        let cp = Checkpoint {
+            seq: 9,
+            hash: [1; 32],
+            time_unix_ms: -5,
+            signature: [0xfe; 64],
+        };
+        let mut buf = Vec::new();
+        write_checkpoint(&mut buf, &cp).unwrap();
+        assert!(buf.starts_with(br#"{"checkpoint":{"seq":9,"#));
+        match parse(buf.trim_ascii_end()).unwrap() {
+            Line::Checkpoint(back) => assert_eq!(back, cp),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn mixed_extra_or_short_lines_are_refused() {
+        for bad in [
+            r#"{"seq":1,"hash":"00","record":null}"#,
+            r#"{"seq":1}"#,
+            r#"{"checkpoint":{"seq":1,"hash":"","time_unix_ms":0,"signature":""},"seq":1}"#,
+            r#"{"seq":1,"seq":2}"#,
+            "not json",
+            "",
+        ] {
+            assert!(parse(bad.as_bytes()).is_err(), "{bad}");
+        }
+        let mut buf = Vec::new();
+        write_record(&mut buf, 1, &[0; 32], &sample(1, "x")).unwrap();
+        let mut text = String::from_utf8(buf).unwrap();
+        text = text.replacen(r#""seq":1,"#, r#""seq":1,"extra":true,"#, 1);
+        assert!(parse(text.trim_end().as_bytes()).is_err());
+    }
+
+    #[test]
+    fn hex_round_trips_and_rejects_wrong_lengths_and_digits() {
+        let bytes: [u8; 4] = [0x00, 0x7f, 0x80, 0xff];
+        assert_eq!(hex(&bytes), "007f80ff");
+        assert_eq!(unhex::<4>("007F80ff"), Some(bytes));
+        assert_eq!(unhex::<4>("007f80f"), None);
+        assert_eq!(unhex::<4>("007f80fg"), None);
+        assert_eq!(unhex::<4>("+07f80ff"), None);
+    }
+}

@@ -1,0 +1,117 @@
+//! The audit trail: every call through the gateway becomes a record in a
+//! durable, tamper-evident log that an auditor (or a citizen asking who read
+//! their records) can check with nothing but the files and a public key.
+//!
+//! - [`record`]: the record and its canonical encoding
+//! - [`chain`]: the hash chain and signed checkpoints
+//! - [`signer`]: the Ed25519 signing key
+//! - [`writer`]: the live log ([`AuditLog`]): recovery on open, group commit,
+//!   fail-closed writes, the subject index
+//! - [`verify`]: [`verify_file`] and [`export`]
+//!
+//! # Files
+//!
+//! One directory holds one log:
+//!
+//! - `audit.log`: append-only, UTF-8, one JSON object per `\n`-terminated
+//!   line, of two kinds:
+//!   - record line: `{"seq":N,"hash":"<64 hex>","record":{<AuditRecord>}}`.
+//!     Seqs start at 1 and run without gap. `hash` is the chain hash after
+//!     this record (see [`chain`]): SHA-256 over a domain tag, the previous
+//!     record's hash (32 zero bytes before record 1), `seq` as u64
+//!     big-endian, and the record's canonical encoding (see [`record`]; not
+//!     its JSON, so JSON formatting never matters).
+//!   - checkpoint line: `{"checkpoint":{"seq":N,"hash":"<64 hex>",
+//!     "time_unix_ms":T,"signature":"<128 hex>"}}`, right after record N,
+//!     with `hash` the chain hash after record N and `signature` Ed25519 over
+//!     a tag, N, that hash and T. Written every `checkpoint_every_records`
+//!     records, every `checkpoint_every` when anything was written since the
+//!     last one, on shutdown, and on open when the last run left records
+//!     unsealed.
+//! - `audit.head`: the latest checkpoint line alone, replaced atomically
+//!   (temp file, fsync, rename, folder fsync) after each checkpoint is
+//!   durable in the log. A new log starts with a signed genesis head
+//!   (seq 0, 32 zero bytes).
+//! - `audit.pub`: the public key as SPKI PEM, written on first open.
+//!
+//! The signing key (PKCS#8, mode 0600) lives wherever the caller keeps it;
+//! it should not be in this directory if the directory is handed out.
+//!
+//! # What verification detects
+//!
+//! Changing a record (its hash no longer matches), removing, duplicating or
+//! reordering records (seqs no longer run 1, 2, 3, and the hash covers the
+//! seq), rewriting records *and* recomputing every hash after them (the
+//! next checkpoint's signed hash no longer matches), forging or altering a
+//! checkpoint (its signature fails), and cutting lines off the end,
+//! checkpoints included (`audit.head` names a checkpoint the log no longer
+//! has). Deleting `audit.head` is itself reported.
+//!
+//! Not detectable from these files alone: records after the last checkpoint
+//! can be changed or removed by someone who recomputes their hashes (at most
+//! `checkpoint_every_records` records or `checkpoint_every` of traffic), and
+//! rolling the log *and* `audit.head` back together to an earlier state. Both
+//! are closed by sending checkpoints to a witness outside the machine, which
+//! is a deployment matter above this module.
+//!
+//! # Crashes
+//!
+//! A record is acknowledged only after its line is fsynced, so a crash can
+//! leave (a) a final line cut short, never acknowledged, which open removes,
+//! and (b) records after the last checkpoint, which open seals with a new
+//! one. Neither is a verification failure; [`VerifyReport`] counts both.
+//!
+//! One process per directory: the log is not locked against a second writer.
+
+pub mod chain;
+mod files;
+mod index;
+mod line;
+pub mod record;
+pub mod signer;
+pub mod verify;
+pub mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::{io, path::PathBuf};
+
+pub use chain::Checkpoint;
+pub use files::{HEAD_FILE, LOG_FILE, PUB_FILE};
+pub use record::AuditRecord;
+pub use signer::{parse_public_key_pem, verify_signature, Signer};
+pub use verify::{export, verify_file, VerifyFailure, VerifyReport};
+pub use writer::{AuditLog, AuditOptions};
+
+/// Everything that can go wrong opening, writing or reading the audit log.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("signing key {}: {what}", path.display())]
+    Key { path: PathBuf, what: String },
+    #[error("{0}")]
+    Pem(String),
+    #[error(
+        "{} holds another public key than the signing key's: the log was signed with \
+         another key; start with that key, or give this key a new audit directory",
+        path.display()
+    )]
+    KeyMismatch { path: PathBuf },
+    #[error(
+        "the audit log in {} fails verification, so it is not opened: {failure}",
+        dir.display()
+    )]
+    Broken {
+        dir: PathBuf,
+        failure: VerifyFailure,
+    },
+    #[error("{}: {what}; run verification on the log", path.display())]
+    Corrupt { path: PathBuf, what: String },
+    #[error("audit options: {0}")]
+    Options(String),
+    /// The record was not written; the caller must not proceed as if it was.
+    #[error("audit log unavailable: {0}")]
+    Unavailable(String),
+}

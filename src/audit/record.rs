@@ -1,0 +1,147 @@
+//! One audit record: who read what, for which procedure and dossier, and how
+//! it ended; plus its canonical byte encoding, which is what the hash chain
+//! covers.
+//!
+//! The canonical encoding does not go through JSON, so it cannot drift with
+//! serde_json's map ordering, escaping or number formatting. It is the fields
+//! in this fixed order, each written as:
+//!
+//! | field            | encoding                                        |
+//! |------------------|-------------------------------------------------|
+//! | `time_unix_ms`   | i64, 8 bytes big-endian (two's complement)      |
+//! | `request_id`     | string                                          |
+//! | `agency_code`    | string                                          |
+//! | `method`         | string                                          |
+//! | `procedure_code` | string                                          |
+//! | `dossier_id`     | string                                          |
+//! | `officer_id`     | string                                          |
+//! | `subjects`       | list                                            |
+//! | `fields`         | list                                            |
+//! | `outcome`        | string                                          |
+//! | `latency_us`     | u64, 8 bytes big-endian                         |
+//!
+//! where a *string* is its UTF-8 byte length as u64 big-endian followed by the
+//! bytes, and a *list* is its element count as u64 big-endian followed by each
+//! element as a string. Every variable-length part carries its length, so two
+//! different records never encode to the same bytes.
+
+use serde::{Deserialize, Serialize};
+
+/// One call through the gateway, as the audit log keeps it.
+///
+/// Unknown JSON fields are rejected when reading a record back: a field the
+/// canonical encoding does not cover must not be able to ride along unhashed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecord {
+    /// When the call arrived, milliseconds since the Unix epoch.
+    pub time_unix_ms: i64,
+    pub request_id: String,
+    /// The calling agency, from its certificate.
+    pub agency_code: String,
+    /// Full gRPC method name.
+    pub method: String,
+    /// Administrative procedure the call serves.
+    pub procedure_code: String,
+    pub dossier_id: String,
+    pub officer_id: String,
+    /// Whose records were read: personal ids, enterprise codes, parcel keys.
+    pub subjects: Vec<String>,
+    /// The fields returned (the granted intersection of the read mask).
+    pub fields: Vec<String>,
+    /// gRPC status code name, such as `OK` or `PERMISSION_DENIED`.
+    pub outcome: String,
+    pub latency_us: u64,
+}
+
+impl AuditRecord {
+    /// The canonical encoding described in the module doc.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(&self.time_unix_ms.to_be_bytes());
+        for s in [
+            &self.request_id,
+            &self.agency_code,
+            &self.method,
+            &self.procedure_code,
+            &self.dossier_id,
+            &self.officer_id,
+        ] {
+            put_str(&mut out, s);
+        }
+        put_list(&mut out, &self.subjects);
+        put_list(&mut out, &self.fields);
+        put_str(&mut out, &self.outcome);
+        out.extend_from_slice(&self.latency_us.to_be_bytes());
+        out
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_list(out: &mut Vec<u8>, items: &[String]) {
+    out.extend_from_slice(&(items.len() as u64).to_be_bytes());
+    for item in items {
+        put_str(out, item);
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn sample(n: u64, subject: &str) -> AuditRecord {
+    AuditRecord {
+        time_unix_ms: 1_733_400_000_000 + n as i64,
+        request_id: format!("req-{n:06}"),
+        agency_code: "000.00.20.H13".into(),
+        method: "interop.citizen.v1.CitizenRegistryService/GetCitizen".into(),
+        procedure_code: "1.004227".into(),
+        dossier_id: format!("000.00.20.H13-241205-{n:04}"),
+        officer_id: "cb-017".into(),
+        subjects: vec![subject.to_owned()],
+        fields: vec!["fullName".into(), "permanentAddress.provinceCode".into()],
+        outcome: "OK".into(),
+        latency_us: 850 + n,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_bytes_start_with_time_and_end_with_latency() {
+        let r = sample(1, "001099012345");
+        let bytes = r.canonical_bytes();
+        assert_eq!(bytes[..8], r.time_unix_ms.to_be_bytes());
+        assert_eq!(bytes[bytes.len() - 8..], r.latency_us.to_be_bytes());
+    }
+
+    #[test]
+    fn moving_bytes_between_list_elements_changes_the_encoding() {
+        let mut a = sample(1, "ab");
+        a.subjects = vec!["ab".into(), "c".into()];
+        let mut b = a.clone();
+        b.subjects = vec!["a".into(), "bc".into()];
+        assert_ne!(a.canonical_bytes(), b.canonical_bytes());
+    }
+
+    #[test]
+    fn moving_an_element_between_lists_changes_the_encoding() {
+        let mut a = sample(1, "x");
+        a.subjects = vec!["x".into(), "fullName".into()];
+        a.fields = vec![];
+        let mut b = a.clone();
+        b.subjects = vec!["x".into()];
+        b.fields = vec!["fullName".into()];
+        assert_ne!(a.canonical_bytes(), b.canonical_bytes());
+    }
+
+    #[test]
+    fn json_with_an_unknown_field_is_rejected() {
+        let mut v = serde_json::to_value(sample(1, "x")).unwrap();
+        v["note"] = "unhashed".into();
+        assert!(serde_json::from_value::<AuditRecord>(v).is_err());
+    }
+}

@@ -1,0 +1,264 @@
+//! `interop-gateway report reuse`: the data re-use figures provinces are
+//! measured on, per procedure code and per agency, from the access log.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs::File,
+    io::{BufRead, BufReader},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{load_config, parse_date, vn_day, ConfigArg, Failure, EXIT_CONFIG, EXIT_FAILED};
+use crate::{audit::AuditRecord, policy};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: ReportCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ReportCommand {
+    /// Per procedure and agency: lookups served with data, verifications,
+    /// denials, other errors, and distinct dossiers.
+    Reuse {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// First day included, YYYY-MM-DD (Vietnam time).
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day included, YYYY-MM-DD (Vietnam time).
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+/// One row of the re-use report.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ReuseRow {
+    pub procedure_code: String,
+    pub agency_code: String,
+    pub agency_name: String,
+    /// Calls answered with registry data.
+    pub lookups_with_data: u64,
+    /// Successful `VerifyCitizen` calls.
+    pub verifications: u64,
+    /// PERMISSION_DENIED and UNAUTHENTICATED.
+    pub denials: u64,
+    /// Other failed calls (invalid arguments, not found, unavailable).
+    pub other_errors: u64,
+    /// Distinct dossiers that called at all.
+    pub dossiers: u64,
+    /// Distinct dossiers served from re-used data (a lookup with data or a
+    /// successful verification).
+    pub dossiers_served: u64,
+}
+
+#[derive(Deserialize)]
+struct Line {
+    #[serde(default)]
+    record: Option<AuditRecord>,
+}
+
+#[derive(Default)]
+struct Acc {
+    row: ReuseRow,
+    dossiers: BTreeSet<String>,
+    served: BTreeSet<String>,
+}
+
+fn is_data_method(method: &str) -> bool {
+    policy::METHODS
+        .iter()
+        .any(|m| m.name == method && m.record.is_some())
+}
+
+/// Builds the report from log records, counting those within `[from, to]` days.
+pub fn reuse<I: IntoIterator<Item = AuditRecord>>(
+    records: I,
+    from: Option<(i32, u32, u32)>,
+    to: Option<(i32, u32, u32)>,
+    agency_name: impl Fn(&str) -> String,
+) -> Vec<ReuseRow> {
+    let mut acc: BTreeMap<(String, String), Acc> = BTreeMap::new();
+    for r in records {
+        let day = vn_day(r.time_unix_ms);
+        if from.is_some_and(|f| day < f) || to.is_some_and(|t| day > t) {
+            continue;
+        }
+        let a = acc
+            .entry((r.procedure_code.clone(), r.agency_code.clone()))
+            .or_default();
+        let ok = r.outcome == "OK";
+        let served = ok
+            && ((is_data_method(&r.method) && !r.fields.is_empty())
+                || r.method == policy::VERIFY_CITIZEN.name);
+        if ok && is_data_method(&r.method) && !r.fields.is_empty() {
+            a.row.lookups_with_data += 1;
+        } else if ok && r.method == policy::VERIFY_CITIZEN.name {
+            a.row.verifications += 1;
+        } else if r.outcome == "PERMISSION_DENIED" || r.outcome == "UNAUTHENTICATED" {
+            a.row.denials += 1;
+        } else if !ok {
+            a.row.other_errors += 1;
+        }
+        a.dossiers.insert(r.dossier_id.clone());
+        if served {
+            a.served.insert(r.dossier_id);
+        }
+    }
+    acc.into_iter()
+        .map(|((procedure_code, agency_code), a)| ReuseRow {
+            agency_name: agency_name(&agency_code),
+            procedure_code,
+            agency_code,
+            dossiers: a.dossiers.len() as u64,
+            dossiers_served: a.served.len() as u64,
+            ..a.row
+        })
+        .collect()
+}
+
+const HEADER: [&str; 9] = [
+    "procedure",
+    "agency",
+    "agency name",
+    "lookups with data",
+    "verifications",
+    "denials",
+    "other errors",
+    "dossiers",
+    "dossiers served",
+];
+
+fn cells(r: &ReuseRow) -> [String; 9] {
+    [
+        r.procedure_code.clone(),
+        r.agency_code.clone(),
+        r.agency_name.clone(),
+        r.lookups_with_data.to_string(),
+        r.verifications.to_string(),
+        r.denials.to_string(),
+        r.other_errors.to_string(),
+        r.dossiers.to_string(),
+        r.dossiers_served.to_string(),
+    ]
+}
+
+fn csv_cell(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+/// Renders the rows in the chosen format.
+pub fn render(rows: &[ReuseRow], format: Format) -> String {
+    match format {
+        Format::Json => serde_json::to_string_pretty(rows).unwrap_or_default() + "\n",
+        Format::Csv => {
+            let mut out = HEADER.join(",") + "\n";
+            for r in rows {
+                let c: Vec<String> = cells(r).iter().map(|s| csv_cell(s)).collect();
+                out.push_str(&c.join(","));
+                out.push('\n');
+            }
+            out
+        }
+        Format::Table => {
+            let body: Vec<[String; 9]> = rows.iter().map(cells).collect();
+            let mut widths: Vec<usize> = HEADER.iter().map(|h| h.chars().count()).collect();
+            for row in &body {
+                for (w, c) in widths.iter_mut().zip(row) {
+                    *w = (*w).max(c.chars().count());
+                }
+            }
+            let line = |cols: Vec<&str>| {
+                let padded: Vec<String> = cols
+                    .iter()
+                    .zip(&widths)
+                    .enumerate()
+                    .map(|(i, (c, w))| {
+                        let pad = w - c.chars().count();
+                        if i >= 3 {
+                            format!("{}{c}", " ".repeat(pad))
+                        } else {
+                            format!("{c}{}", " ".repeat(pad))
+                        }
+                    })
+                    .collect();
+                padded.join("  ").trim_end().to_owned() + "\n"
+            };
+            let mut out = line(HEADER.to_vec());
+            for row in &body {
+                out.push_str(&line(row.iter().map(String::as_str).collect()));
+            }
+            let served: u64 = rows.iter().map(|r| r.dossiers_served).sum();
+            let total: u64 = rows.iter().map(|r| r.dossiers).sum();
+            if total > 0 {
+                out.push_str(&format!(
+                    "\ndossiers served from re-used data: {served} of {total} ({:.1}%)\n",
+                    served as f64 * 100.0 / total as f64
+                ));
+            }
+            out
+        }
+    }
+}
+
+pub fn run(args: Args) -> Result<(), Failure> {
+    let ReportCommand::Reuse {
+        config,
+        from,
+        to,
+        format,
+    } = args.command;
+    let config = load_config(&config.config)?;
+    let day = |v: Option<String>, flag: &str| {
+        v.as_deref()
+            .map(parse_date)
+            .transpose()
+            .map_err(|e| Failure::new(EXIT_CONFIG, format!("{flag}: {e}")))
+    };
+    let (from, to) = (day(from, "--from")?, day(to, "--to")?);
+    let path = config.audit.dir.join(crate::audit::LOG_FILE);
+    let file = File::open(&path)
+        .map_err(|e| Failure::new(EXIT_FAILED, format!("{}: {e}", path.display())))?;
+    let mut records = Vec::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line
+            .map_err(|e| Failure::new(EXIT_FAILED, format!("{}:{}: {e}", path.display(), i + 1)))?;
+        // Checkpoint lines carry no record; every line must parse (a torn
+        // tail left by a crash is repaired when the gateway next starts).
+        match serde_json::from_str::<Line>(&line) {
+            Ok(Line { record: Some(r) }) => records.push(r),
+            Ok(Line { record: None }) => {}
+            Err(e) => {
+                return Err(Failure::new(
+                    EXIT_FAILED,
+                    format!("{}:{}: {e} (run `audit verify`)", path.display(), i + 1),
+                ))
+            }
+        }
+    }
+    let rows = reuse(records, from, to, |code| {
+        config
+            .agencies
+            .get(code)
+            .map(|a| a.name.clone())
+            .unwrap_or_default()
+    });
+    print!("{}", render(&rows, format));
+    Ok(())
+}
