@@ -74,12 +74,19 @@ pub fn ensure_store(config: &Config) -> anyhow::Result<Vec<String>> {
         summary.parcels,
         summary.enterprises
     )];
+    // All three registries go into a store built aside, renamed into place
+    // only when complete, so a failed first start never leaves a partial
+    // store that later starts would take as done.
+    let building = store.with_extension("sqlite.dev-building");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", building.display()));
+    }
     for (registry, file) in [
         (Registry::Citizen, "citizens.jsonl"),
         (Registry::Land, "parcels.jsonl"),
         (Registry::Business, "enterprises.jsonl"),
     ] {
-        let s = import_file(&store, registry, &out.join(file))?;
+        let s = import_file(&building, registry, &out.join(file))?;
         done.push(format!(
             "imported {} {} records into {}",
             s.records,
@@ -87,5 +94,6 @@ pub fn ensure_store(config: &Config) -> anyhow::Result<Vec<String>> {
             store.display()
         ));
     }
+    std::fs::rename(&building, &store)?;
     Ok(done)
 }

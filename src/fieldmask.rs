@@ -141,17 +141,18 @@ impl MaskTree {
                 2 => {
                     let mut probe = buf;
                     let len = usize::try_from(read_varint(&mut probe)?).map_err(|_| WireError)?;
-                    (buf.len() - probe.len()) + len
+                    (buf.len() - probe.len())
+                        .checked_add(len)
+                        .ok_or(WireError)?
                 }
                 5 => 4,
                 _ => return Err(WireError),
             };
-            let value = start
-                .get(header_len..header_len + value_len)
-                .ok_or(WireError)?;
+            let end = header_len.checked_add(value_len).ok_or(WireError)?;
+            let value = start.get(header_len..end).ok_or(WireError)?;
             if let Some(child) = self.children.get(&number) {
                 if child.whole || wire_type != 2 {
-                    out.extend_from_slice(&start[..header_len + value_len]);
+                    out.extend_from_slice(&start[..end]);
                 } else {
                     let mut payload = value;
                     let len = usize::try_from(read_varint(&mut payload)?).map_err(|_| WireError)?;
@@ -161,7 +162,7 @@ impl MaskTree {
                     // A sub-message with nothing left to disclose is left out
                     // entirely, so presence reveals nothing either.
                     if inner.is_empty() {
-                        buf = start.get(header_len + value_len..).ok_or(WireError)?;
+                        buf = start.get(end..).ok_or(WireError)?;
                         continue;
                     }
                     out.extend_from_slice(&start[..header_len]);
@@ -169,7 +170,7 @@ impl MaskTree {
                     out.extend_from_slice(&inner);
                 }
             }
-            buf = start.get(header_len + value_len..).ok_or(WireError)?;
+            buf = start.get(end..).ok_or(WireError)?;
         }
         Ok(())
     }

@@ -25,15 +25,21 @@ impl std::fmt::Display for AgencyId {
 
 /// The SPIFFE URIs of a DER certificate's subject alternative names.
 pub fn spiffe_uris(cert_der: &[u8]) -> Result<Vec<String>, String> {
+    Ok(uri_sans(cert_der)?
+        .into_iter()
+        .filter(|u| u.to_ascii_lowercase().starts_with("spiffe://"))
+        .collect())
+}
+
+/// Every URI SAN of a DER certificate.
+fn uri_sans(cert_der: &[u8]) -> Result<Vec<String>, String> {
     let (_, cert) = X509Certificate::from_der(cert_der)
         .map_err(|e| format!("client certificate could not be parsed: {e}"))?;
     let mut uris = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
             if let GeneralName::URI(uri) = name {
-                if uri.to_ascii_lowercase().starts_with("spiffe://") {
-                    uris.push((*uri).to_owned());
-                }
+                uris.push((*uri).to_owned());
             }
         }
     }
@@ -56,6 +62,19 @@ pub fn agency_of(
         return Err(unauthenticated(
             reason::NO_AGENCY_IDENTITY,
             format!("client certificate has no SPIFFE URI SAN; the gateway expects {expected}"),
+        ));
+    }
+    // An X.509 SVID carries exactly one URI SAN; a certificate naming several
+    // identities is refused rather than read as whichever comes first.
+    let all = uri_sans(cert_der).map_err(|m| unauthenticated(reason::NO_AGENCY_IDENTITY, m))?;
+    if all.len() > 1 {
+        return Err(unauthenticated(
+            reason::NO_AGENCY_IDENTITY,
+            format!(
+                "client certificate has {} URI SANs ({}); an agency certificate carries exactly one, {expected}",
+                all.len(),
+                all.join(", ")
+            ),
         ));
     }
     let prefix = format!("spiffe://{trust_domain}/");
@@ -128,6 +147,32 @@ mod tests {
             .issue_client("x", None, Validity::days_from_now(1))
             .unwrap();
         let err = agency_of(&der(&plain.cert_pem), "interop.example.vn", |_| true).unwrap_err();
+        assert!(matches!(
+            err,
+            RequestError::Unauthenticated {
+                reason: reason::NO_AGENCY_IDENTITY,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn certificate_naming_two_identities_is_refused() {
+        use rcgen::{CertificateParams, KeyPair, SanType};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = ["000.00.20.H13", "000.00.12.H13"]
+            .iter()
+            .map(|c| {
+                SanType::URI(
+                    format!("spiffe://interop.example.vn/agency/{c}")
+                        .try_into()
+                        .unwrap(),
+                )
+            })
+            .collect();
+        let cert = params.self_signed(&key).unwrap();
+        let err = agency_of(cert.der(), "interop.example.vn", |_| true).unwrap_err();
         assert!(matches!(
             err,
             RequestError::Unauthenticated {

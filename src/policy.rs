@@ -61,6 +61,9 @@ pub fn method(name: &str) -> Option<MethodSpec> {
     METHODS.iter().copied().find(|m| m.name == name)
 }
 
+/// More paths than any record has fields is a malformed request.
+pub const MAX_READ_MASK_PATHS: usize = 64;
+
 /// One validated grant.
 #[derive(Clone, Debug)]
 pub struct Grant {
@@ -176,6 +179,18 @@ impl Authorization {
                 mask: MaskTree::default(),
             });
         };
+        if read_mask.len() > MAX_READ_MASK_PATHS {
+            return Err(RequestError::InvalidArgument {
+                reason: reason::INVALID_FIELD_MASK,
+                violations: vec![Violation::new(
+                    "read_mask.paths",
+                    format!(
+                        "at most {MAX_READ_MASK_PATHS} paths, got {}",
+                        read_mask.len()
+                    ),
+                )],
+            });
+        }
         let mut violations = Vec::new();
         for (i, path) in read_mask.iter().enumerate() {
             if let Err(e) = schema.resolve(record, path) {

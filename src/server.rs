@@ -32,6 +32,10 @@ use crate::{
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for tonic to pick them up.
 const ACCEPT_BACKLOG: usize = 256;
+/// TLS handshakes in progress at once. Each costs a task and a socket for up
+/// to HANDSHAKE_TIMEOUT; past this, new connections are closed at once
+/// rather than letting slow or idle peers exhaust file descriptors.
+const MAX_HANDSHAKES: usize = 1024;
 
 /// Why the gateway could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +192,7 @@ async fn accept_loop(
     conns: mpsc::Sender<Result<TlsStream<TcpStream>, std::io::Error>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
@@ -202,11 +207,17 @@ async fn accept_loop(
                 continue;
             }
         };
+        let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
+            tracing::warn!(target: "interop_gateway::handshake", %peer, "too many handshakes in progress; connection closed");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let conns = conns.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+            drop(permit);
+            match handshake {
                 Ok(Ok(tls)) => {
                     let _ = conns.send(Ok(tls)).await;
                 }

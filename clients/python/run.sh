@@ -31,7 +31,8 @@ mkdir -p "$GEN"
   "$REPO/proto/interop/common/v1/common.proto" \
   "$REPO/proto/interop/citizen/v1/citizen.proto" \
   "$REPO/proto/interop/land/v1/land.proto" \
-  "$REPO/proto/interop/business/v1/business.proto"
+  "$REPO/proto/interop/business/v1/business.proto" \
+  "$REPO/proto/interop/audit/v1/access_log.proto"
 
 export INTEROP_GATEWAY_BIN="${INTEROP_GATEWAY_BIN:-$REPO/target/release/interop-gateway}"
 export PYTHONPATH="$GEN${PYTHONPATH:+:$PYTHONPATH}"

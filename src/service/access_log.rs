@@ -78,15 +78,21 @@ impl AccessLogService for Core {
                         _ => return Err(page_token::invalid("subject_id")),
                     }
                 };
-                let mut rows = self
-                    .audit
-                    .records_for_subject(&req.subject_id, before, size + 1)
-                    .map_err(|e| {
-                        tracing::error!(error = %e, "access log read failed");
-                        RequestError::AuditUnavailable(
-                            "the access log cannot be read right now; retry later".into(),
-                        )
-                    })?;
+                // The log is read from its file: keep that off the async threads.
+                let audit = std::sync::Arc::clone(&self.audit);
+                let subject = req.subject_id.clone();
+                let mut rows = tokio::task::spawn_blocking(move || {
+                    audit.records_for_subject(&subject, before, size + 1)
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+                .map_err(|e| {
+                    tracing::error!(error = %e, "access log read failed");
+                    RequestError::AuditUnavailable(
+                        "the access log cannot be read right now; retry later".into(),
+                    )
+                })?;
                 let more = rows.len() > size;
                 rows.truncate(size);
                 let next_page_token = match (more, rows.last()) {

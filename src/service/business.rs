@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{disclose, store_error, Answer, Core, Scoped};
+use super::{disclose, loggable_id, store_error, Answer, Core, Scoped};
 use crate::{
     domain,
     error::RequestError,
@@ -24,7 +24,7 @@ impl Scoped for GetEnterpriseRequest {
         self.read_mask.as_ref().map_or(&[], |m| &m.paths)
     }
     fn subject_for_log(&self) -> String {
-        self.enterprise_code.chars().take(20).collect()
+        loggable_id(&self.enterprise_code)
     }
     fn subjects(&self) -> Vec<String> {
         vec![self.enterprise_code.chars().take(20).collect()]

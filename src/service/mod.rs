@@ -84,15 +84,37 @@ fn new_request_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Masks a value when it is a personal id; other identifiers are not personal.
+/// A caller-supplied identifier as it may appear in a log line: a personal id
+/// masked; in anything else, every run of 9 or more digits masked (it could
+/// be a personal id with noise around it), control characters dropped, and
+/// at most 24 characters.
 pub fn loggable_id(id: &str) -> String {
-    match domain::personal_id::parse(id) {
-        Ok(pid) => pid.masked(),
-        Err(_) if id.len() >= 12 && id.bytes().all(|b| b.is_ascii_digit()) => {
-            format!("{}***", &id[..3])
-        }
-        Err(_) => id.chars().take(20).collect(),
+    if let Ok(pid) = domain::personal_id::parse(id) {
+        return pid.masked();
     }
+    let mut out = String::new();
+    let mut digits = String::new();
+    let flush = |digits: &mut String, out: &mut String| {
+        if digits.len() >= 9 {
+            out.push_str(&digits[..3]);
+            out.push_str("***");
+        } else {
+            out.push_str(digits);
+        }
+        digits.clear();
+    };
+    for c in id.chars().take(24) {
+        if c.is_ascii_digit() {
+            digits.push(c);
+        } else {
+            flush(&mut digits, &mut out);
+            if !c.is_control() {
+                out.push(c);
+            }
+        }
+    }
+    flush(&mut digits, &mut out);
+    out
 }
 
 fn check_context(ctx: Option<&AccessContext>) -> Result<(String, String), RequestError> {
@@ -239,13 +261,18 @@ impl Core {
             target: "interop_gateway::access",
             agency = %agency_for_log,
             method = method.name,
-            procedure = %procedure_for_log,
-            subject = %subject,
+            procedure = ?procedure_for_log,
+            subject = ?subject,
             code = crate::error::code_name(code),
             latency_ms = format_args!("{latency_ms:.3}"),
             "call"
         );
-        let id = tonic::metadata::MetadataValue::try_from(request_id.as_str()).ok();
+        // The id names a record in the access log, so it is only given out
+        // when that record exists.
+        let recorded = !matches!(result, Err(RequestError::AuditUnavailable(_)));
+        let id = tonic::metadata::MetadataValue::try_from(request_id.as_str())
+            .ok()
+            .filter(|_| recorded);
         match result {
             Ok(answer) => {
                 let mut response = Response::new(answer.response);
@@ -282,4 +309,27 @@ pub fn disclose<T: prost::Message + Default>(
 pub fn store_error(e: crate::registry::StoreError) -> RequestError {
     tracing::error!(error = %e, "store read failed");
     RequestError::Unavailable("the registry store cannot be read right now; retry later".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loggable_id;
+
+    #[test]
+    fn log_lines_never_carry_a_full_personal_id() {
+        for input in [
+            "092085000123",
+            " 092085000123",
+            "092085000123\n",
+            "092085000123x",
+            "+84092085000123",
+            "abc-092085000123-def",
+        ] {
+            let shown = loggable_id(input);
+            assert!(!shown.contains("092085000123"), "{input:?} -> {shown:?}");
+            assert!(!shown.contains('\n'));
+        }
+        assert_eq!(loggable_id("0300588569"), "030***");
+        assert_eq!(loggable_id("31117/12/101"), "31117/12/101");
+    }
 }

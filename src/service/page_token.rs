@@ -1,6 +1,5 @@
-//! Paging: page sizes, and opaque page tokens: a kind, a tag of what the listing is about (a hash, so
-//! that a personal id never travels inside a token that may end up in client
-//! logs), and the position, hex-encoded.
+//! Paging: page sizes, and opaque page tokens (kind, position and an HMAC
+//! binding them to what is listed), hex-encoded.
 
 use crate::error::RequestError;
 
@@ -8,40 +7,69 @@ const SEP: char = '\u{1f}';
 /// Longest token accepted, in characters.
 const MAX_LEN: usize = 512;
 
-fn tag(bound_to: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, bound_to.as_bytes());
-    digest.as_ref()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
+/// The key tokens are authenticated with: random per process, so a token is
+/// valid for the life of the gateway that issued it, and neither its binding
+/// nor its position can be forged or guessed from outside.
+fn key() -> &'static ring::hmac::Key {
+    static KEY: std::sync::OnceLock<ring::hmac::Key> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let rng = ring::rand::SystemRandom::new();
+        ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng).unwrap_or_else(|_| {
+            // No system randomness: fall back to a key from the clock and
+            // address space, still unknown to callers.
+            let seed = format!("{:?}{:p}", std::time::SystemTime::now(), &rng);
+            ring::hmac::Key::new(ring::hmac::HMAC_SHA256, seed.as_bytes())
+        })
+    })
+}
+
+fn message(kind: &str, bound_to: &str, position: &str) -> String {
+    format!("{kind}{SEP}{bound_to}{SEP}{position}")
+}
+
+fn tag(kind: &str, bound_to: &str, position: &str) -> String {
+    let t = ring::hmac::sign(key(), message(kind, bound_to, position).as_bytes());
+    t.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
         .collect()
 }
 
-/// A token of `kind` for the listing of `bound_to` at `position`.
+/// A token of `kind` for the listing of `bound_to` at `position`. It carries
+/// the position and an HMAC over kind, binding and position; never the
+/// binding itself (a personal id must not travel in tokens that end up in
+/// client logs).
 pub fn seal(kind: &str, bound_to: &str, position: &[String]) -> String {
-    let mut raw = format!("{kind}{SEP}{}", tag(bound_to));
-    for p in position {
-        raw.push(SEP);
-        raw.push_str(p);
-    }
+    let position = position.join(&SEP.to_string());
+    let raw = format!(
+        "{kind}{SEP}{position}{SEP}{}",
+        tag(kind, bound_to, &position)
+    );
     raw.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The position in a token of `kind` issued for `bound_to`, if it is one.
 pub fn open(token: &str, kind: &str, bound_to: &str) -> Option<Vec<String>> {
-    if token.len() % 2 != 0 || token.len() > MAX_LEN || !token.is_ascii() {
+    if token.len() > MAX_LEN {
         return None;
     }
-    let bytes: Vec<u8> = (0..token.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&token[i..i + 2], 16))
-        .collect::<Result<_, _>>()
-        .ok()?;
+    let bytes = unhex(token)?;
     let raw = String::from_utf8(bytes).ok()?;
-    let mut parts = raw.split(SEP);
-    if parts.next()? != kind || parts.next()? != tag(bound_to) {
+    let (head, given_tag) = raw.rsplit_once(SEP)?;
+    let (given_kind, position) = head.split_once(SEP)?;
+    if given_kind != kind {
         return None;
     }
-    Some(parts.map(str::to_owned).collect())
+    let given = unhex(given_tag)?;
+    ring::hmac::verify(key(), message(kind, bound_to, position).as_bytes(), &given).ok()?;
+    Some(position.split(SEP).map(str::to_owned).collect())
 }
 
 /// Page size when the caller sets none.
@@ -86,5 +114,19 @@ mod tests {
         assert_eq!(open("zz", "x1", "092085000123"), None);
         assert_eq!(open("abc", "x1", "092085000123"), None);
         assert_eq!(open("é1", "x1", "092085000123"), None);
+        // A changed position is refused, and the id is not in the token.
+        let forged = seal("x1", "092085000123", &["b".into(), "42".into()]);
+        assert_ne!(forged, t);
+        let raw = String::from_utf8(
+            (0..t.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&t[i..i + 2], 16).unwrap())
+                .collect(),
+        )
+        .unwrap();
+        assert!(!raw.contains("092085000123"));
+        let tampered = raw.replacen("42", "43", 1);
+        let hex: String = tampered.bytes().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(open(&hex, "x1", "092085000123"), None);
     }
 }

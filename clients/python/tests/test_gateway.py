@@ -22,6 +22,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from interop.audit.v1 import access_log_pb2, access_log_pb2_grpc
 from interop.business.v1 import business_pb2, business_pb2_grpc
 from interop.citizen.v1 import citizen_pb2, citizen_pb2_grpc
 from interop.common.v1 import common_pb2
@@ -30,7 +31,7 @@ from interop.land.v1 import land_pb2, land_pb2_grpc
 # Agencies of the committed dev config (gateway.toml).
 LAND_OFFICE = "000.00.20.H13"  # grants: GetCitizen, GetParcel, ListParcelsByHolder for 1.004227
 BUSINESS_OFFICE = "000.00.12.H13"  # grants: GetEnterprise, GetCitizen for 2.000815
-NATIONAL_PORTAL = "000.00.00.G22"  # configured, but without any grant
+NATIONAL_PORTAL = "000.00.00.G22"  # only ListAccessRecords (for 2.002154): no registry data
 
 GET_CITIZEN = "interop.citizen.v1.CitizenRegistryService/GetCitizen"
 GET_PARCEL = "interop.land.v1.LandRegistryService/GetParcel"
@@ -535,3 +536,67 @@ def test_no_client_certificate_fails_the_handshake(gateway, citizen):
                 timeout=TIMEOUT_S,
             )
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+# --- verify instead of read, and the citizen's view of the access log -----------------------------
+
+
+def test_verify_citizen_answers_match_without_record_data(gateway, demo_citizens):
+    citizen = demo_citizens[0]
+    dob = citizen["dateOfBirth"]
+    with gateway.channel(LAND_OFFICE) as channel:
+        stub = citizen_pb2_grpc.CitizenRegistryServiceStub(channel)
+        context = common_pb2.AccessContext(procedure_code="1.004227", dossier_id="000.00.20.H13-241205-0002")
+        ok = stub.VerifyCitizen(
+            citizen_pb2.VerifyCitizenRequest(
+                context=context,
+                personal_id=citizen["personalId"],
+                full_name="  " + citizen["fullName"].replace(" ", "   ") + " ",  # whitespace is folded
+                date_of_birth=common_pb2.Date(year=dob["year"], month=dob["month"], day=dob["day"]),
+            ),
+            timeout=TIMEOUT_S,
+        )
+        assert ok.match and list(ok.mismatched_fields) == []
+        wrong = stub.VerifyCitizen(
+            citizen_pb2.VerifyCitizenRequest(
+                context=context,
+                personal_id=citizen["personalId"],
+                full_name="Không Phải Tên",
+                date_of_birth=common_pb2.Date(year=dob["year"] - 1, month=dob["month"], day=dob["day"]),
+            ),
+            timeout=TIMEOUT_S,
+        )
+    assert not wrong.match
+    assert list(wrong.mismatched_fields) == ["full_name", "date_of_birth"]
+    assert citizen["fullName"].encode() not in wrong.SerializeToString()
+
+
+def test_citizen_sees_who_read_their_record(gateway, demo_citizens):
+    subject = demo_citizens[1]["personalId"]
+    with gateway.channel(LAND_OFFICE) as channel:
+        citizen_pb2_grpc.CitizenRegistryServiceStub(channel).GetCitizen(
+            citizen_pb2.GetCitizenRequest(
+                context=common_pb2.AccessContext(
+                    procedure_code="1.004227", dossier_id="000.00.20.H13-241205-0003", officer_id="cb-017"
+                ),
+                personal_id=subject,
+                read_mask=field_mask_pb2.FieldMask(paths=["full_name"]),
+            ),
+            timeout=TIMEOUT_S,
+        )
+    with gateway.channel(NATIONAL_PORTAL) as channel:
+        response = access_log_pb2_grpc.AccessLogServiceStub(channel).ListAccessRecords(
+            access_log_pb2.ListAccessRecordsRequest(
+                context=common_pb2.AccessContext(procedure_code="2.002154", dossier_id="000.00.00.G22-241205-0001"),
+                subject_id=subject,
+                page_size=10,
+            ),
+            timeout=TIMEOUT_S,
+        )
+    reads = [r for r in response.records if r.dossier_id == "000.00.20.H13-241205-0003"]
+    assert len(reads) == 1
+    assert reads[0].agency_code == LAND_OFFICE
+    assert reads[0].method == GET_CITIZEN
+    assert list(reads[0].fields) == ["full_name"]
+    assert reads[0].outcome == "OK"
+    assert b"cb-017" not in response.SerializeToString()  # officer ids stay in the log
