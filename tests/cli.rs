@@ -3,27 +3,12 @@
 
 mod support;
 
-use std::{
-    io::{BufRead, BufReader},
-    path::Path,
-    process::{Command, Stdio},
-};
+use std::{path::Path, process::Command};
 
 use interop_gateway::{config::Config, registry::Store};
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_interop-gateway");
-
-/// Kills the server if the test fails before stopping it, so that a failed
-/// assertion never leaves a process (and its pipes) behind.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -185,33 +170,11 @@ fn dev_config_bootstraps_serves_calls_and_exits_zero_on_sigterm() {
         1,
     );
     std::fs::write(&config, text).unwrap();
-    let child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(child);
-    let stderr = child.0.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let mut log = String::new();
-    let addr = loop {
-        let line = lines.next().expect("serve exited before serving").unwrap();
-        log.push_str(&line);
-        log.push('\n');
-        if let Some(rest) = line.split("addr=").nth(1) {
-            if line.contains("serving") {
-                break rest.split_whitespace().next().unwrap().to_owned();
-            }
-        }
-    };
+    let serve = ServeProcess::start(&config, None);
+    let log = serve.log_text();
     assert!(log.contains("created dev CA"), "{log}");
     assert!(log.contains("imported"), "{log}");
-    // Keep draining the log so the server never blocks on a full pipe.
-    let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    let addr = serve.addr.trim_start_matches("https://").to_owned();
 
     let first = std::fs::read_to_string(dir.path().join("data/demo/citizens.jsonl")).unwrap();
     let first: serde_json::Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
@@ -253,17 +216,11 @@ fn dev_config_bootstraps_serves_calls_and_exits_zero_on_sigterm() {
     assert_eq!(err["code"], "PERMISSION_DENIED");
     assert_eq!(err["details"]["errorInfo"]["reason"], "METHOD_NOT_GRANTED");
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = child.0.wait().unwrap();
-    let rest = drain.join().unwrap().join("\n");
-    assert!(status.success(), "exit {status:?}; log:\n{rest}");
-    assert!(rest.contains("stopped"), "{rest}");
+    let (status, log) = serve.terminate_with_log();
+    assert!(status.success(), "exit {status:?}; log:\n{log}");
+    assert!(log.contains("stopped"), "{log}");
     // The access log line masks the personal id.
-    assert!(rest.contains("GetCitizen") && !rest.contains(&id), "{rest}");
+    assert!(log.contains("GetCitizen") && !log.contains(&id), "{log}");
 }
 
 #[test]

@@ -346,6 +346,7 @@ pub struct ServeProcess {
     pub child: std::process::Child,
     pub addr: String,
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    drain: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ServeProcess {
@@ -394,7 +395,7 @@ impl ServeProcess {
             }
         };
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let drain = std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
                 sink.lock().unwrap().push(line);
             }
@@ -403,17 +404,27 @@ impl ServeProcess {
             child,
             addr: format!("https://{addr}"),
             log,
+            drain: Some(drain),
         }
     }
 
     /// SIGTERM, then the exit status.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    pub fn terminate(self) -> std::process::ExitStatus {
+        self.terminate_with_log().0
+    }
+
+    /// SIGTERM, then the exit status and the whole log, to its last line.
+    pub fn terminate_with_log(mut self) -> (std::process::ExitStatus, String) {
         let pid = self.child.id().to_string();
         std::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .unwrap();
-        self.child.wait().unwrap()
+        let status = self.child.wait().unwrap();
+        if let Some(drain) = self.drain.take() {
+            drain.join().unwrap();
+        }
+        (status, self.log_text())
     }
 
     pub fn log_text(&self) -> String {
