@@ -457,6 +457,40 @@ async fn fail_closed_scenario(fault: Fault) {
 }
 
 #[tokio::test]
+async fn health_comes_back_without_traffic_once_the_disk_recovers() {
+    let fx = Fixture::new();
+    let ctl = Control::default();
+    let ctl2 = ctl.clone();
+    // Records 1-3 are sealed by count, so nothing is left for the timer to seal.
+    let options = AuditOptions {
+        checkpoint_every: Duration::from_millis(20),
+        max_batch: NonZeroUsize::new(64).unwrap(),
+        ..opts(3)
+    };
+    let log = AuditLog::open_with_sink(&fx.dir(), fx.signer(), options, move |file| {
+        Box::new(FaultySink { file, ctl: ctl2 })
+    })
+    .await
+    .unwrap();
+    for i in 1..=3 {
+        log.append(record(i)).await.unwrap();
+    }
+    // The failed batch is cut off at once, so nothing is left dirty either.
+    *ctl.fault.lock().unwrap() = Fault::WriteOnly;
+    assert!(log.append(record(100)).await.is_err());
+    assert!(!log.is_healthy());
+    *ctl.fault.lock().unwrap() = Fault::None;
+    let mut health = log.health();
+    tokio::time::timeout(Duration::from_secs(30), health.wait_for(|h| *h))
+        .await
+        .unwrap()
+        .unwrap();
+    log.shutdown().await.unwrap();
+    let report = fx.verify().unwrap();
+    assert_eq!((report.records, report.unsealed_tail), (3, 0));
+}
+
+#[tokio::test]
 async fn records_for_subject_pages_newest_first_and_survive_reopen() {
     let fx = Fixture::new();
     let log = fx.open(10).await;
@@ -600,6 +634,9 @@ enum Fault {
     HalfWrite,
     /// The whole batch is written, then fsync fails (I/O error).
     Fsync,
+    /// Writes fail, but cutting the file back still works (a quota or a
+    /// read-only remount caught between the two).
+    WriteOnly,
 }
 
 type Gate = (
@@ -634,6 +671,12 @@ impl Sink for FaultySink {
                 "injected: disk full",
             ));
         }
+        if self.fault() == Fault::WriteOnly {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "injected: write refused",
+            ));
+        }
         self.file.write_all(bytes)
     }
 
@@ -651,7 +694,7 @@ impl Sink for FaultySink {
     }
 
     fn truncate(&mut self, len: u64) -> io::Result<()> {
-        if self.fault() != Fault::None {
+        if !matches!(self.fault(), Fault::None | Fault::WriteOnly) {
             return Err(io::Error::other("injected: the disk still fails"));
         }
         self.file.set_len(len)?;

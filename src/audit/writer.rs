@@ -291,6 +291,9 @@ struct Writer {
     /// Bytes past `len` may be in the file (a failed commit could not cut
     /// them off): the next commit must truncate first.
     dirty: bool,
+    /// The next sealing commit writes a checkpoint even with no new records:
+    /// after a failure, the timer's probe that the log is writable again.
+    probe: bool,
 }
 
 /// What a successful commit did.
@@ -389,6 +392,7 @@ impl Writer {
             head: scan.head_hash,
             len: scan.complete_len,
             since_checkpoint: scan.records - sealed,
+            probe: false,
             sealed,
             dirty: false,
         };
@@ -426,6 +430,7 @@ impl Writer {
     /// unchanged and the file is cut back to the committed length.
     fn commit(&mut self, records: &[AuditRecord], seal: bool) -> io::Result<Committed> {
         let result = self.try_commit(records, seal);
+        self.probe = false;
         if result.is_err() && self.dirty {
             // Cut the failed batch off now; if even that fails, the next
             // commit tries again before writing anything.
@@ -459,7 +464,7 @@ impl Writer {
                 since = 0;
             }
         }
-        if seal && since > 0 {
+        if seal && (since > 0 || self.probe) {
             last_cp = Some(self.checkpoint(&mut buf, seq, head)?);
             since = 0;
         }
@@ -558,9 +563,14 @@ async fn run(
                 stopping
             }
             _ = ticker.tick() => {
-                if writer.since_checkpoint == 0 && !writer.dirty {
+                // While unhealthy, every tick probes the disk with a real
+                // write (a checkpoint of the current head), so health comes
+                // back even when no call arrives to try.
+                let healthy = *health.borrow();
+                if healthy && writer.since_checkpoint == 0 && !writer.dirty {
                     continue;
                 }
+                writer.probe = !healthy;
                 true
             }
         };
