@@ -12,15 +12,14 @@
 use std::{
     env,
     error::Error,
-    fs::{self, OpenOptions},
-    io::Write,
+    fs,
     num::NonZeroUsize,
     path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use interop_gateway::audit::{AuditLog, AuditOptions, AuditRecord, Signer};
+use interop_gateway::audit::{fsync_latencies, AuditLog, AuditOptions, AuditRecord, Signer};
 
 const TASKS: u64 = 64;
 
@@ -193,20 +192,6 @@ fn record(n: u64) -> AuditRecord {
         outcome: "OK".into(),
         latency_us: 850,
     }
-}
-
-fn fsync_latencies(path: &Path, samples: usize) -> Res<Vec<Duration>> {
-    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
-    let line = [b'x'; 300];
-    let mut out = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        file.write_all(&line)?;
-        let t = Instant::now();
-        file.sync_data()?;
-        out.push(t.elapsed());
-    }
-    out.sort();
-    Ok(out)
 }
 
 fn percentile(sorted: &[Duration], p: usize) -> Duration {

@@ -18,6 +18,7 @@ pub mod domain;
 pub mod error;
 pub mod fieldmask;
 pub mod identity;
+pub mod load;
 pub mod pki;
 pub mod policy;
 pub mod proto;

@@ -146,13 +146,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (conn_tx, conn_rx) = mpsc::channel(ACCEPT_BACKLOG);
-    tokio::spawn(accept_loop(
-        listener,
-        TlsAcceptor::from(tls_config),
-        conn_tx,
-        shutdown_rx.clone(),
-    ));
+    let incoming = tls_incoming(listener, tls_config, shutdown_rx.clone());
 
     let router = tonic::transport::Server::builder()
         .add_service(CitizenRegistryServiceServer::new(core.clone()))
@@ -165,7 +159,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     let mut stop = shutdown_rx;
     let handle = tokio::spawn(async move {
         router
-            .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await
@@ -184,6 +178,24 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         shutdown: shutdown_tx,
         handle,
     })
+}
+
+/// Accepts TCP connections on `listener` and yields those that complete the
+/// mutual-TLS handshake of `tls_config`, until `shutdown` turns true. For
+/// `serve_with_incoming*`: tonic then sees the peer certificates.
+pub fn tls_incoming(
+    listener: TcpListener,
+    tls_config: Arc<rustls::ServerConfig>,
+    shutdown: watch::Receiver<bool>,
+) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (conn_tx, conn_rx) = mpsc::channel(ACCEPT_BACKLOG);
+    tokio::spawn(accept_loop(
+        listener,
+        TlsAcceptor::from(tls_config),
+        conn_tx,
+        shutdown,
+    ));
+    ReceiverStream::new(conn_rx)
 }
 
 async fn accept_loop(

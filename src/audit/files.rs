@@ -107,3 +107,23 @@ pub(crate) fn read_public_key(dir: &Path) -> Result<Option<[u8; 32]>, AuditError
         Err(source) => Err(AuditError::Io { path, source }),
     }
 }
+
+/// Latencies of `samples` fsyncs on the disk holding `path`, sorted: each
+/// after appending a record-sized line, with the same call the writer uses
+/// (`fdatasync`). The file is removed afterwards. A durable access log
+/// cannot answer faster than one of these; benchmarks print it for scale.
+pub fn fsync_latencies(path: &Path, samples: usize) -> io::Result<Vec<std::time::Duration>> {
+    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+    let line = [b'x'; 300];
+    let mut out = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        file.write_all(&line)?;
+        let t = std::time::Instant::now();
+        file.sync_data()?;
+        out.push(t.elapsed());
+    }
+    drop(file);
+    fs::remove_file(path)?;
+    out.sort();
+    Ok(out)
+}

@@ -78,7 +78,7 @@ mod tests;
 use std::{io, path::PathBuf};
 
 pub use chain::Checkpoint;
-pub use files::{HEAD_FILE, LOG_FILE, PUB_FILE};
+pub use files::{fsync_latencies, HEAD_FILE, LOG_FILE, PUB_FILE};
 pub use record::AuditRecord;
 pub use signer::{parse_public_key_pem, verify_signature, Signer};
 pub use verify::{export, verify_file, VerifyFailure, VerifyReport};

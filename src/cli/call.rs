@@ -8,7 +8,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use serde_json::{json, Value};
 use tonic_types::StatusExt;
 
-use super::{load_config, runtime, ConfigArg, Failure, EXIT_CONFIG, EXIT_FAILED};
+use super::{load_config, runtime, snake_case, ConfigArg, Failure, EXIT_CONFIG, EXIT_FAILED};
 use crate::{
     client::{AgencyIdentity, Client},
     error::code_name,
@@ -72,20 +72,6 @@ pub fn status_json(status: &tonic::Status) -> Value {
         "message": status.message(),
         "details": Value::Object(out),
     })
-}
-
-/// `lowerCamelCase` -> `snake_case`, for one field-mask path segment.
-fn snake_case(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 4);
-    for c in s.chars() {
-        if c.is_ascii_uppercase() {
-            out.push('_');
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Accepts `readMask` in its canonical proto3-JSON form, a string of

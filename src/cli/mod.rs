@@ -10,6 +10,7 @@ pub mod call;
 pub mod certs;
 pub mod demo_data;
 pub mod import;
+pub mod load;
 pub mod report;
 pub mod serve;
 
@@ -35,8 +36,24 @@ pub enum Command {
     Call(call::Args),
     /// Verify or export the access log.
     Audit(audit::Args),
+    /// Load-test a gateway: closed or open model, latency percentiles, JSON, charts.
+    Load(Box<load::Args>),
     /// Reports from the access log (data re-use per procedure and agency).
     Report(report::Args),
+}
+
+/// `lowerCamelCase` -> `snake_case`, for one field-mask path segment.
+pub(crate) fn snake_case(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 4);
+    for c in s.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// `--config`, shared by the subcommands that read the config.
@@ -83,6 +100,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Call(a) => call::run(a),
         Command::Audit(a) => audit::run(a),
         Command::Report(a) => report::run(a),
+        Command::Load(a) => load::run(*a),
     }
 }
 

@@ -1,0 +1,395 @@
+//! The load generator behind `interop-gateway load`: drives a gateway (or any
+//! server of the same protos) with a workload ([`workload`]) in a closed or an
+//! open model, records latencies ([`stats`]) and draws them ([`plot`]).
+//!
+//! Closed model: `concurrency` callers, each sending its next request when
+//! the previous answer arrives, spread over `connections` HTTP/2 connections.
+//! Open model: requests are due at a constant rate whatever the server does;
+//! latency runs from each request's intended send time, so a stalled server
+//! is charged for the requests it kept from being sent (no coordinated
+//! omission).
+
+pub mod plot;
+pub mod stats;
+pub mod workload;
+
+use std::{
+    io::{IsTerminal, Write},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use tokio::{sync::Semaphore, time::Instant};
+use tonic::transport::Channel;
+
+use crate::{
+    client::{endpoint, error_chain, AgencyIdentity, Client},
+    error::code_name,
+};
+use stats::{Recorder, Summary};
+use workload::{Call, Rng, Workload};
+
+/// How requests are issued.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Model {
+    Closed { concurrency: usize },
+    Open { rate: f64, max_in_flight: usize },
+}
+
+/// When the measured part of a run ends.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Stop {
+    After(Duration),
+    Requests(u64),
+}
+
+/// A run's settings.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub target: String,
+    pub label: String,
+    pub model: Model,
+    pub stop: Stop,
+    pub warmup: Duration,
+    pub connections: usize,
+    pub new_connection_per_request: bool,
+    pub timeout: Duration,
+    pub seed: u64,
+    /// Print a live progress line to stderr (only when it is a terminal).
+    pub progress: bool,
+}
+
+/// A run that could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Connect(String),
+}
+
+/// Shared state of a run.
+struct Run {
+    workload: Workload,
+    plan: Plan,
+    identity: AgencyIdentity,
+    channels: Vec<Channel>,
+    recorder: Recorder,
+    /// Measured requests handed out (for `Stop::Requests`).
+    tickets: AtomicU64,
+    stop: AtomicBool,
+    measure_from: Instant,
+    /// Time of the last measured answer, as nanoseconds after `measure_from`.
+    last_answer_ns: AtomicU64,
+}
+
+impl Run {
+    /// Whether a request starting (or due) at `t` is measured, and whether
+    /// the run is over. `None` means stop issuing.
+    fn admit(&self, t: Instant) -> Option<bool> {
+        if self.stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        if t < self.measure_from {
+            return Some(false);
+        }
+        match self.plan.stop {
+            Stop::After(d) => {
+                if t >= self.measure_from + d {
+                    self.stop.store(true, Ordering::Relaxed);
+                    None
+                } else {
+                    Some(true)
+                }
+            }
+            Stop::Requests(n) => {
+                if self.tickets.fetch_add(1, Ordering::Relaxed) < n {
+                    Some(true)
+                } else {
+                    self.stop.store(true, Ordering::Relaxed);
+                    None
+                }
+            }
+        }
+    }
+
+    /// Sends one request on `channel` (or on a new connection) and returns
+    /// the status name of its outcome.
+    async fn send(&self, channel: Option<&Channel>, call: Call) -> &'static str {
+        let channel = match channel {
+            Some(c) => c.clone(),
+            None => {
+                // A new endpoint has its own TLS client config and so no
+                // session to resume: every request pays a full handshake.
+                let connected = match endpoint(&self.plan.target, &self.identity) {
+                    Ok(ep) => ep.connect().await,
+                    Err(_) => return "INVALID_ARGUMENT",
+                };
+                match connected {
+                    Ok(c) => c,
+                    Err(_) => return "UNAVAILABLE",
+                }
+            }
+        };
+        let mut client = Client::from_channel(channel);
+        let timeout = self.plan.timeout;
+        let outcome = tokio::time::timeout(timeout, async move {
+            macro_rules! go {
+                ($stub:expr, $method:ident, $req:expr) => {{
+                    let mut request = tonic::Request::new($req);
+                    request.set_timeout(timeout);
+                    $stub.$method(request).await.map(|_| ())
+                }};
+            }
+            match call {
+                Call::GetCitizen(r) => go!(client.citizen, get_citizen, r),
+                Call::VerifyCitizen(r) => go!(client.citizen, verify_citizen, r),
+                Call::GetParcel(r) => go!(client.land, get_parcel, r),
+                Call::ListParcelsByHolder(r) => go!(client.land, list_parcels_by_holder, r),
+                Call::GetEnterprise(r) => go!(client.business, get_enterprise, r),
+            }
+        })
+        .await;
+        match outcome {
+            Ok(Ok(())) => "OK",
+            Ok(Err(status)) => code_name(status.code()),
+            Err(_) => "DEADLINE_EXCEEDED",
+        }
+    }
+
+    fn finish(&self, hint: usize, measured: bool, from: Instant, status: &'static str) {
+        if !measured {
+            return;
+        }
+        let now = Instant::now();
+        self.recorder.record(hint, now - from, status);
+        let ns = (now - self.measure_from).as_nanos() as u64;
+        self.last_answer_ns.fetch_max(ns, Ordering::Relaxed);
+    }
+
+    fn channel(&self, i: usize) -> Option<&Channel> {
+        if self.plan.new_connection_per_request {
+            None
+        } else {
+            self.channels.get(i % self.channels.len())
+        }
+    }
+}
+
+/// Runs a plan against its target and returns the summary.
+pub async fn run(
+    plan: Plan,
+    identity: AgencyIdentity,
+    workload: Workload,
+) -> Result<Summary, LoadError> {
+    // Connect first (and fail early with the reason): one HTTP/2 connection each.
+    let mut channels = Vec::new();
+    let wanted = if plan.new_connection_per_request {
+        1
+    } else {
+        plan.connections.max(1)
+    };
+    for _ in 0..wanted {
+        let client = Client::connect(&plan.target, &identity)
+            .await
+            .map_err(|e| LoadError::Connect(error_chain(&e)))?;
+        channels.push(client.channel);
+    }
+    if plan.new_connection_per_request {
+        channels.clear();
+    }
+    let measure_from = Instant::now() + plan.warmup;
+    let run = Arc::new(Run {
+        workload,
+        identity,
+        channels,
+        recorder: Recorder::default(),
+        tickets: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        measure_from,
+        last_answer_ns: AtomicU64::new(0),
+        plan,
+    });
+    let progress = (run.plan.progress && std::io::stderr().is_terminal())
+        .then(|| tokio::spawn(show_progress(Arc::clone(&run))));
+
+    match run.plan.model {
+        Model::Closed { concurrency } => closed(&run, concurrency).await,
+        Model::Open {
+            rate,
+            max_in_flight,
+        } => open(&run, rate, max_in_flight).await,
+    }
+    run.stop.store(true, Ordering::Relaxed);
+    if let Some(p) = progress {
+        p.abort();
+        let _ = p.await;
+        eprint!("\r\x1b[K");
+    }
+    Ok(summarise(&run))
+}
+
+async fn closed(run: &Arc<Run>, concurrency: usize) {
+    let mut workers = Vec::with_capacity(concurrency);
+    for w in 0..concurrency.max(1) {
+        let run = Arc::clone(run);
+        workers.push(tokio::spawn(async move {
+            let mut rng = Rng::new(run.plan.seed ^ (w as u64).wrapping_mul(0x9E37_79B9));
+            loop {
+                let start = Instant::now();
+                let Some(measured) = run.admit(start) else {
+                    break;
+                };
+                let call = run.workload.next(&mut rng);
+                let status = run.send(run.channel(w), call).await;
+                run.finish(w, measured, start, status);
+            }
+        }));
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+}
+
+async fn open(run: &Arc<Run>, rate: f64, max_in_flight: usize) {
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now();
+    let in_flight = Arc::new(Semaphore::new(max_in_flight.max(1)));
+    let mut rng = Rng::new(run.plan.seed);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut k: u64 = 0;
+    loop {
+        let due = start + interval.mul_f64(k as f64);
+        let Some(measured) = run.admit(due) else {
+            break;
+        };
+        tokio::time::sleep_until(due).await;
+        // A full pipe delays sending, not the due time: the wait is charged
+        // to the request's latency.
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            break;
+        };
+        let call = run.workload.next(&mut rng);
+        let run2 = Arc::clone(run);
+        let i = k as usize;
+        tasks.spawn(async move {
+            let status = run2.send(run2.channel(i), call).await;
+            run2.finish(i, measured, due, status);
+            drop(permit);
+        });
+        // Reap finished tasks so the set does not grow with the run.
+        while tasks.try_join_next().is_some() {}
+        k += 1;
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn show_progress(run: Arc<Run>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let mut last = 0u64;
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let done = run.recorder.completed();
+        let (h, _) = run.recorder.snapshot();
+        let phase = if now < run.measure_from {
+            "warm-up".to_owned()
+        } else {
+            format!("{:.0} s", (now - run.measure_from).as_secs_f64())
+        };
+        let p99 = if h.is_empty() {
+            "-".to_owned()
+        } else {
+            stats::human_ms(h.value_at_quantile(0.99) as f64 / 1000.0)
+        };
+        eprint!(
+            "\r\x1b[K  {phase}  {done} requests  {} req/s  errors {}  p99 {p99}",
+            done - last,
+            run.recorder.errors()
+        );
+        let _ = std::io::stderr().flush();
+        last = done;
+    }
+}
+
+fn summarise(run: &Run) -> Summary {
+    let (h, status_counts) = run.recorder.snapshot();
+    let requests = h.len();
+    let duration_s = Duration::from_nanos(run.last_answer_ns.load(Ordering::Relaxed)).as_secs_f64();
+    let plan = &run.plan;
+    let (model, rate_rps, concurrency) = match plan.model {
+        Model::Closed { concurrency } => ("closed", None, Some(concurrency)),
+        Model::Open { rate, .. } => ("open", Some(rate), None),
+    };
+    let mix: Vec<String> = run
+        .workload
+        .mix
+        .entries()
+        .iter()
+        .map(|(op, w)| format!("{op}={w}"))
+        .collect();
+    Summary {
+        label: plan.label.clone(),
+        target: plan.target.clone(),
+        model: model.into(),
+        rate_rps,
+        concurrency,
+        connections: if plan.new_connection_per_request {
+            0
+        } else {
+            plan.connections
+        },
+        new_connection_per_request: plan.new_connection_per_request,
+        mix: mix.join(","),
+        distribution: run.workload.distribution.to_string(),
+        requests,
+        errors: requests - status_counts.get("OK").copied().unwrap_or(0),
+        duration_s,
+        throughput_rps: if duration_s > 0.0 {
+            requests as f64 / duration_s
+        } else {
+            0.0
+        },
+        latency_ms: stats::latency_ms(&h),
+        status_counts,
+        percentiles: stats::curve(&h),
+    }
+}
+
+/// Parses `10s`, `500ms`, `2m`, `1.5s` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let bad = || format!("{text:?} is not a duration (for example 30s, 500ms, 2m)");
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: f64 = number.parse().map_err(|_| bad())?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(bad()),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

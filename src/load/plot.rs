@@ -1,0 +1,198 @@
+//! Latency-by-percentile charts as standalone SVG: one line per run, the
+//! percentile axis spaced by `1 / (1 - p)` so that the tail (99%, 99.9%,
+//! 99.99%) gets as much room as the median, as HdrHistogram plots do.
+
+use super::stats::Summary;
+
+const WIDTH: f64 = 900.0;
+const HEIGHT: f64 = 520.0;
+const LEFT: f64 = 80.0;
+const RIGHT: f64 = 30.0;
+const TOP: f64 = 50.0;
+const BOTTOM: f64 = 70.0;
+/// Colour-blind-safe palette (Okabe-Ito).
+const COLOURS: &[&str] = &[
+    "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442",
+];
+/// The x axis ends at 99.999%.
+const MAX_NINES: f64 = 5.0;
+
+fn x_of(percentile: f64) -> f64 {
+    let remaining = (1.0 - percentile / 100.0).max(10f64.powf(-MAX_NINES));
+    let nines = -remaining.log10();
+    LEFT + (WIDTH - LEFT - RIGHT) * (nines / MAX_NINES)
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A "nice" axis top and tick step for values up to `max`.
+fn nice_axis(max: f64) -> (f64, f64) {
+    let max = if max > 0.0 { max } else { 1.0 };
+    let raw = max / 5.0;
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * magnitude)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * magnitude);
+    ((max / step).ceil() * step, step)
+}
+
+/// The chart of `runs` (each needs its `percentiles`), with a title.
+pub fn svg(title: &str, runs: &[Summary]) -> String {
+    let max = runs
+        .iter()
+        .flat_map(|r| r.percentiles.iter().map(|p| p.latency_ms))
+        .fold(0.0f64, f64::max);
+    let (top, step) = nice_axis(max);
+    let plot_h = HEIGHT - TOP - BOTTOM;
+    let y_of = |ms: f64| TOP + plot_h * (1.0 - ms / top);
+    let mut s = String::new();
+    s.push_str(&format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{HEIGHT}\" \
+         viewBox=\"0 0 {WIDTH} {HEIGHT}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n",
+        WIDTH / 2.0,
+        escape(title)
+    ));
+    // Grid and axis labels.
+    let mut v = 0.0;
+    while v <= top + step / 2.0 {
+        let y = y_of(v);
+        s.push_str(&format!(
+            "<line x1=\"{LEFT}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\n\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n",
+            WIDTH - RIGHT,
+            LEFT - 6.0,
+            y + 4.0,
+            trim_float(v)
+        ));
+        v += step;
+    }
+    for (nines, label) in [
+        (0.0, "0%"),
+        (1.0, "90%"),
+        (2.0, "99%"),
+        (3.0, "99.9%"),
+        (4.0, "99.99%"),
+        (5.0, "99.999%"),
+    ] {
+        let x = LEFT + (WIDTH - LEFT - RIGHT) * (nines / MAX_NINES);
+        s.push_str(&format!(
+            "<line x1=\"{x:.1}\" y1=\"{TOP}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/>\n\
+             <text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{label}</text>\n",
+            HEIGHT - BOTTOM,
+            HEIGHT - BOTTOM + 18.0
+        ));
+    }
+    s.push_str(&format!(
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">percentile</text>\n\
+         <text x=\"18\" y=\"{:.1}\" text-anchor=\"middle\" transform=\"rotate(-90 18 {:.1})\">latency (ms)</text>\n",
+        LEFT + (WIDTH - LEFT - RIGHT) / 2.0,
+        HEIGHT - BOTTOM + 40.0,
+        TOP + plot_h / 2.0,
+        TOP + plot_h / 2.0
+    ));
+    // One polyline per run, and its legend entry.
+    for (i, run) in runs.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        let points: Vec<String> = run
+            .percentiles
+            .iter()
+            .map(|p| format!("{:.1},{:.1}", x_of(p.percentile), y_of(p.latency_ms)))
+            .collect();
+        s.push_str(&format!(
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>\n",
+            points.join(" ")
+        ));
+        let ly = TOP + 16.0 + 18.0 * i as f64;
+        s.push_str(&format!(
+            "<line x1=\"{:.1}\" y1=\"{ly:.1}\" x2=\"{:.1}\" y2=\"{ly:.1}\" stroke=\"{colour}\" stroke-width=\"3\"/>\n\
+             <text x=\"{:.1}\" y=\"{:.1}\">{} (p50 {:.2} ms, p99 {:.2} ms, {:.0} req/s)</text>\n",
+            LEFT + 12.0,
+            LEFT + 36.0,
+            LEFT + 42.0,
+            ly + 4.0,
+            escape(&run.label),
+            run.latency_ms.p50,
+            run.latency_ms.p99,
+            run.throughput_rps
+        ));
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn trim_float(v: f64) -> String {
+    let t = format!("{v:.3}");
+    t.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::stats::{CurvePoint, LatencyMs};
+
+    fn run(label: &str, scale: f64) -> Summary {
+        Summary {
+            label: label.into(),
+            target: "t".into(),
+            model: "closed".into(),
+            rate_rps: None,
+            concurrency: Some(1),
+            connections: 1,
+            new_connection_per_request: false,
+            mix: "GetCitizen=1".into(),
+            distribution: "uniform".into(),
+            requests: 1,
+            errors: 0,
+            duration_s: 1.0,
+            throughput_rps: 1.0,
+            latency_ms: LatencyMs {
+                p50: scale,
+                p99: 3.0 * scale,
+                ..LatencyMs::default()
+            },
+            status_counts: Default::default(),
+            percentiles: vec![
+                CurvePoint {
+                    percentile: 0.0,
+                    latency_ms: scale,
+                },
+                CurvePoint {
+                    percentile: 99.0,
+                    latency_ms: 3.0 * scale,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn chart_has_a_line_and_legend_per_run_and_escapes_labels() {
+        let text = svg(
+            "a <b> & c",
+            &[run("gateway", 1.0), run("nginx \"proxy\"", 2.0)],
+        );
+        assert!(text.starts_with("<svg"));
+        assert_eq!(text.matches("<polyline").count(), 2);
+        assert!(text.contains("a &lt;b&gt; &amp; c"));
+        assert!(text.contains("nginx &quot;proxy&quot;"));
+        assert!(text.contains("99.9%"));
+        // p0 sits on the left edge, p99 two fifths across.
+        assert!((x_of(0.0) - LEFT).abs() < 1e-9);
+        assert!((x_of(99.0) - (LEFT + (WIDTH - LEFT - RIGHT) * 0.4)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn axis_tops_are_round() {
+        assert_eq!(nice_axis(7.3), (8.0, 2.0));
+        assert_eq!(nice_axis(0.42), (0.5, 0.1));
+        assert_eq!(nice_axis(0.0), (1.0, 0.2));
+    }
+}
