@@ -3,6 +3,8 @@
 //! certificate that completed the mutual-TLS handshake, and the code must be
 //! one the config knows.
 
+use std::{collections::HashMap, sync::Mutex};
+
 use x509_parser::{certificate::X509Certificate, extensions::GeneralName, prelude::FromDer};
 
 use crate::error::{reason, RequestError};
@@ -102,6 +104,47 @@ pub fn agency_of(
     Ok(AgencyId(code.to_owned()))
 }
 
+/// Certificates resolved to an agency, so that the calls on a connection
+/// (and on the next connections with the same certificate) do not parse the
+/// certificate again. Only successes are kept: the mapping from a certificate
+/// to its agency code never changes, and whether the code is configured is
+/// fixed for the life of the process. Validity and revocation are the
+/// handshake's business, before any call. Bounded: when full it starts over.
+#[derive(Debug, Default)]
+pub struct IdentityCache {
+    known: Mutex<HashMap<Vec<u8>, AgencyId>>,
+}
+
+/// Distinct certificates remembered at most.
+const IDENTITY_CACHE_ENTRIES: usize = 4096;
+
+impl IdentityCache {
+    /// [`agency_of`], remembered.
+    pub fn agency_of(
+        &self,
+        cert_der: &[u8],
+        trust_domain: &str,
+        is_known: impl Fn(&str) -> bool,
+    ) -> Result<AgencyId, RequestError> {
+        if let Some(hit) = self
+            .known
+            .lock()
+            .ok()
+            .and_then(|m| m.get(cert_der).cloned())
+        {
+            return Ok(hit);
+        }
+        let agency = agency_of(cert_der, trust_domain, is_known)?;
+        if let Ok(mut known) = self.known.lock() {
+            if known.len() >= IDENTITY_CACHE_ENTRIES {
+                known.clear();
+            }
+            known.insert(cert_der.to_vec(), agency.clone());
+        }
+        Ok(agency)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +197,42 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn the_cache_remembers_successes_only() {
+        let ca = Ca::generate("test").unwrap();
+        let cert = ca
+            .issue_agency(
+                "interop.example.vn",
+                "000.00.20.H13",
+                Validity::days_from_now(1),
+            )
+            .unwrap();
+        let d = der(&cert.cert_pem);
+        let cache = IdentityCache::default();
+        // A refusal is not remembered: the same certificate is read again.
+        assert!(cache
+            .agency_of(&d, "interop.example.vn", |_| false)
+            .is_err());
+        let id = cache.agency_of(&d, "interop.example.vn", |_| true).unwrap();
+        assert_eq!(id.as_str(), "000.00.20.H13");
+        // A success is: the certificate is not parsed again.
+        let again = cache
+            .agency_of(&d, "interop.example.vn", |_| panic!("parsed again"))
+            .unwrap();
+        assert_eq!(again, id);
+        let other = ca
+            .issue_agency(
+                "interop.example.vn",
+                "000.00.12.H13",
+                Validity::days_from_now(1),
+            )
+            .unwrap();
+        let id2 = cache
+            .agency_of(&der(&other.cert_pem), "interop.example.vn", |_| true)
+            .unwrap();
+        assert_eq!(id2.as_str(), "000.00.12.H13");
     }
 
     #[test]

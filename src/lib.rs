@@ -19,6 +19,7 @@ pub mod error;
 pub mod fieldmask;
 pub mod identity;
 pub mod load;
+pub mod logging;
 pub mod pki;
 pub mod policy;
 pub mod proto;

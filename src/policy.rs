@@ -3,7 +3,10 @@
 //! procedure the call serves; the record it gets back carries exactly the
 //! intersection of its `read_mask` and the granted fields.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use crate::{
     error::{reason, RequestError, Violation},
@@ -161,6 +164,54 @@ impl Policy {
         }
         let granted = PathSet::new(matching.iter().flat_map(|g| g.fields.iter()));
         Ok(Authorization { method, granted })
+    }
+}
+
+/// Disclosures already computed, by agency, method, procedure and read_mask.
+/// Grants are fixed for the life of the process, so the answer for the same
+/// four never changes; refusals are not kept. Bounded: when full it starts
+/// over.
+#[derive(Debug, Default)]
+pub struct DisclosureCache {
+    known: Mutex<HashMap<DisclosureKey, Arc<Disclosure>>>,
+}
+
+type DisclosureKey = (String, &'static str, String, Vec<String>);
+
+/// Distinct (agency, method, procedure, read_mask) combinations remembered at most.
+const DISCLOSURE_CACHE_ENTRIES: usize = 4096;
+
+impl DisclosureCache {
+    /// [`Policy::authorize`] then [`Authorization::disclose`], remembered.
+    pub fn disclose(
+        &self,
+        policy: &Policy,
+        agency: &str,
+        method: MethodSpec,
+        procedure: &str,
+        read_mask: &[String],
+    ) -> Result<Arc<Disclosure>, RequestError> {
+        let key: DisclosureKey = (
+            agency.to_owned(),
+            method.name,
+            procedure.to_owned(),
+            read_mask.to_vec(),
+        );
+        if let Some(hit) = self.known.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(hit);
+        }
+        let disclosure = Arc::new(
+            policy
+                .authorize(agency, method, procedure)?
+                .disclose(read_mask, procedure)?,
+        );
+        if let Ok(mut known) = self.known.lock() {
+            if known.len() >= DISCLOSURE_CACHE_ENTRIES {
+                known.clear();
+            }
+            known.insert(key, Arc::clone(&disclosure));
+        }
+        Ok(disclosure)
     }
 }
 

@@ -116,6 +116,8 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         config: Arc::new(config),
         store,
         audit: Arc::clone(&audit),
+        identities: Arc::default(),
+        disclosures: Arc::default(),
     };
 
     let (health_reporter, health) = tonic_health::server::health_reporter();

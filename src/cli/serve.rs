@@ -1,11 +1,7 @@
 //! `interop-gateway serve`.
 
-use std::io::IsTerminal;
-
-use tracing_subscriber::EnvFilter;
-
 use super::{load_config, runtime, ConfigArg, Failure, EXIT_CONFIG, EXIT_FAILED};
-use crate::{config::LogFormat, dev, server};
+use crate::{dev, logging, server};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -13,21 +9,10 @@ pub struct Args {
     pub config: ConfigArg,
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
-
 pub fn run(args: Args) -> Result<(), Failure> {
     let config = load_config(&args.config.config)?;
-    init_logging(config.log_format);
+    // Flushes the log when `run` returns, whichever way.
+    let _log = logging::init(config.log_format);
     if config.dev {
         let mut done = dev::ensure_pki(&config)
             .map_err(|e| Failure::new(EXIT_FAILED, format!("dev PKI: {e}")))?;

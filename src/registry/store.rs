@@ -2,12 +2,15 @@
 //! keyed by its identifier, with an index of parcels by holder. Lookups are
 //! primary-key or index seeks, so their cost does not grow with the registry.
 //!
-//! SQLite is synchronous; reads run on tokio's blocking pool over a small pool
-//! of read-only connections (WAL mode lets them run beside an import).
+//! SQLite is synchronous; reads run on a fixed set of reader threads, each
+//! with its own read-only connection (WAL mode lets them run beside an
+//! import), fed from one queue. A fixed set keeps memory bounded (one SQLite
+//! page cache per reader, whatever the number of calls in flight) and, under
+//! load, readers take the next lookup without sleeping in between.
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{mpsc, Arc, Mutex},
 };
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
@@ -68,91 +71,108 @@ pub struct ParcelKey {
     pub parcel_number: u32,
 }
 
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let sqlite = |source| StoreError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sqlite)?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sqlite)?;
+    if version != SCHEMA_VERSION {
+        return Err(StoreError::Version {
+            path: path.to_owned(),
+            found: version,
+        });
+    }
+    Ok(conn)
+}
+
 /// Read access to the store, shared by every request.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
 }
 
+type Job = Box<dyn FnOnce(&Connection) + Send>;
+
 struct Inner {
     path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
+    /// The readers' queue; dropping the last `Store` closes it and the
+    /// readers exit.
+    jobs: mpsc::Sender<Job>,
+}
+
+/// Reader threads: enough to keep every core busy and to overlap a few
+/// reads that miss the page cache.
+fn reader_count() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
 }
 
 impl Store {
-    /// Opens an existing store for reading.
+    /// Opens an existing store for reading and starts its readers.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         if !path.is_file() {
             return Err(StoreError::Missing {
                 path: path.to_owned(),
             });
         }
-        let store = Store {
+        // Open every connection now, so a broken file fails the start, not a call.
+        let conns = (0..reader_count())
+            .map(|_| connect(path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for (i, conn) in conns.into_iter().enumerate() {
+            let queue = Arc::clone(&queue);
+            std::thread::Builder::new()
+                .name(format!("store-reader-{i}"))
+                .spawn(move || loop {
+                    let job = match queue.lock() {
+                        Ok(q) => q.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(&conn),
+                        Err(_) => return,
+                    }
+                })
+                .map_err(|e| StoreError::Join(format!("cannot start a store reader: {e}")))?;
+        }
+        Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
-                idle: Mutex::new(Vec::new()),
+                jobs,
             }),
-        };
-        // Open one connection now so a broken file fails the start, not a call.
-        let conn = store.connect()?;
-        store.release(conn);
-        Ok(store)
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
 
-    fn sqlite(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
-        move |source| StoreError::Sqlite {
-            path: self.inner.path.clone(),
-            source,
-        }
-    }
-
-    fn connect(&self) -> Result<Connection, StoreError> {
-        let conn = Connection::open_with_flags(
-            &self.inner.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(self.sqlite())?;
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(self.sqlite())?;
-        if version != SCHEMA_VERSION {
-            return Err(StoreError::Version {
-                path: self.inner.path.clone(),
-                found: version,
-            });
-        }
-        Ok(conn)
-    }
-
-    fn release(&self, conn: Connection) {
-        if let Ok(mut idle) = self.inner.idle.lock() {
-            idle.push(conn);
-        }
-    }
-
-    /// Runs `f` with a pooled connection on the blocking pool.
+    /// Runs `f` on a reader thread with its connection.
     async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let pooled = store.inner.idle.lock().ok().and_then(|mut v| v.pop());
-            let conn = match pooled {
-                Some(c) => c,
-                None => store.connect()?,
-            };
-            let result = f(&conn).map_err(store.sqlite());
-            store.release(conn);
-            result
-        })
-        .await
-        .map_err(|e| StoreError::Join(e.to_string()))?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let path = self.inner.path.clone();
+        let job: Job = Box::new(move |conn| {
+            let _ = tx.send(f(conn).map_err(|source| StoreError::Sqlite { path, source }));
+        });
+        self.inner
+            .jobs
+            .send(job)
+            .map_err(|_| StoreError::Join("the store readers have stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Join("a store reader stopped during a read".into()))?
     }
 
     pub async fn citizen(&self, personal_id: &str) -> Result<Option<Vec<u8>>, StoreError> {

@@ -9,6 +9,7 @@ use super::{disclose, loggable_id, page_token, store_error, Answer, Core, Scoped
 use crate::{
     domain,
     error::{RequestError, Violation},
+    fieldmask::MaskTree,
     policy,
     proto::{
         common::v1::AccessContext,
@@ -18,6 +19,7 @@ use crate::{
         },
     },
     registry::ParcelKey,
+    schema::Schema,
 };
 
 impl Scoped for GetParcelRequest {
@@ -54,13 +56,24 @@ fn parcel_subject(key: &ParcelKey) -> String {
 }
 
 /// A parcel's subject and its holders: a holder sees reads of parcels it holds.
+/// Only `holders.holder_id` is decoded, from the stored bytes cut down to it.
 fn parcel_subjects(
     key: &ParcelKey,
     record: &[u8],
     out: &mut Vec<String>,
 ) -> Result<(), RequestError> {
-    let parcel = Parcel::decode(record)
-        .map_err(|e| RequestError::Internal(format!("stored record: {e}")))?;
+    static HOLDER_IDS: std::sync::OnceLock<MaskTree> = std::sync::OnceLock::new();
+    let holder_ids = HOLDER_IDS.get_or_init(|| {
+        let path = Schema::gateway()
+            .resolve("interop.land.v1.Parcel", "holders.holder_id")
+            .unwrap_or_default();
+        MaskTree::from_numbers([path.as_slice()])
+    });
+    let internal = |e: String| RequestError::Internal(format!("stored record: {e}"));
+    let pruned = holder_ids
+        .apply(record)
+        .map_err(|e| internal(e.to_string()))?;
+    let parcel = Parcel::decode(pruned.as_slice()).map_err(|e| internal(e.to_string()))?;
     out.push(parcel_subject(key));
     out.extend(parcel.holders.into_iter().map(|h| h.holder_id));
     Ok(())

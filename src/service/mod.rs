@@ -16,7 +16,7 @@ use crate::{
     config::Config,
     domain,
     error::{RequestError, Violation},
-    identity::{self, AgencyId},
+    identity::AgencyId,
     policy::{Disclosure, MethodSpec},
     proto::common::v1::AccessContext,
     registry::Store,
@@ -40,6 +40,10 @@ pub struct Core {
     pub config: Arc<Config>,
     pub store: Store,
     pub audit: Arc<AuditLog>,
+    /// Client certificates already resolved to an agency.
+    pub identities: Arc<crate::identity::IdentityCache>,
+    /// Grant decisions already made.
+    pub disclosures: Arc<crate::policy::DisclosureCache>,
 }
 
 /// A successful answer and what the access log must say about it.
@@ -56,7 +60,7 @@ pub struct Call {
     pub agency: AgencyId,
     pub procedure_code: String,
     pub dossier_id: String,
-    pub disclosure: Disclosure,
+    pub disclosure: Arc<Disclosure>,
 }
 
 /// The parts of a request every data call has.
@@ -71,17 +75,29 @@ pub trait Scoped {
 
 /// A fresh request id: 128 random bits, hex.
 fn new_request_id() -> String {
-    use ring::rand::SecureRandom;
-    let mut bytes = [0u8; 16];
-    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
-        // Fall back to time: unique enough to correlate, never a reason to fail a call.
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        bytes = nanos.to_be_bytes();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    use std::sync::{
+        atomic::{AtomicU64, Ordering},
+        OnceLock,
+    };
+    // 64 random bits drawn once per process, then a counter: unique across
+    // restarts and instances without a system call per request.
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        use ring::rand::SecureRandom;
+        let mut bytes = [0u8; 8];
+        if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+            // Fall back to time: unique enough to correlate, never a reason to fail a call.
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or_default();
+            bytes = nanos.to_be_bytes();
+        }
+        u64::from_be_bytes(bytes)
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix:016x}{n:016x}")
 }
 
 /// A caller-supplied identifier as it may appear in a log line: a personal id
@@ -195,17 +211,21 @@ impl Core {
                     message: "no client certificate on this connection".into(),
                 }
             })?;
-            let agency = identity::agency_of(leaf, &self.config.trust_domain, |code| {
-                self.config.agencies.contains_key(code)
-            })?;
+            let agency = self
+                .identities
+                .agency_of(leaf, &self.config.trust_domain, |code| {
+                    self.config.agencies.contains_key(code)
+                })?;
             agency_for_log = agency.to_string();
             audited_agency = Some(agency.clone());
             let (procedure_code, dossier_id) = check_context(req.context())?;
-            let authz = self
-                .config
-                .policy
-                .authorize(agency.as_str(), method, &procedure_code)?;
-            let disclosure = authz.disclose(req.read_mask(), &procedure_code)?;
+            let disclosure = self.disclosures.disclose(
+                &self.config.policy,
+                agency.as_str(),
+                method,
+                &procedure_code,
+                req.read_mask(),
+            )?;
             let call = Call {
                 agency,
                 procedure_code,
