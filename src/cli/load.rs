@@ -102,6 +102,7 @@ pub struct Args {
     pub officer: String,
     /// read_mask of every request: comma-separated field paths
     /// (`full_name,permanent_address.province_code`; lowerCamelCase works too).
+    /// It applies to every method of the mix, so it suits one record type.
     #[arg(long)]
     pub read_mask: Option<String>,
 
