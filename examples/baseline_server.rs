@@ -236,7 +236,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(plain) = args.plaintext {
         let listener = TcpListener::bind(plain).await?;
         line.push_str(&format!(" plaintext={}", listener.local_addr()?));
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // As the mTLS listener does: no Nagle delay on small gRPC frames.
+        let incoming = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            |conn| {
+                if let Ok(tcp) = &conn {
+                    let _ = tcp.set_nodelay(true);
+                }
+                conn
+            },
+        );
         let mut stop = stop_rx.clone();
         let plain_router = router(&bare);
         tasks.spawn(async move {

@@ -253,36 +253,54 @@ async fn closed(run: &Arc<Run>, concurrency: usize) {
 }
 
 async fn open(run: &Arc<Run>, rate: f64, max_in_flight: usize) {
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let start = Instant::now();
-    let in_flight = Arc::new(Semaphore::new(max_in_flight.max(1)));
-    let mut rng = Rng::new(run.plan.seed);
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut k: u64 = 0;
-    loop {
-        let due = start + interval.mul_f64(k as f64);
-        let Some(measured) = run.admit(due) else {
-            break;
-        };
-        tokio::time::sleep_until(due).await;
-        // A full pipe delays sending, not the due time: the wait is charged
-        // to the request's latency.
-        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
-            break;
-        };
-        let call = run.workload.next(&mut rng);
-        let run2 = Arc::clone(run);
-        let i = k as usize;
-        tasks.spawn(async move {
-            let status = run2.send(run2.channel(i), call).await;
-            run2.finish(i, measured, due, status);
-            drop(permit);
-        });
-        // Reap finished tasks so the set does not grow with the run.
-        while tasks.try_join_next().is_some() {}
-        k += 1;
+    // The schedule is kept by a thread of its own: tokio's timer wakes on
+    // millisecond ticks, and every microsecond the generator sends late is
+    // charged to the server (latency runs from the due time). A thread's
+    // sleep is good to tens of microseconds.
+    let handle = tokio::runtime::Handle::current();
+    let run = Arc::clone(run);
+    let dispatcher = tokio::task::spawn_blocking(move || {
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        let start = Instant::now();
+        let in_flight = Arc::new(Semaphore::new(max_in_flight.max(1)));
+        let mut rng = Rng::new(run.plan.seed);
+        let mut tasks = Vec::new();
+        let mut k: u64 = 0;
+        loop {
+            let due = start + interval.mul_f64(k as f64);
+            let Some(measured) = run.admit(due) else {
+                break;
+            };
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            // A full pipe delays sending, not the due time: the wait is
+            // charged to the request's latency.
+            let Ok(permit) = handle.block_on(Arc::clone(&in_flight).acquire_owned()) else {
+                break;
+            };
+            let call = run.workload.next(&mut rng);
+            let run2 = Arc::clone(&run);
+            let i = k as usize;
+            tasks.push(handle.spawn(async move {
+                let status = run2.send(run2.channel(i), call).await;
+                run2.finish(i, measured, due, status);
+                drop(permit);
+            }));
+            // Forget finished tasks so the list does not grow with the run.
+            if tasks.len() >= 4096 {
+                tasks.retain(|t| !t.is_finished());
+            }
+            k += 1;
+        }
+        tasks
+    });
+    if let Ok(tasks) = dispatcher.await {
+        for t in tasks {
+            let _ = t.await;
+        }
     }
-    while tasks.join_next().await.is_some() {}
 }
 
 async fn show_progress(run: Arc<Run>) {

@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""The table of bench/side-by-side: reads the JSON files of one run (OUT folder)
+and prints Markdown with every figure's ratio to the baseline, and the targets
+checked against them. Standard library only."""
+
+import json
+import os
+import sys
+
+
+def load(out, name):
+    path = os.path.join(out, name + ".json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def ratio(value, base):
+    return f"{value / base:.2f}x" if base else "-"
+
+
+def mib(kib):
+    return f"{kib / 1024:.0f} MiB"
+
+
+def check(ok):
+    return "met" if ok else "MISSED"
+
+
+def main(out):
+    lines = []
+    emit = lines.append
+    with open(os.path.join(out, "machine.txt")) as f:
+        machine = f.read().strip()
+    fsync = load(out, "fsync")
+    emit("## Side-by-side, one run")
+    emit("")
+    emit("```")
+    emit(machine)
+    emit("```")
+    emit("")
+    setups = ["baseline", "gateway", "proxy"]
+    closed = {s: load(out, s + "-closed") for s in setups}
+    opened = {s: load(out, s + "-open") for s in setups}
+    hands = {s: load(out, s + "-handshake") for s in setups}
+    memory = {s: load(out, s + "-memory") for s in setups}
+    base = closed["baseline"]
+    emit(
+        f"Workload: `{base['mix']}`, keys {base['distribution']}; closed model "
+        f"{base['concurrency']} in flight over {base['connections']} connections; open model at "
+        f"{opened['baseline']['rate_rps']:.0f} req/s (half the baseline's saturation); "
+        f"handshakes: {hands['baseline']['concurrency']} in flight, a new TLS connection per request."
+    )
+    emit("")
+    emit(
+        "| setup | saturation req/s | vs baseline | p50 at half load | p99 at half load | p99 vs baseline "
+        "| new connections/s | vs baseline | peak RSS | vs baseline |"
+    )
+    emit("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    names = {
+        "baseline": "baseline (bare tonic)",
+        "gateway": "gateway (full path)",
+        "proxy": "nginx mTLS proxy + baseline",
+    }
+    for s in setups:
+        c, o, h, m = closed[s], opened[s], hands[s], memory[s]
+        emit(
+            f"| {names[s]} | {c['throughput_rps']:.0f} | {ratio(c['throughput_rps'], base['throughput_rps'])} "
+            f"| {o['latency_ms']['p50']:.2f} ms | {o['latency_ms']['p99']:.2f} ms "
+            f"| {ratio(o['latency_ms']['p99'], opened['baseline']['latency_ms']['p99'])} "
+            f"| {h['throughput_rps']:.0f} | {ratio(h['throughput_rps'], hands['baseline']['throughput_rps'])} "
+            f"| {mib(m['peak_kib'])} | {ratio(m['peak_kib'], memory['baseline']['peak_kib'])} |"
+        )
+    emit("")
+    emit(
+        f"fsync on the same disk (300-byte append + fdatasync, {fsync['samples']} samples): "
+        f"p50 {fsync['p50_ms']:.3f} ms, p99 {fsync['p99_ms']:.3f} ms, max {fsync['max_ms']:.3f} ms."
+    )
+    errors = {
+        f"{s}-{k}": r["errors"]
+        for s in setups
+        for k, r in (("closed", closed[s]), ("open", opened[s]), ("handshake", hands[s]))
+        if r["errors"]
+    }
+    if errors:
+        emit(f"Requests that did not end OK: {errors}.")
+    emit("")
+    emit("### Targets")
+    emit("")
+    g, p = closed["gateway"], closed["proxy"]
+    gp99 = opened["gateway"]["latency_ms"]["p99"]
+    bp99 = opened["baseline"]["latency_ms"]["p99"]
+    pp99 = opened["proxy"]["latency_ms"]["p99"]
+    bound = 1.5 * bp99 + fsync["p99_ms"]
+    emit("| target | measured | |")
+    emit("|---|---|---|")
+    emit(
+        f"| gateway saturation >= 0.8 x baseline | {g['throughput_rps'] / base['throughput_rps']:.2f} x "
+        f"| {check(g['throughput_rps'] >= 0.8 * base['throughput_rps'])} |"
+    )
+    emit(
+        f"| gateway p99 at half load <= 1.5 x baseline p99 + fsync p99 | {gp99:.2f} ms vs "
+        f"1.5 x {bp99:.2f} + {fsync['p99_ms']:.2f} = {bound:.2f} ms | {check(gp99 <= bound)} |"
+    )
+    emit(
+        f"| gateway saturation >= nginx proxy's | {g['throughput_rps']:.0f} vs {p['throughput_rps']:.0f} req/s "
+        f"({g['throughput_rps'] / p['throughput_rps']:.2f} x) | {check(g['throughput_rps'] >= p['throughput_rps'])} |"
+    )
+    emit(
+        f"| gateway p99 at half load < nginx proxy's | {gp99:.2f} vs {pp99:.2f} ms "
+        f"| {check(gp99 < pp99)} |"
+    )
+    small, big = load(out, "store-10000"), load(out, "store-1000000")
+    small_m, big_m = load(out, "store-10000-memory"), load(out, "store-1000000-memory")
+    if small and big and small_m and big_m:
+        emit(
+            f"| 1M-citizen store: RSS beyond the page cache < 300 MiB | RssAnon {mib(big_m['anon_kib'])} "
+            f"(peak RSS {mib(big_m['peak_kib'])}; 10k store: {mib(small_m['anon_kib'])}) "
+            f"| {check(big_m['anon_kib'] < 300 * 1024)} |"
+        )
+        emit(
+            f"| 1M-citizen store: start-up to serving < 2 s | {big_m['startup_s']:.3f} s "
+            f"(10k store: {small_m['startup_s']:.3f} s) | {check(big_m['startup_s'] < 2.0)} |"
+        )
+        r = big["throughput_rps"] / small["throughput_rps"]
+        emit(
+            f"| 1M-citizen throughput within 10% of a 10k store | {big['throughput_rps']:.0f} vs "
+            f"{small['throughput_rps']:.0f} req/s ({r:.2f} x) | {check(r >= 0.9)} |"
+        )
+    emit("")
+    emit("Charts: closed.svg, open.svg, handshake.svg in this folder.")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: report.py OUT_FOLDER")
+    main(sys.argv[1])
