@@ -49,9 +49,25 @@ pub fn svg(title: &str, runs: &[Summary]) -> String {
         .iter()
         .flat_map(|r| r.percentiles.iter().map(|p| p.latency_ms))
         .fold(0.0f64, f64::max);
-    let (top, step) = nice_axis(max);
+    let min = runs
+        .iter()
+        .flat_map(|r| r.percentiles.iter().map(|p| p.latency_ms))
+        .filter(|v| *v > 0.0)
+        .fold(f64::INFINITY, f64::min);
     let plot_h = HEIGHT - TOP - BOTTOM;
-    let y_of = |ms: f64| TOP + plot_h * (1.0 - ms / top);
+    // Runs two orders of magnitude apart get a log axis, so the fast ones
+    // are not flattened against zero by the slow.
+    let log = min.is_finite() && max / min > 100.0;
+    let (top, step) = nice_axis(max);
+    let (log_lo, log_hi) = (min.max(1e-3).log10().floor(), max.max(1e-3).log10().ceil());
+    let y_of = |ms: f64| {
+        if log {
+            let v = (ms.max(10f64.powf(log_lo)).log10() - log_lo) / (log_hi - log_lo).max(1.0);
+            TOP + plot_h * (1.0 - v)
+        } else {
+            TOP + plot_h * (1.0 - ms / top)
+        }
+    };
     let mut s = String::new();
     s.push_str(&format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{HEIGHT}\" \
@@ -62,8 +78,20 @@ pub fn svg(title: &str, runs: &[Summary]) -> String {
         escape(title)
     ));
     // Grid and axis labels.
-    let mut v = 0.0;
-    while v <= top + step / 2.0 {
+    let ticks: Vec<f64> = if log {
+        (log_lo as i32..=log_hi as i32)
+            .map(|e| 10f64.powi(e))
+            .collect()
+    } else {
+        let mut t = Vec::new();
+        let mut v = 0.0;
+        while v <= top + step / 2.0 {
+            t.push(v);
+            v += step;
+        }
+        t
+    };
+    for v in ticks {
         let y = y_of(v);
         s.push_str(&format!(
             "<line x1=\"{LEFT}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\n\
@@ -73,7 +101,6 @@ pub fn svg(title: &str, runs: &[Summary]) -> String {
             y + 4.0,
             trim_float(v)
         ));
-        v += step;
     }
     for (nines, label) in [
         (0.0, "0%"),
@@ -93,11 +120,12 @@ pub fn svg(title: &str, runs: &[Summary]) -> String {
     }
     s.push_str(&format!(
         "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">percentile</text>\n\
-         <text x=\"18\" y=\"{:.1}\" text-anchor=\"middle\" transform=\"rotate(-90 18 {:.1})\">latency (ms)</text>\n",
+         <text x=\"18\" y=\"{:.1}\" text-anchor=\"middle\" transform=\"rotate(-90 18 {:.1})\">latency (ms{})</text>\n",
         LEFT + (WIDTH - LEFT - RIGHT) / 2.0,
         HEIGHT - BOTTOM + 40.0,
         TOP + plot_h / 2.0,
-        TOP + plot_h / 2.0
+        TOP + plot_h / 2.0,
+        if log { ", log scale" } else { "" }
     ));
     // One polyline per run, and its legend entry.
     for (i, run) in runs.iter().enumerate() {
@@ -191,8 +219,23 @@ mod tests {
 
     #[test]
     fn axis_tops_are_round() {
-        assert_eq!(nice_axis(7.3), (8.0, 2.0));
-        assert_eq!(nice_axis(0.42), (0.5, 0.1));
-        assert_eq!(nice_axis(0.0), (1.0, 0.2));
+        let close = |(a, b): (f64, f64), (c, d): (f64, f64)| {
+            assert!(
+                (a - c).abs() < 1e-9 && (b - d).abs() < 1e-9,
+                "{a},{b} vs {c},{d}"
+            )
+        };
+        close(nice_axis(7.3), (8.0, 2.0));
+        close(nice_axis(0.42), (0.5, 0.1));
+        close(nice_axis(0.0), (1.0, 0.2));
+    }
+
+    #[test]
+    fn runs_far_apart_get_a_log_axis() {
+        let text = svg("t", &[run("fast", 1.0), run("slow", 1000.0)]);
+        assert!(text.contains("latency (ms, log scale)"));
+        assert!(text.contains(">1000<") && text.contains(">1<"));
+        let text = svg("t", &[run("a", 1.0), run("b", 2.0)]);
+        assert!(text.contains("latency (ms)"));
     }
 }
