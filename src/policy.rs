@@ -107,6 +107,8 @@ pub struct Authorization {
 pub struct Disclosure {
     pub paths: PathSet,
     pub mask: MaskTree,
+    /// `paths` as strings, as the access log records them.
+    pub field_names: Vec<String>,
 }
 
 impl Policy {
@@ -228,6 +230,7 @@ impl Authorization {
             return Ok(Disclosure {
                 paths: PathSet::default(),
                 mask: MaskTree::default(),
+                field_names: Vec::new(),
             });
         };
         if read_mask.len() > MAX_READ_MASK_PATHS {
@@ -285,7 +288,11 @@ impl Authorization {
             .collect::<Result<_, _>>()
             .map_err(|e| RequestError::Internal(format!("granted field does not resolve: {e}")))?;
         let mask = MaskTree::from_numbers(resolved.iter().map(Vec::as_slice));
-        Ok(Disclosure { paths, mask })
+        Ok(Disclosure {
+            field_names: paths.to_strings(),
+            paths,
+            mask,
+        })
     }
 }
 

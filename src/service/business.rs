@@ -55,7 +55,7 @@ impl BusinessRegistryService for Core {
                     enterprise: Some(enterprise),
                 },
                 subjects: vec![code.as_str().to_owned()],
-                fields: call.disclosure.paths.to_strings(),
+                fields: call.disclosure.field_names.clone(),
             })
         })
         .await

@@ -89,7 +89,7 @@ impl CitizenRegistryService for Core {
                     citizen: Some(citizen),
                 },
                 subjects: vec![id.as_str().to_owned()],
-                fields: call.disclosure.paths.to_strings(),
+                fields: call.disclosure.field_names.clone(),
             })
         })
         .await

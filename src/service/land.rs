@@ -215,7 +215,7 @@ impl LandRegistryService for Core {
                     parcel: Some(parcel),
                 },
                 subjects,
-                fields: call.disclosure.paths.to_strings(),
+                fields: call.disclosure.field_names.clone(),
             })
         })
         .await
@@ -259,7 +259,7 @@ impl LandRegistryService for Core {
                 let fields = if rows.is_empty() {
                     Vec::new()
                 } else {
-                    call.disclosure.paths.to_strings()
+                    call.disclosure.field_names.clone()
                 };
                 Ok(Answer {
                     response: ListParcelsByHolderResponse {

@@ -238,11 +238,17 @@ impl Core {
 
         // No answer leaves before its access record is durable; a call whose
         // record cannot be written fails closed.
+        let mut result = result;
         let result = match audited_agency {
             None => result,
             Some(agency) => {
-                let (subjects, fields, code) = match &result {
-                    Ok(a) => (a.subjects.clone(), a.fields.clone(), tonic::Code::Ok),
+                let (subjects, fields, code) = match &mut result {
+                    // Only the response is needed after this: move, not copy.
+                    Ok(a) => (
+                        std::mem::take(&mut a.subjects),
+                        std::mem::take(&mut a.fields),
+                        tonic::Code::Ok,
+                    ),
                     Err(e) => (requested_subjects, Vec::new(), e.code()),
                 };
                 let mut subjects = subjects;
@@ -253,9 +259,9 @@ impl Core {
                     request_id: request_id.clone(),
                     agency_code: agency.to_string(),
                     method: method.name.to_owned(),
-                    procedure_code: context.procedure_code.chars().take(64).collect(),
-                    dossier_id: context.dossier_id.chars().take(64).collect(),
-                    officer_id: context.officer_id.chars().take(MAX_OFFICER_ID).collect(),
+                    procedure_code: truncated(context.procedure_code, 64),
+                    dossier_id: truncated(context.dossier_id, 64),
+                    officer_id: truncated(context.officer_id, MAX_OFFICER_ID),
                     subjects,
                     fields,
                     outcome: crate::error::code_name(code).to_owned(),
@@ -309,6 +315,15 @@ impl Core {
                 Err(status)
             }
         }
+    }
+}
+
+/// At most `max` characters of `s` (without copying when it is short enough).
+fn truncated(s: String, max: usize) -> String {
+    if s.len() <= max {
+        s
+    } else {
+        s.chars().take(max).collect()
     }
 }
 
