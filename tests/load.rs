@@ -343,6 +343,47 @@ fn bad_arguments_and_refused_certificates_are_clear_errors() {
 }
 
 #[test]
+fn ctrl_c_stops_a_long_run_with_the_summary_so_far() {
+    use std::process::Stdio;
+    let s = serve();
+    let child = load_cmd(&s)
+        .args([
+            "--method",
+            "GetCitizen",
+            "--duration",
+            "10m",
+            "--concurrency",
+            "2",
+        ])
+        .args(["--output", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the gateway has logged a call of this run, load is sending, so
+    // its signal handlers (set up before the first request) are in place.
+    while !s.server.log_text().contains("interop_gateway::access") {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["interrupted"], true);
+    assert!(json["requests"].as_u64().unwrap() > 0);
+    assert_eq!(json["status_counts"]["OK"], json["requests"]);
+    assert_eq!(s.server.terminate().code(), Some(0));
+}
+
+#[test]
 fn summaries_read_back_for_charts() {
     // `--plot-with` reads what `--output json` wrote: the format round-trips.
     let text = r#"{"label":"x","target":"t","model":"closed","concurrency":1,"connections":1,

@@ -67,6 +67,8 @@ pub struct Plan {
 pub enum LoadError {
     #[error("{0}")]
     Connect(String),
+    #[error("cannot watch for Ctrl-C: {0}")]
+    Signal(String),
 }
 
 /// Shared state of a run.
@@ -211,6 +213,36 @@ pub async fn run(
         last_answer_ns: AtomicU64::new(0),
         plan,
     });
+    // Ctrl-C or SIGTERM ends the run early with the summary of what was
+    // measured, as an operator stopping a long run expects.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let stop = interruption()?;
+        let run = Arc::clone(&run);
+        let interrupted = Arc::clone(&interrupted);
+        tokio::spawn(async move {
+            stop.await;
+            interrupted.store(true, Ordering::Relaxed);
+            run.stop.store(true, Ordering::Relaxed);
+        })
+    };
+    if run.plan.progress {
+        eprintln!(
+            "load: {} to {} ({}); Ctrl-C stops early with a summary",
+            run.workload
+                .mix
+                .entries()
+                .iter()
+                .map(|(op, w)| format!("{op}={w}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            run.plan.target,
+            match run.plan.model {
+                Model::Closed { concurrency } => format!("closed model, {concurrency} in flight"),
+                Model::Open { rate, .. } => format!("open model, {rate} req/s"),
+            }
+        );
+    }
     let progress = (run.plan.progress && std::io::stderr().is_terminal())
         .then(|| tokio::spawn(show_progress(Arc::clone(&run))));
 
@@ -222,12 +254,38 @@ pub async fn run(
         } => open(&run, rate, max_in_flight).await,
     }
     run.stop.store(true, Ordering::Relaxed);
+    watcher.abort();
     if let Some(p) = progress {
         p.abort();
         let _ = p.await;
         eprint!("\r\x1b[K");
     }
-    Ok(summarise(&run))
+    let mut summary = summarise(&run);
+    summary.interrupted = interrupted.load(Ordering::Relaxed);
+    Ok(summary)
+}
+
+/// Resolves on SIGINT or SIGTERM; the handlers are in place when this returns.
+fn interruption() -> Result<impl std::future::Future<Output = ()>, LoadError> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let failed = |e: std::io::Error| LoadError::Signal(e.to_string());
+        let mut int = signal(SignalKind::interrupt()).map_err(failed)?;
+        let mut term = signal(SignalKind::terminate()).map_err(failed)?;
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
 }
 
 async fn closed(run: &Arc<Run>, concurrency: usize) {
@@ -373,6 +431,7 @@ fn summarise(run: &Run) -> Summary {
         latency_ms: stats::latency_ms(&h),
         status_counts,
         percentiles: stats::curve(&h),
+        interrupted: false,
     }
 }
 

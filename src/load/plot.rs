@@ -198,6 +198,7 @@ mod tests {
                     latency_ms: 3.0 * scale,
                 },
             ],
+            interrupted: false,
         }
     }
 

@@ -140,6 +140,10 @@ pub struct Summary {
     pub status_counts: BTreeMap<String, u64>,
     /// Latency by percentile, for plots.
     pub percentiles: Vec<CurvePoint>,
+    /// The run was stopped early (Ctrl-C or SIGTERM); the figures cover
+    /// what was measured until then.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
 }
 
 fn ms(us: u64) -> f64 {
@@ -218,6 +222,9 @@ impl Summary {
             "Summary ({}): {} ({model}, {conns})\n  mix {}, keys {}\n",
             self.label, self.target, self.mix, self.distribution
         ));
+        if self.interrupted {
+            s.push_str("  (interrupted: figures cover the requests measured until then)\n");
+        }
         s.push_str(&format!(
             "  requests     {}\n  errors       {}\n  duration     {:.2} s\n  throughput   {:.1} req/s\n",
             self.requests, self.errors, self.duration_s, self.throughput_rps
@@ -296,6 +303,7 @@ mod tests {
             latency_ms: latency_ms(&h),
             status_counts: statuses,
             percentiles: curve(&h),
+            interrupted: false,
         };
         let text = s.to_text();
         assert!(text.contains("PERMISSION_DENIED    1"), "{text}");
