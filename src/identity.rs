@@ -3,11 +3,12 @@
 //! certificate that completed the mutual-TLS handshake, and the code must be
 //! one the config knows.
 
-use std::{collections::HashMap, sync::Mutex};
-
 use x509_parser::{certificate::X509Certificate, extensions::GeneralName, prelude::FromDer};
 
-use crate::error::{reason, RequestError};
+use crate::{
+    cache::BoundedCache,
+    error::{reason, RequestError},
+};
 
 /// The calling agency's code, as proven by its certificate.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -110,13 +111,21 @@ pub fn agency_of(
 /// to its agency code never changes, and whether the code is configured is
 /// fixed for the life of the process. Validity and revocation are the
 /// handshake's business, before any call. Bounded: when full it starts over.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct IdentityCache {
-    known: Mutex<HashMap<Vec<u8>, AgencyId>>,
+    known: BoundedCache<Vec<u8>, AgencyId>,
 }
 
 /// Distinct certificates remembered at most.
 const IDENTITY_CACHE_ENTRIES: usize = 4096;
+
+impl Default for IdentityCache {
+    fn default() -> Self {
+        IdentityCache {
+            known: BoundedCache::new(IDENTITY_CACHE_ENTRIES),
+        }
+    }
+}
 
 impl IdentityCache {
     /// [`agency_of`], remembered.
@@ -126,21 +135,11 @@ impl IdentityCache {
         trust_domain: &str,
         is_known: impl Fn(&str) -> bool,
     ) -> Result<AgencyId, RequestError> {
-        if let Some(hit) = self
-            .known
-            .lock()
-            .ok()
-            .and_then(|m| m.get(cert_der).cloned())
-        {
+        if let Some(hit) = self.known.get(cert_der) {
             return Ok(hit);
         }
         let agency = agency_of(cert_der, trust_domain, is_known)?;
-        if let Ok(mut known) = self.known.lock() {
-            if known.len() >= IDENTITY_CACHE_ENTRIES {
-                known.clear();
-            }
-            known.insert(cert_der.to_vec(), agency.clone());
-        }
+        self.known.insert(cert_der.to_vec(), agency.clone());
         Ok(agency)
     }
 }

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -3,12 +3,10 @@
 //! procedure the call serves; the record it gets back carries exactly the
 //! intersection of its `read_mask` and the granted fields.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use std::{collections::HashMap, sync::Arc};
 
 use crate::{
+    cache::BoundedCache,
     error::{reason, RequestError, Violation},
     fieldmask::{MaskTree, PathSet},
     schema::Schema,
@@ -173,9 +171,17 @@ impl Policy {
 /// Grants are fixed for the life of the process, so the answer for the same
 /// four never changes; refusals are not kept. Bounded: when full it starts
 /// over.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DisclosureCache {
-    known: Mutex<HashMap<DisclosureKey, Arc<Disclosure>>>,
+    known: BoundedCache<DisclosureKey, Arc<Disclosure>>,
+}
+
+impl Default for DisclosureCache {
+    fn default() -> Self {
+        DisclosureCache {
+            known: BoundedCache::new(DISCLOSURE_CACHE_ENTRIES),
+        }
+    }
 }
 
 type DisclosureKey = (String, &'static str, String, Vec<String>);
@@ -199,7 +205,7 @@ impl DisclosureCache {
             procedure.to_owned(),
             read_mask.to_vec(),
         );
-        if let Some(hit) = self.known.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        if let Some(hit) = self.known.get(&key) {
             return Ok(hit);
         }
         let disclosure = Arc::new(
@@ -207,12 +213,7 @@ impl DisclosureCache {
                 .authorize(agency, method, procedure)?
                 .disclose(read_mask, procedure)?,
         );
-        if let Ok(mut known) = self.known.lock() {
-            if known.len() >= DISCLOSURE_CACHE_ENTRIES {
-                known.clear();
-            }
-            known.insert(key, Arc::clone(&disclosure));
-        }
+        self.known.insert(key, Arc::clone(&disclosure));
         Ok(disclosure)
     }
 }
