@@ -16,6 +16,10 @@ def load(out, name):
         return json.load(f)
 
 
+def div(a, b):
+    return a / b if b else 0.0
+
+
 def ratio(value, base):
     return f"{value / base:.2f}x" if base else "-"
 
@@ -96,7 +100,7 @@ def main(out):
     emit("| target | measured | |")
     emit("|---|---|---|")
     emit(
-        f"| gateway saturation >= 0.8 x baseline | {g['throughput_rps'] / base['throughput_rps']:.2f} x "
+        f"| gateway saturation >= 0.8 x baseline | {div(g['throughput_rps'], base['throughput_rps']):.2f} x "
         f"| {check(g['throughput_rps'] >= 0.8 * base['throughput_rps'])} |"
     )
     emit(
@@ -105,7 +109,7 @@ def main(out):
     )
     emit(
         f"| gateway saturation >= nginx proxy's | {g['throughput_rps']:.0f} vs {p['throughput_rps']:.0f} req/s "
-        f"({g['throughput_rps'] / p['throughput_rps']:.2f} x) | {check(g['throughput_rps'] >= p['throughput_rps'])} |"
+        f"({div(g['throughput_rps'], p['throughput_rps']):.2f} x) | {check(g['throughput_rps'] >= p['throughput_rps'])} |"
     )
     emit(
         f"| gateway p99 at half load < nginx proxy's | {gp99:.2f} vs {pp99:.2f} ms "
@@ -123,7 +127,7 @@ def main(out):
             f"| 1M-citizen store: start-up to serving < 2 s | {big_m['startup_s']:.3f} s "
             f"(10k store: {small_m['startup_s']:.3f} s) | {check(big_m['startup_s'] < 2.0)} |"
         )
-        r = big["throughput_rps"] / small["throughput_rps"]
+        r = div(big["throughput_rps"], small["throughput_rps"])
         emit(
             f"| 1M-citizen throughput within 10% of a 10k store | {big['throughput_rps']:.0f} vs "
             f"{small['throughput_rps']:.0f} req/s ({r:.2f} x) | {check(r >= 0.9)} |"

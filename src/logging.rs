@@ -68,7 +68,8 @@ impl LogBuffer {
     fn append(&self, data: &[u8], through: bool) {
         if let Ok(mut state) = self.inner.0.lock() {
             state.pending.extend_from_slice(data);
-            if through || state.pending.len() >= FLUSH_AT {
+            // Once the guard is gone no flusher runs: write through.
+            if through || state.closed || state.pending.len() >= FLUSH_AT {
                 self.write_out(&mut state.pending);
             }
         }
@@ -122,6 +123,14 @@ impl<'a> MakeWriter<'a> for LogBuffer {
 pub struct LogGuard {
     buffer: LogBuffer,
     flusher: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LogGuard {
+    /// Writes out what is buffered now: for lines others wait for, such
+    /// as the one saying the gateway is serving.
+    pub fn flush(&self) {
+        self.buffer.flush();
+    }
 }
 
 impl Drop for LogGuard {

@@ -13,7 +13,7 @@ use crate::{
         self, parse_duration, plot,
         stats::Summary,
         workload::{Distribution, ExtractFiles, Keys, Mix, Op, Workload},
-        Model, Plan, Stop,
+        Model, Plan, Stop, MAX_IN_FLIGHT,
     },
     pki::Layout,
     proto::common::v1::AccessContext,
@@ -285,22 +285,31 @@ fn plan(args: &Args, target: String) -> Result<Plan, Failure> {
         return Err(config_error("--duration must be above 0"));
     }
     let model = match args.rate {
-        Some(r) if !(r.is_finite() && r > 0.0 && r <= 10_000_000.0) => {
-            return Err(config_error("--rate must be above 0 (requests per second)"))
+        Some(r) if !(r.is_finite() && (0.001..=10_000_000.0).contains(&r)) => {
+            return Err(config_error(
+                "--rate must be 0.001 to 10000000 (requests per second)",
+            ))
+        }
+        Some(_) if !(1..=MAX_IN_FLIGHT).contains(&args.max_in_flight) => {
+            return Err(config_error(format!(
+                "--max-in-flight must be 1 to {MAX_IN_FLIGHT}"
+            )))
         }
         Some(rate) => Model::Open {
             rate,
-            max_in_flight: args.max_in_flight.max(1),
+            max_in_flight: args.max_in_flight,
         },
-        None if args.concurrency == 0 => {
-            return Err(config_error("--concurrency must be at least 1"))
+        None if !(1..=MAX_IN_FLIGHT).contains(&args.concurrency) => {
+            return Err(config_error(format!(
+                "--concurrency must be 1 to {MAX_IN_FLIGHT}"
+            )))
         }
         None => Model::Closed {
             concurrency: args.concurrency,
         },
     };
-    if args.connections == 0 {
-        return Err(config_error("--connections must be at least 1"));
+    if !(1..=10_000).contains(&args.connections) {
+        return Err(config_error("--connections must be 1 to 10000"));
     }
     let timeout = duration("--timeout", &args.timeout)?;
     if timeout.is_zero() {
@@ -324,8 +333,11 @@ fn plan(args: &Args, target: String) -> Result<Plan, Failure> {
 /// leaves no half chart behind.
 fn write_atomically(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("svg.tmp");
-    std::fs::write(&tmp, contents)?;
-    std::fs::rename(&tmp, path)
+    let written = std::fs::write(&tmp, contents).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 pub fn run(args: Args) -> Result<(), Failure> {

@@ -12,7 +12,8 @@ pub struct Args {
 pub fn run(args: Args) -> Result<(), Failure> {
     let config = load_config(&args.config.config)?;
     // Flushes the log when `run` returns, whichever way.
-    let _log = logging::init(config.log_format);
+    let log_guard = logging::init(config.log_format);
+    let log = &log_guard;
     if config.dev {
         let mut done = dev::ensure_pki(&config)
             .map_err(|e| Failure::new(EXIT_FAILED, format!("dev PKI: {e}")))?;
@@ -42,6 +43,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
             agencies,
             "serving (mutual TLS; health and reflection on the same port)"
         );
+        // Supervisors and scripts wait for this line: no buffering delay.
+        log.flush();
         let stop = running.shutdown_handle();
         tokio::spawn(async move {
             signal.await;

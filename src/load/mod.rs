@@ -119,24 +119,22 @@ impl Run {
     /// Sends one request on `channel` (or on a new connection) and returns
     /// the status name of its outcome.
     async fn send(&self, channel: Option<&Channel>, call: Call) -> &'static str {
-        let channel = match channel {
-            Some(c) => c.clone(),
-            None => {
-                // A new endpoint has its own TLS client config and so no
-                // session to resume: every request pays a full handshake.
-                let connected = match endpoint(&self.plan.target, &self.identity) {
-                    Ok(ep) => ep.connect().await,
-                    Err(_) => return "INVALID_ARGUMENT",
-                };
-                match connected {
-                    Ok(c) => c,
-                    Err(_) => return "UNAVAILABLE",
-                }
-            }
-        };
-        let mut client = Client::from_channel(channel);
         let timeout = self.plan.timeout;
         let outcome = tokio::time::timeout(timeout, async move {
+            let channel = match channel {
+                Some(c) => c.clone(),
+                // A new endpoint has its own TLS client config and so no
+                // session to resume: every request pays a full handshake
+                // (inside the request's deadline).
+                None => match endpoint(&self.plan.target, &self.identity) {
+                    Ok(ep) => ep
+                        .connect()
+                        .await
+                        .map_err(|_| tonic::Status::unavailable("connect failed"))?,
+                    Err(e) => return Err(tonic::Status::invalid_argument(e.to_string())),
+                },
+            };
+            let mut client = Client::from_channel(channel);
             macro_rules! go {
                 ($stub:expr, $method:ident, $req:expr) => {{
                     let mut request = tonic::Request::new($req);
@@ -178,6 +176,13 @@ impl Run {
         }
     }
 }
+
+/// Most requests in flight the open model allows, and most callers of the
+/// closed model.
+pub const MAX_IN_FLIGHT: usize = 1_000_000;
+/// Longest duration `parse_duration` accepts (a year), so that deadlines
+/// computed from it cannot overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 86_400);
 
 /// Runs a plan against its target and returns the summary.
 pub async fn run(
@@ -317,48 +322,49 @@ async fn open(run: &Arc<Run>, rate: f64, max_in_flight: usize) {
     // sleep is good to tens of microseconds.
     let handle = tokio::runtime::Handle::current();
     let run = Arc::clone(run);
+    let permits = max_in_flight.clamp(1, MAX_IN_FLIGHT);
+    let in_flight = Arc::new(Semaphore::new(permits));
+    let slots = Arc::clone(&in_flight);
     let dispatcher = tokio::task::spawn_blocking(move || {
         let interval = Duration::from_secs_f64(1.0 / rate);
         let start = Instant::now();
-        let in_flight = Arc::new(Semaphore::new(max_in_flight.max(1)));
         let mut rng = Rng::new(run.plan.seed);
-        let mut tasks = Vec::new();
         let mut k: u64 = 0;
         loop {
             let due = start + interval.mul_f64(k as f64);
             let Some(measured) = run.admit(due) else {
                 break;
             };
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
+            // Sleep in slices, so a stop is seen even at low rates.
+            loop {
+                let now = Instant::now();
+                if due <= now || run.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                std::thread::sleep((due - now).min(Duration::from_millis(50)));
+            }
+            if run.stop.load(Ordering::Relaxed) {
+                break;
             }
             // A full pipe delays sending, not the due time: the wait is
             // charged to the request's latency.
-            let Ok(permit) = handle.block_on(Arc::clone(&in_flight).acquire_owned()) else {
+            let Ok(permit) = handle.block_on(Arc::clone(&slots).acquire_owned()) else {
                 break;
             };
             let call = run.workload.next(&mut rng);
             let run2 = Arc::clone(&run);
             let i = k as usize;
-            tasks.push(handle.spawn(async move {
+            handle.spawn(async move {
                 let status = run2.send(run2.channel(i), call).await;
                 run2.finish(i, measured, due, status);
                 drop(permit);
-            }));
-            // Forget finished tasks so the list does not grow with the run.
-            if tasks.len() >= 4096 {
-                tasks.retain(|t| !t.is_finished());
-            }
+            });
             k += 1;
         }
-        tasks
     });
-    if let Ok(tasks) = dispatcher.await {
-        for t in tasks {
-            let _ = t.await;
-        }
-    }
+    let _ = dispatcher.await;
+    // Every request in flight holds a slot: all slots back means all done.
+    let _ = in_flight.acquire_many(permits as u32).await;
 }
 
 async fn show_progress(run: Arc<Run>) {
@@ -451,7 +457,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => n * 3600.0,
         _ => return Err(bad()),
     };
-    Duration::try_from_secs_f64(secs).map_err(|_| bad())
+    let d = Duration::try_from_secs_f64(secs).map_err(|_| bad())?;
+    if d > MAX_DURATION {
+        return Err(format!("{text:?} is longer than a year"));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -468,5 +478,6 @@ mod tests {
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("3000000000000000h").is_err());
     }
 }

@@ -138,7 +138,13 @@ impl Store {
                         Err(_) => return,
                     };
                     match job {
-                        Ok(job) => job(&conn),
+                        // A panicking read loses its answer (the caller sees
+                        // the reader gone), not the reader.
+                        Ok(job) => {
+                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                job(&conn)
+                            }));
+                        }
                         Err(_) => return,
                     }
                 })

@@ -75,29 +75,22 @@ pub trait Scoped {
 
 /// A fresh request id: 128 random bits, hex.
 fn new_request_id() -> String {
-    use std::sync::{
-        atomic::{AtomicU64, Ordering},
-        OnceLock,
+    use std::{
+        collections::hash_map::RandomState,
+        hash::BuildHasher,
+        sync::{
+            atomic::{AtomicU64, Ordering},
+            OnceLock,
+        },
     };
-    // 64 random bits drawn once per process, then a counter: unique across
-    // restarts and instances without a system call per request.
-    static PREFIX: OnceLock<u64> = OnceLock::new();
+    // A counter through a keyed PRF (SipHash with per-process random keys):
+    // unique within a process without a system call per request, and
+    // without telling callers how many calls the gateway has served.
+    static KEYS: OnceLock<(RandomState, RandomState)> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(|| {
-        use ring::rand::SecureRandom;
-        let mut bytes = [0u8; 8];
-        if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
-            // Fall back to time: unique enough to correlate, never a reason to fail a call.
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or_default();
-            bytes = nanos.to_be_bytes();
-        }
-        u64::from_be_bytes(bytes)
-    });
+    let (high, low) = KEYS.get_or_init(|| (RandomState::new(), RandomState::new()));
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix:016x}{n:016x}")
+    format!("{:016x}{:016x}", high.hash_one(n), low.hash_one(n))
 }
 
 /// A caller-supplied identifier as it may appear in a log line: a personal id
@@ -349,6 +342,18 @@ pub fn store_error(e: crate::registry::StoreError) -> RequestError {
 #[cfg(test)]
 mod tests {
     use super::loggable_id;
+
+    #[test]
+    fn request_ids_are_unique_and_do_not_count_calls() {
+        let ids: Vec<String> = (0..10_000).map(|_| super::new_request_id()).collect();
+        assert!(ids
+            .iter()
+            .all(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())));
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        // Consecutive ids share no visible counter: their first halves differ.
+        assert!(ids.windows(2).all(|w| w[0][..16] != w[1][..16]));
+    }
 
     #[test]
     fn log_lines_never_carry_a_full_personal_id() {
