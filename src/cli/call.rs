@@ -2,17 +2,16 @@
 //! proto3 JSON, prints the response as proto3 JSON, or the error with its
 //! `google.rpc` details as JSON (and exits 1).
 
-use std::path::PathBuf;
-
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::{json, Value};
 use tonic_types::StatusExt;
 
-use super::{load_config, runtime, snake_case, ConfigArg, Failure, EXIT_CONFIG, EXIT_FAILED};
+use super::{
+    load_config, runtime, snake_case, ConfigArg, Failure, TargetArgs, EXIT_CONFIG, EXIT_FAILED,
+};
 use crate::{
-    client::{AgencyIdentity, Client},
+    client::Client,
     error::code_name,
-    pki::Layout,
     policy::{self, METHODS},
 };
 
@@ -20,22 +19,8 @@ use crate::{
 pub struct Args {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// Agency to call as; its certificate is read from the dev PKI unless
-    /// --cert/--key are given.
-    #[arg(long)]
-    pub agency: Option<String>,
-    /// Gateway address (default: the config's `listen`).
-    #[arg(long)]
-    pub addr: Option<String>,
-    /// CA certificate that issued the gateway's certificate (default: tls.client_ca).
-    #[arg(long)]
-    pub ca: Option<PathBuf>,
-    /// Client certificate chain, PEM.
-    #[arg(long, requires = "key")]
-    pub cert: Option<PathBuf>,
-    /// Client private key, PEM.
-    #[arg(long, requires = "cert")]
-    pub key: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// Full method name (`interop.citizen.v1.CitizenRegistryService/GetCitizen`) or
     /// just the method (`GetCitizen`).
     pub method: String,
@@ -126,31 +111,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 ),
             )
         })?;
-    let layout = Layout::new(config.pki_dir());
-    let (cert, key) = match (&args.cert, &args.key, &args.agency) {
-        (Some(c), Some(k), _) => (c.clone(), k.clone()),
-        (_, _, Some(a)) => (layout.agency_cert(a), layout.agency_key(a)),
-        _ => {
-            return Err(Failure::new(
-                EXIT_CONFIG,
-                "give --agency CODE (dev PKI) or --cert and --key",
-            ))
-        }
-    };
-    let ca = args
-        .ca
-        .clone()
-        .unwrap_or_else(|| config.tls.client_ca.clone());
-    let identity =
-        AgencyIdentity::from_files(&ca, &cert, &key).map_err(|e| Failure::new(EXIT_CONFIG, e))?;
-    let addr = args.addr.clone().unwrap_or_else(|| {
-        let l = config.listen;
-        if l.ip().is_unspecified() {
-            format!("127.0.0.1:{}", l.port())
-        } else {
-            l.to_string()
-        }
-    });
+    let (addr, identity) = args.target.resolve(Some(&config))?;
     let rt = runtime()?;
     let result = rt.block_on(async {
         let mut client = Client::connect(&addr, &identity)

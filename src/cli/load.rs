@@ -4,7 +4,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use super::{runtime, snake_case, ConfigArg, Failure, EXIT_CONFIG, EXIT_FAILED};
+use super::{runtime, snake_case, ConfigArg, Failure, TargetArgs, EXIT_CONFIG, EXIT_FAILED};
 use crate::{
     client::AgencyIdentity,
     config::Config,
@@ -15,7 +15,6 @@ use crate::{
         workload::{Distribution, ExtractFiles, Keys, Mix, Op, Workload},
         Model, Plan, Stop, MAX_IN_FLIGHT,
     },
-    pki::Layout,
     proto::common::v1::AccessContext,
 };
 
@@ -45,22 +44,8 @@ Examples:
 pub struct Args {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// Agency to call as; its certificate is read from the dev PKI unless
-    /// --cert/--key are given.
-    #[arg(long)]
-    pub agency: Option<String>,
-    /// Gateway address, host:port (default: the config's `listen`).
-    #[arg(long)]
-    pub addr: Option<String>,
-    /// CA certificate that issued the gateway's certificate (default: tls.client_ca).
-    #[arg(long)]
-    pub ca: Option<PathBuf>,
-    /// Client certificate chain, PEM.
-    #[arg(long, requires = "key")]
-    pub cert: Option<PathBuf>,
-    /// Client private key, PEM.
-    #[arg(long, requires = "cert")]
-    pub key: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: TargetArgs,
 
     /// Folder with the extract the keys are drawn from: citizens.jsonl,
     /// parcels.jsonl, enterprises.jsonl as `demo-data` writes them or
@@ -161,11 +146,10 @@ fn config_error(e: impl std::fmt::Display) -> Failure {
     Failure::new(EXIT_CONFIG, e)
 }
 
-/// Where to connect and as whom, from the flags, falling back on the config.
+/// Where to connect and as whom, from the flags, falling back on the config
+/// (read only when the flags leave something to it).
 fn target(args: &Args) -> Result<(String, AgencyIdentity, Option<Config>), Failure> {
-    let needs_config = args.addr.is_none()
-        || args.ca.is_none()
-        || args.cert.is_none()
+    let needs_config = args.target.needs_config()
         || (args.extract.is_none()
             && (args.citizens.is_none() || args.parcels.is_none() || args.enterprises.is_none()));
     let config = if needs_config {
@@ -177,36 +161,7 @@ fn target(args: &Args) -> Result<(String, AgencyIdentity, Option<Config>), Failu
     } else {
         None
     };
-    let (cert, key) = match (&args.cert, &args.key, &args.agency, &config) {
-        (Some(c), Some(k), _, _) => (c.clone(), k.clone()),
-        (_, _, Some(a), Some(config)) => {
-            let layout = Layout::new(config.pki_dir());
-            (layout.agency_cert(a), layout.agency_key(a))
-        }
-        _ => {
-            return Err(config_error(
-                "give --agency CODE (dev PKI) or --cert and --key",
-            ))
-        }
-    };
-    let ca = match (&args.ca, &config) {
-        (Some(ca), _) => ca.clone(),
-        (None, Some(c)) => c.tls.client_ca.clone(),
-        (None, None) => return Err(config_error("give --ca")),
-    };
-    let identity = AgencyIdentity::from_files(&ca, &cert, &key).map_err(config_error)?;
-    let addr = match (&args.addr, &config) {
-        (Some(a), _) => a.clone(),
-        (None, Some(c)) => {
-            let l = c.listen;
-            if l.ip().is_unspecified() {
-                format!("127.0.0.1:{}", l.port())
-            } else {
-                l.to_string()
-            }
-        }
-        (None, None) => return Err(config_error("give --addr")),
-    };
+    let (addr, identity) = args.target.resolve(config.as_ref())?;
     Ok((addr, identity, config))
 }
 

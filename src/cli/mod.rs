@@ -69,6 +69,67 @@ pub struct ConfigArg {
     pub config: PathBuf,
 }
 
+/// Which gateway to call and as which agency: shared by `call` and `load`.
+#[derive(Debug, clap::Args)]
+pub struct TargetArgs {
+    /// Agency to call as; its certificate is read from the dev PKI unless
+    /// --cert/--key are given.
+    #[arg(long)]
+    pub agency: Option<String>,
+    /// Gateway address, host:port (default: the config's `listen`).
+    #[arg(long)]
+    pub addr: Option<String>,
+    /// CA certificate that issued the gateway's certificate (default: tls.client_ca).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain, PEM.
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Client private key, PEM.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+impl TargetArgs {
+    /// Whether a gateway config is needed to fill in what the flags leave out.
+    pub fn needs_config(&self) -> bool {
+        self.addr.is_none() || self.ca.is_none() || self.cert.is_none()
+    }
+
+    /// The address and the agency's credentials, from the flags, falling
+    /// back on `config` (its `listen`, its `tls.client_ca`, its dev PKI).
+    pub fn resolve(
+        &self,
+        config: Option<&crate::config::Config>,
+    ) -> Result<(String, crate::client::AgencyIdentity), Failure> {
+        let usage = |m: &str| Failure::new(EXIT_CONFIG, m);
+        let (cert, key) = match (&self.cert, &self.key, &self.agency, config) {
+            (Some(c), Some(k), _, _) => (c.clone(), k.clone()),
+            (_, _, Some(a), Some(config)) => {
+                let layout = crate::pki::Layout::new(config.pki_dir());
+                (layout.agency_cert(a), layout.agency_key(a))
+            }
+            _ => return Err(usage("give --agency CODE (dev PKI) or --cert and --key")),
+        };
+        let ca = match (&self.ca, config) {
+            (Some(ca), _) => ca.clone(),
+            (None, Some(c)) => c.tls.client_ca.clone(),
+            (None, None) => return Err(usage("give --ca")),
+        };
+        let identity = crate::client::AgencyIdentity::from_files(&ca, &cert, &key)
+            .map_err(|e| Failure::new(EXIT_CONFIG, e))?;
+        let addr = match (&self.addr, config) {
+            (Some(a), _) => a.clone(),
+            (None, Some(c)) if c.listen.ip().is_unspecified() => {
+                format!("127.0.0.1:{}", c.listen.port())
+            }
+            (None, Some(c)) => c.listen.to_string(),
+            (None, None) => return Err(usage("give --addr")),
+        };
+        Ok((addr, identity))
+    }
+}
+
 /// A failure to report: message for stderr and the process exit code.
 #[derive(Debug)]
 pub struct Failure {
