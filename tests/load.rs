@@ -163,20 +163,29 @@ fn serve() -> Served {
     }
 }
 
-fn load_cmd(s: &Served) -> Command {
+/// `load` against `addr` with the given certificate, the test CA and the
+/// fixture extract.
+fn load_to(s: &Served, addr: &str, cert: &Path, key: &Path) -> Command {
     let mut c = Command::new(BIN);
-    c.arg("load")
-        .arg("--addr")
-        .arg(s.server.addr.trim_start_matches("https://"))
-        .arg("--ca")
+    c.args(["load", "--addr", addr, "--ca"])
         .arg(&s.ca)
         .arg("--cert")
-        .arg(&s.cert)
+        .arg(cert)
         .arg("--key")
-        .arg(&s.key)
+        .arg(key)
         .arg("--extract")
-        .arg(&s.root)
-        .args(["--procedure", PROCEDURE_LAND, "--dossier", DOSSIER])
+        .arg(&s.root);
+    c
+}
+
+fn gateway_addr(s: &Served) -> &str {
+    s.server.addr.trim_start_matches("https://")
+}
+
+/// `load` against the served gateway as the land office, with its context.
+fn load_cmd(s: &Served) -> Command {
+    let mut c = load_to(s, gateway_addr(s), &s.cert, &s.key);
+    c.args(["--procedure", PROCEDURE_LAND, "--dossier", DOSSIER])
         .args(["--warmup", "0s", "--quiet"]);
     c
 }
@@ -271,15 +280,7 @@ fn bad_arguments_and_refused_certificates_are_clear_errors() {
     assert!(err.contains("/nonexistent/enterprises.jsonl"), "{err}");
 
     // A dossier the gateway would refuse on every call is refused up front.
-    let out = Command::new(BIN)
-        .args(["load", "--addr", "127.0.0.1:1", "--ca"])
-        .arg(&s.ca)
-        .arg("--cert")
-        .arg(&s.cert)
-        .arg("--key")
-        .arg(&s.key)
-        .arg("--extract")
-        .arg(&s.root)
+    let out = load_to(&s, "127.0.0.1:1", &s.cert, &s.key)
         .args(["--procedure", PROCEDURE_LAND, "--dossier", "dossier-1"])
         .output()
         .unwrap();
@@ -287,15 +288,7 @@ fn bad_arguments_and_refused_certificates_are_clear_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--dossier"));
 
     // Nothing listening: exit 1 naming the address.
-    let out = Command::new(BIN)
-        .args(["load", "--addr", "127.0.0.1:1", "--ca"])
-        .arg(&s.ca)
-        .arg("--cert")
-        .arg(&s.cert)
-        .arg("--key")
-        .arg(&s.key)
-        .arg("--extract")
-        .arg(&s.root)
+    let out = load_to(&s, "127.0.0.1:1", &s.cert, &s.key)
         .args(["--procedure", PROCEDURE_LAND, "--dossier", DOSSIER])
         .args(["--requests", "1"])
         .output()
@@ -316,22 +309,16 @@ fn bad_arguments_and_refused_certificates_are_clear_errors() {
         .unwrap();
     std::fs::write(s.root.join("foreign.pem"), &issued.cert_pem).unwrap();
     std::fs::write(s.root.join("foreign.key"), &issued.key_pem).unwrap();
-    let out = Command::new(BIN)
-        .arg("load")
-        .arg("--addr")
-        .arg(s.server.addr.trim_start_matches("https://"))
-        .arg("--ca")
-        .arg(&s.ca)
-        .arg("--cert")
-        .arg(s.root.join("foreign.pem"))
-        .arg("--key")
-        .arg(s.root.join("foreign.key"))
-        .arg("--extract")
-        .arg(&s.root)
-        .args(["--procedure", PROCEDURE_LAND, "--dossier", DOSSIER])
-        .args(["--requests", "5", "--warmup", "0s", "--quiet"])
-        .output()
-        .unwrap();
+    let out = load_to(
+        &s,
+        gateway_addr(&s),
+        &s.root.join("foreign.pem"),
+        &s.root.join("foreign.key"),
+    )
+    .args(["--procedure", PROCEDURE_LAND, "--dossier", DOSSIER])
+    .args(["--requests", "5", "--warmup", "0s", "--quiet"])
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     let text = String::from_utf8_lossy(&out.stdout);
