@@ -156,17 +156,18 @@ mod tests {
             .to_vec()
     }
 
+    /// A certificate of `code` in the `interop.example.vn` trust domain, DER.
+    fn agency_der(ca: &Ca, code: &str) -> Vec<u8> {
+        let cert = ca
+            .issue_agency("interop.example.vn", code, Validity::days_from_now(1))
+            .unwrap();
+        der(&cert.cert_pem)
+    }
+
     #[test]
     fn agency_from_spiffe_uri() {
         let ca = Ca::generate("test").unwrap();
-        let cert = ca
-            .issue_agency(
-                "interop.example.vn",
-                "000.00.20.H13",
-                Validity::days_from_now(1),
-            )
-            .unwrap();
-        let d = der(&cert.cert_pem);
+        let d = agency_der(&ca, "000.00.20.H13");
         let id = agency_of(&d, "interop.example.vn", |c| c == "000.00.20.H13").unwrap();
         assert_eq!(id.as_str(), "000.00.20.H13");
         let err = agency_of(&d, "other.vn", |_| true).unwrap_err();
@@ -201,14 +202,7 @@ mod tests {
     #[test]
     fn the_cache_remembers_successes_only() {
         let ca = Ca::generate("test").unwrap();
-        let cert = ca
-            .issue_agency(
-                "interop.example.vn",
-                "000.00.20.H13",
-                Validity::days_from_now(1),
-            )
-            .unwrap();
-        let d = der(&cert.cert_pem);
+        let d = agency_der(&ca, "000.00.20.H13");
         let cache = IdentityCache::default();
         // A refusal is not remembered: the same certificate is read again.
         assert!(cache
@@ -221,15 +215,12 @@ mod tests {
             .agency_of(&d, "interop.example.vn", |_| panic!("parsed again"))
             .unwrap();
         assert_eq!(again, id);
-        let other = ca
-            .issue_agency(
-                "interop.example.vn",
-                "000.00.12.H13",
-                Validity::days_from_now(1),
-            )
-            .unwrap();
         let id2 = cache
-            .agency_of(&der(&other.cert_pem), "interop.example.vn", |_| true)
+            .agency_of(
+                &agency_der(&ca, "000.00.12.H13"),
+                "interop.example.vn",
+                |_| true,
+            )
             .unwrap();
         assert_eq!(id2.as_str(), "000.00.12.H13");
     }

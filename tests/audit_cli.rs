@@ -87,11 +87,7 @@ async fn audit_verify_catches_edits_deletions_swaps_and_truncation() {
 
     // The re-use report counts those lookups for the procedure and agency.
     let out = gateway(&["report", "reuse", "--format", "csv"], &config);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let csv = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         csv.lines().any(
@@ -246,11 +242,7 @@ async fn after_kill_9_under_load_every_answered_call_is_in_the_log() {
     let again = ServeProcess::start(&config, None);
     assert!(again.terminate().success());
     let out = gateway(&["audit", "verify"], &config);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 
     let out = gateway(&["audit", "export"], &config);
     let logged: HashSet<String> = String::from_utf8_lossy(&out.stdout)
@@ -325,9 +317,5 @@ async fn unwritable_access_log_fails_closed_and_turns_health_not_serving() {
 
     // What was written holds: nothing of the failed batches counts.
     let out = gateway(&["audit", "verify"], &config);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 }

@@ -34,11 +34,7 @@ async fn import_with_one_bad_line_refuses_the_whole_file() {
     let good = dir.path().join("good.jsonl");
     write_jsonl(&good, &[citizen()]);
     let out = import(&config, "citizen", &good);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 
     // Line 1 is a valid new citizen, line 2 disagrees with its own id (born 1985
     // per the id, 1986 in the record), line 3 is not JSON.
@@ -195,11 +191,7 @@ fn dev_config_bootstraps_serves_calls_and_exits_zero_on_sigterm() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(answer["citizen"]["fullName"], first["fullName"]);
     assert!(answer["citizen"].get("personalId").is_none());
@@ -237,11 +229,7 @@ fn certs_init_and_issue_write_a_working_dev_pki() {
         .arg(&config)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let pki = dir.path().join("pki");
     for f in ["ca.pem", "ca.key", "gateway.pem", "gateway.key"] {
         assert!(pki.join(f).is_file(), "{f}");
@@ -259,11 +247,7 @@ fn certs_init_and_issue_write_a_working_dev_pki() {
         .arg(&config)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("not in"),
         "warns about the unconfigured agency"

@@ -200,11 +200,7 @@ fn the_binary_prints_json_and_draws_runs_side_by_side() {
         .args(["--read-mask", "fullName,permanentAddress.provinceCode"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     std::fs::write(&first, &out.stdout).unwrap();
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["requests"], 100);
@@ -232,11 +228,7 @@ fn the_binary_prints_json_and_draws_runs_side_by_side() {
         .arg(&first)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("open model, 100 req/s"), "{text}");
     assert!(text.contains("throughput"), "{text}");

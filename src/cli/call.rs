@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use tonic_types::StatusExt;
 
 use super::{
-    load_config, runtime, snake_case, ConfigArg, Failure, TargetArgs, EXIT_CONFIG, EXIT_FAILED,
+    load_config, mask_paths, runtime, ConfigArg, Failure, TargetArgs, EXIT_CONFIG, EXIT_FAILED,
 };
 use crate::{
     client::Client,
@@ -65,12 +65,7 @@ pub fn status_json(status: &tonic::Status) -> Value {
 fn canonical_read_mask(request: &mut Value) {
     for key in ["readMask", "read_mask"] {
         if let Some(Value::String(mask)) = request.get(key) {
-            let paths: Vec<Value> = mask
-                .split(',')
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-                .map(|p| Value::String(p.split('.').map(snake_case).collect::<Vec<_>>().join(".")))
-                .collect();
+            let paths = mask_paths(mask);
             request[key] = json!({ "paths": paths });
         }
     }

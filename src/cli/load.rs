@@ -4,7 +4,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use super::{runtime, snake_case, ConfigArg, Failure, TargetArgs, EXIT_CONFIG, EXIT_FAILED};
+use super::{mask_paths, runtime, ConfigArg, Failure, TargetArgs, EXIT_CONFIG, EXIT_FAILED};
 use crate::{
     client::AgencyIdentity,
     config::Config,
@@ -166,12 +166,7 @@ fn target(args: &Args) -> Result<(String, AgencyIdentity, Option<Config>), Failu
 }
 
 fn read_mask(text: &str) -> Result<pbjson_types::FieldMask, Failure> {
-    let paths: Vec<String> = text
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|p| p.split('.').map(snake_case).collect::<Vec<_>>().join("."))
-        .collect();
+    let paths = mask_paths(text);
     if paths.is_empty() {
         return Err(config_error("--read-mask names no field"));
     }

@@ -43,7 +43,7 @@ pub enum Command {
 }
 
 /// `lowerCamelCase` -> `snake_case`, for one field-mask path segment.
-pub(crate) fn snake_case(s: &str) -> String {
+fn snake_case(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 4);
     for c in s.chars() {
         if c.is_ascii_uppercase() {
@@ -54,6 +54,16 @@ pub(crate) fn snake_case(s: &str) -> String {
         }
     }
     out
+}
+
+/// A read mask as given on the command line (`fullName,permanentAddress.provinceCode`,
+/// the canonical proto3-JSON string form, or snake_case paths) as field-mask paths.
+pub(crate) fn mask_paths(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split('.').map(snake_case).collect::<Vec<_>>().join("."))
+        .collect()
 }
 
 /// `--config`, shared by the subcommands that read the config.

@@ -234,13 +234,7 @@ pub async fn run(
     if run.plan.progress {
         eprintln!(
             "load: {} to {} ({}); Ctrl-C stops early with a summary",
-            run.workload
-                .mix
-                .entries()
-                .iter()
-                .map(|(op, w)| format!("{op}={w}"))
-                .collect::<Vec<_>>()
-                .join(","),
+            run.workload.mix,
             run.plan.target,
             match run.plan.model {
                 Model::Closed { concurrency } => format!("closed model, {concurrency} in flight"),
@@ -405,13 +399,6 @@ fn summarise(run: &Run) -> Summary {
         Model::Closed { concurrency } => ("closed", None, Some(concurrency)),
         Model::Open { rate, .. } => ("open", Some(rate), None),
     };
-    let mix: Vec<String> = run
-        .workload
-        .mix
-        .entries()
-        .iter()
-        .map(|(op, w)| format!("{op}={w}"))
-        .collect();
     Summary {
         label: plan.label.clone(),
         target: plan.target.clone(),
@@ -424,7 +411,7 @@ fn summarise(run: &Run) -> Summary {
             plan.connections
         },
         new_connection_per_request: plan.new_connection_per_request,
-        mix: mix.join(","),
+        mix: run.workload.mix.to_string(),
         distribution: run.workload.distribution.to_string(),
         requests,
         errors: requests - status_counts.get("OK").copied().unwrap_or(0),

@@ -150,6 +150,19 @@ impl Mix {
     }
 }
 
+/// `GetCitizen=6,GetParcel=3`, as `--mix` takes it.
+impl fmt::Display for Mix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (op, w)) in self.entries.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{op}={w}")?;
+        }
+        Ok(())
+    }
+}
+
 /// A small, fast, seedable generator (SplitMix64); load generation needs
 /// speed and repeatability, not cryptographic quality.
 #[derive(Clone, Debug)]

@@ -449,3 +449,12 @@ pub fn prepared_dir() -> (TempDir, Pki, PathBuf) {
     store_fixtures(dir.path(), &cfg.store_path());
     (dir, pki, config)
 }
+
+/// Asserts a command exited 0, showing its stderr if not.
+pub fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
