@@ -42,6 +42,8 @@ struct RawConfig {
     agency: Vec<RawAgency>,
     #[serde(default)]
     grant: Vec<RawGrant>,
+    #[serde(default)]
+    registry: Vec<RawRegistry>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,6 +70,28 @@ struct RawAudit {
 struct RawAgency {
     code: String,
     name: String,
+    #[serde(default)]
+    relay: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistry {
+    service: String,
+    owner: String,
+    upstream: Option<RawUpstream>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    address: String,
+    server_name: Option<String>,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    timeout_ms: Option<u64>,
+    max_in_flight: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,7 +142,46 @@ pub struct AuditSettings {
 pub struct Agency {
     pub code: String,
     pub name: String,
+    /// May call on behalf of other configured agencies (header
+    /// `x-interop-on-behalf-of`): another gateway that forwards its
+    /// consumers' calls to this one.
+    pub relay: bool,
 }
+
+/// Who owns a registry service and where it is answered from.
+#[derive(Clone, Debug)]
+pub struct RegistryEntry {
+    /// Full service name, `interop.citizen.v1.CitizenRegistryService`.
+    pub service: &'static str,
+    /// Agency code of the data owner, reported as provenance.
+    pub owner: String,
+    /// The owner's own gateway; `None`: the embedded store answers.
+    pub upstream: Option<UpstreamSettings>,
+}
+
+/// How to reach a registry owner's gateway over mutual TLS.
+#[derive(Clone, Debug)]
+pub struct UpstreamSettings {
+    /// `host:port`, as configured.
+    pub address: String,
+    /// Name verified on the owner's server certificate.
+    pub server_name: String,
+    /// Roots for the owner's server certificate.
+    pub ca: PathBuf,
+    /// This gateway's client certificate and key toward the owner.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Budget of one forwarded call, retries included.
+    pub timeout: std::time::Duration,
+    /// Calls to this owner in flight at once; more wait for a slot (within
+    /// `timeout`).
+    pub max_in_flight: usize,
+}
+
+/// Default `upstream.timeout_ms`.
+pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 2000;
+/// Default `upstream.max_in_flight`.
+pub const DEFAULT_UPSTREAM_MAX_IN_FLIGHT: usize = 256;
 
 /// The validated configuration.
 #[derive(Clone, Debug)]
@@ -135,6 +198,9 @@ pub struct Config {
     pub audit: AuditSettings,
     pub agencies: BTreeMap<String, Agency>,
     pub policy: Policy,
+    /// `[[registry]]` entries by service name; a registry service without
+    /// one is served from the embedded store with no declared owner.
+    pub registries: BTreeMap<&'static str, RegistryEntry>,
 }
 
 impl Config {
@@ -201,6 +267,7 @@ impl Config {
                     Agency {
                         code: a.code.clone(),
                         name: a.name.clone(),
+                        relay: a.relay,
                     },
                 )
                 .is_some()
@@ -268,6 +335,17 @@ impl Config {
             });
         }
 
+        let mut registries = BTreeMap::new();
+        for (i, r) in raw.registry.iter().enumerate() {
+            let entry = registry_entry(i, r, &resolve).map_err(err)?;
+            if registries.insert(entry.service, entry).is_some() {
+                return Err(err(format!(
+                    "registry[{i}].service: {:?} is configured twice; one [[registry]] per service",
+                    r.service
+                )));
+            }
+        }
+
         let every_records = raw.audit.checkpoint_every_records.unwrap_or(1000);
         let checkpoint_every_records = std::num::NonZeroU64::new(every_records)
             .ok_or_else(|| err("audit.checkpoint_every_records: must be at least 1".into()))?;
@@ -313,7 +391,13 @@ impl Config {
             },
             agencies,
             policy: Policy::new(grants),
+            registries,
         })
+    }
+
+    /// The `[[registry]]` entry of a service, if any.
+    pub fn registry(&self, service: &str) -> Option<&RegistryEntry> {
+        self.registries.get(service)
     }
 
     /// The embedded store's file.
@@ -350,4 +434,103 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Validates one `[[registry]]` entry (index `i`); errors name the key.
+fn registry_entry(
+    i: usize,
+    r: &RawRegistry,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<RegistryEntry, String> {
+    let Some(service) = policy::REGISTRY_SERVICES
+        .iter()
+        .copied()
+        .find(|s| *s == r.service)
+    else {
+        if r.service == policy::ACCESS_LOG_SERVICE {
+            return Err(format!(
+                "registry[{i}].service: {} is never forwarded: it reports this gateway's own access log",
+                r.service
+            ));
+        }
+        return Err(format!(
+            "registry[{i}].service: {:?} is not a registry service of proto/; one of: {}",
+            r.service,
+            policy::REGISTRY_SERVICES.join(", ")
+        ));
+    };
+    domain::agency::parse_agency_code(&r.owner).map_err(|e| format!("registry[{i}].owner: {e}"))?;
+    let upstream = match &r.upstream {
+        None => None,
+        Some(u) => {
+            let (host, _port) = split_host_port(&u.address).ok_or_else(|| {
+                format!(
+                    "registry[{i}].upstream.address: {:?} is not host:port (for example \"registry.example.gov.vn:50051\" or \"127.0.0.1:50061\")",
+                    u.address
+                )
+            })?;
+            let server_name = u.server_name.clone().unwrap_or_else(|| host.to_owned());
+            if server_name.is_empty() {
+                return Err(format!(
+                    "registry[{i}].upstream.server_name: must not be empty"
+                ));
+            }
+            let readable = |key: &str, path: &Path| {
+                let path = resolve(path);
+                std::fs::File::open(&path).map(drop).map_err(|e| {
+                    format!(
+                        "registry[{i}].upstream.{key}: cannot read {}: {e}",
+                        path.display()
+                    )
+                })?;
+                Ok::<_, String>(path)
+            };
+            let (ca, cert, key) = (
+                readable("ca", &u.ca)?,
+                readable("cert", &u.cert)?,
+                readable("key", &u.key)?,
+            );
+            let timeout_ms = u.timeout_ms.unwrap_or(DEFAULT_UPSTREAM_TIMEOUT_MS);
+            if !(1..=600_000).contains(&timeout_ms) {
+                return Err(format!(
+                    "registry[{i}].upstream.timeout_ms: must be 1 to 600000, got {timeout_ms}"
+                ));
+            }
+            let max_in_flight = u.max_in_flight.unwrap_or(DEFAULT_UPSTREAM_MAX_IN_FLIGHT);
+            if !(1..=100_000).contains(&max_in_flight) {
+                return Err(format!(
+                    "registry[{i}].upstream.max_in_flight: must be 1 to 100000, got {max_in_flight}"
+                ));
+            }
+            Some(UpstreamSettings {
+                address: u.address.clone(),
+                server_name,
+                ca,
+                cert,
+                key,
+                timeout: std::time::Duration::from_millis(timeout_ms),
+                max_in_flight,
+            })
+        }
+    };
+    Ok(RegistryEntry {
+        service,
+        owner: r.owner.clone(),
+        upstream,
+    })
+}
+
+/// `host:port` or `[v6]:port` into host (without brackets) and port.
+fn split_host_port(address: &str) -> Option<(&str, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.strip_suffix(']')?,
+        None if host.contains(':') => return None,
+        None => host,
+    };
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '/') {
+        return None;
+    }
+    Some((host, port))
 }

@@ -22,6 +22,8 @@ pub mod reason {
     pub const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
     pub const AUDIT_UNAVAILABLE: &str = "AUDIT_UNAVAILABLE";
     pub const INTERNAL: &str = "INTERNAL";
+    pub const RELAY_NOT_ALLOWED: &str = "RELAY_NOT_ALLOWED";
+    pub const UPSTREAM_UNAVAILABLE: &str = "UPSTREAM_UNAVAILABLE";
 }
 
 /// One field violation: the request field path and what is wrong with it.
@@ -70,6 +72,18 @@ pub enum RequestError {
     AuditUnavailable(String),
     #[error("{0}")]
     Internal(String),
+    /// The registry's owner could not be reached, failed its handshake or
+    /// missed the forwarding deadline.
+    #[error("{message}")]
+    UpstreamUnavailable {
+        service: &'static str,
+        owner: String,
+        message: String,
+    },
+    /// The registry owner's own answer, passed on unchanged (code, message
+    /// and `google.rpc` details).
+    #[error("{}", .0.message())]
+    Upstream(Status),
 }
 
 fn describe(violations: &[Violation]) -> String {
@@ -96,6 +110,8 @@ impl RequestError {
             RequestError::NotFound { .. } => Code::NotFound,
             RequestError::Unavailable(_) | RequestError::AuditUnavailable(_) => Code::Unavailable,
             RequestError::Internal(_) => Code::Internal,
+            RequestError::UpstreamUnavailable { .. } => Code::Unavailable,
+            RequestError::Upstream(status) => status.code(),
         }
     }
 
@@ -108,12 +124,24 @@ impl RequestError {
             RequestError::Unavailable(_) => reason::STORE_UNAVAILABLE,
             RequestError::AuditUnavailable(_) => reason::AUDIT_UNAVAILABLE,
             RequestError::Internal(_) => reason::INTERNAL,
+            RequestError::UpstreamUnavailable { .. } => reason::UPSTREAM_UNAVAILABLE,
+            // Not used: an owner's status keeps its own details.
+            RequestError::Upstream(_) => "",
         }
     }
 }
 
 impl From<RequestError> for Status {
     fn from(err: RequestError) -> Status {
+        if let RequestError::Upstream(status) = &err {
+            // The owner's code, message and details; none of its metadata
+            // (its request id names a record in the owner's log, not ours).
+            return Status::with_details(
+                status.code(),
+                status.message(),
+                status.details().to_vec().into(),
+            );
+        }
         let message = err.to_string();
         let mut metadata = std::collections::HashMap::new();
         let mut details = ErrorDetails::new();
@@ -128,6 +156,10 @@ impl From<RequestError> for Status {
             }
             RequestError::PermissionDenied { metadata: m, .. } => {
                 metadata.extend(m.iter().cloned());
+            }
+            RequestError::UpstreamUnavailable { service, owner, .. } => {
+                metadata.insert("service".to_owned(), (*service).to_owned());
+                metadata.insert("owner".to_owned(), owner.clone());
             }
             RequestError::NotFound {
                 resource_type,

@@ -29,3 +29,4 @@ pub mod schema;
 pub mod server;
 pub mod service;
 pub mod tls;
+pub mod upstream;

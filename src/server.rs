@@ -17,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::{
     audit::{AuditError, AuditLog, AuditOptions, Signer},
     config::Config,
+    policy,
     proto::{
         audit::v1::access_log_service_server::AccessLogServiceServer,
         business::v1::business_registry_service_server::BusinessRegistryServiceServer,
@@ -26,6 +27,7 @@ use crate::{
     registry::{Store, StoreError},
     service::Core,
     tls::{self, TlsError},
+    upstream::Upstreams,
 };
 
 /// A client that has not finished its handshake by then is dropped.
@@ -55,6 +57,8 @@ pub enum ServeError {
     Reflection(String),
     #[error("audit log: {0}")]
     Audit(#[from] AuditError),
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::UpstreamError),
 }
 
 /// A started gateway.
@@ -99,6 +103,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         addr: config.listen,
         source,
     })?;
+    let upstreams = Arc::new(Upstreams::from_config(&config)?);
     let signer = Signer::load_or_create(&config.audit.signing_key)?;
     let audit = Arc::new(
         AuditLog::open(
@@ -118,6 +123,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         audit: Arc::clone(&audit),
         identities: Arc::default(),
         disclosures: Arc::default(),
+        upstreams: Arc::clone(&upstreams),
     };
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -133,9 +139,15 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     health_reporter
         .set_serving::<AccessLogServiceServer<Core>>()
         .await;
-    // Data services are only as healthy as the access log: without it no
-    // answer may leave, so health follows the log's writability.
-    tokio::spawn(follow_audit_health(audit.health(), health_reporter.clone()));
+    // Data services are only as healthy as the access log (without it no
+    // answer may leave) and, when forwarded, as their owner.
+    let owners_health = upstreams.iter().map(|u| (u.service, u.health())).collect();
+    let follower = tokio::spawn(follow_health(
+        audit.health(),
+        owners_health,
+        health_reporter.clone(),
+    ));
+    let probers = upstreams.spawn_probers();
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -166,6 +178,10 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             })
             .await
             .map_err(|e| ServeError::Transport(e.to_string()))?;
+        for task in probers {
+            task.abort();
+        }
+        follower.abort();
         // Every call has finished and dropped its handle: seal the log.
         match Arc::try_unwrap(audit) {
             Ok(log) => log.shutdown().await?,
@@ -246,28 +262,52 @@ async fn accept_loop(
     }
 }
 
-async fn follow_audit_health(
-    mut healthy: watch::Receiver<bool>,
+/// Keeps the gRPC health of every service true to what answers it: the
+/// access log for all of them, and the owner for a forwarded service.
+async fn follow_health(
+    audit: watch::Receiver<bool>,
+    owners: Vec<(&'static str, watch::Receiver<bool>)>,
     reporter: tonic_health::server::HealthReporter,
 ) {
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let mut watchers = Vec::new();
+    for mut rx in std::iter::once(audit.clone()).chain(owners.iter().map(|(_, rx)| rx.clone())) {
+        let changed = Arc::clone(&changed);
+        watchers.push(tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                changed.notify_one();
+            }
+        }));
+    }
+    // Ends the watchers when this task is aborted at shutdown.
+    struct AbortOnDrop(Vec<JoinHandle<()>>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            for w in &self.0 {
+                w.abort();
+            }
+        }
+    }
+    let _watchers = AbortOnDrop(watchers);
+    let services = std::iter::once("")
+        .chain(policy::REGISTRY_SERVICES.iter().copied())
+        .chain([policy::ACCESS_LOG_SERVICE]);
+    let services: Vec<&str> = services.collect();
     loop {
-        let status = if *healthy.borrow_and_update() {
-            tonic_health::ServingStatus::Serving
-        } else {
-            tonic_health::ServingStatus::NotServing
-        };
-        for service in [
-            "",
-            "interop.citizen.v1.CitizenRegistryService",
-            "interop.land.v1.LandRegistryService",
-            "interop.business.v1.BusinessRegistryService",
-            "interop.audit.v1.AccessLogService",
-        ] {
-            reporter.set_service_status(service, status).await;
+        let log_ok = *audit.borrow();
+        for service in &services {
+            let owner_ok = owners
+                .iter()
+                .find(|(s, _)| s == service)
+                .is_none_or(|(_, rx)| *rx.borrow());
+            let status = if log_ok && owner_ok {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            reporter.set_service_status(*service, status).await;
         }
-        if healthy.changed().await.is_err() {
-            return;
-        }
+        changed.notified().await;
     }
 }
 

@@ -15,23 +15,35 @@ use std::{
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 
-/// Current layout of the store file (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+/// Current layout of the store file (`PRAGMA user_version`). Version 2 added
+/// `as_of` (when each record was current, Unix milliseconds) to the record
+/// tables; a version 1 store is brought up to date when it is opened.
+const SCHEMA_VERSION: i64 = 2;
+
+/// Version 1 to 2: adding a nullable column rewrites nothing.
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE citizen ADD COLUMN as_of INTEGER;
+ALTER TABLE enterprise ADD COLUMN as_of INTEGER;
+ALTER TABLE parcel ADD COLUMN as_of INTEGER;
+";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS citizen (
     personal_id TEXT PRIMARY KEY,
-    record BLOB NOT NULL
+    record BLOB NOT NULL,
+    as_of INTEGER
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS enterprise (
     enterprise_code TEXT PRIMARY KEY,
-    record BLOB NOT NULL
+    record BLOB NOT NULL,
+    as_of INTEGER
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS parcel (
     commune_code TEXT NOT NULL,
     map_sheet INTEGER NOT NULL,
     parcel_number INTEGER NOT NULL,
     record BLOB NOT NULL,
+    as_of INTEGER,
     PRIMARY KEY (commune_code, map_sheet, parcel_number)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS parcel_holder (
@@ -61,6 +73,22 @@ pub enum StoreError {
     Version { path: PathBuf, found: i64 },
     #[error("store worker failed: {0}")]
     Join(String),
+}
+
+/// A stored record: its protobuf encoding, unmasked, and when it was current.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub record: Vec<u8>,
+    /// Unix milliseconds: the extract's `asOf` for the record, or the time
+    /// it was imported; `None` for records imported before stores kept it.
+    pub as_of_ms: Option<i64>,
+}
+
+fn stored(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Stored> {
+    Ok(Stored {
+        record: r.get(first)?,
+        as_of_ms: r.get(first + 1)?,
+    })
 }
 
 /// Identifies a parcel in the store.
@@ -122,6 +150,16 @@ impl Store {
                 path: path.to_owned(),
             });
         }
+        // An older layout is brought up to date first (readers are read-only).
+        let version: i64 = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
+            .map_err(|source| StoreError::Sqlite {
+                path: path.to_owned(),
+                source,
+            })?;
+        if version < SCHEMA_VERSION {
+            drop(open_for_write(path)?);
+        }
         // Open every connection now, so a broken file fails the start, not a call.
         let conns = (0..reader_count())
             .map(|_| connect(path))
@@ -181,36 +219,36 @@ impl Store {
             .map_err(|_| StoreError::Join("a store reader stopped during a read".into()))?
     }
 
-    pub async fn citizen(&self, personal_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    pub async fn citizen(&self, personal_id: &str) -> Result<Option<Stored>, StoreError> {
         let id = personal_id.to_owned();
         self.with_conn(move |c| {
-            c.prepare_cached("SELECT record FROM citizen WHERE personal_id = ?1")?
-                .query_row([id], |r| r.get(0))
+            c.prepare_cached("SELECT record, as_of FROM citizen WHERE personal_id = ?1")?
+                .query_row([id], |r| stored(r, 0))
                 .optional()
         })
         .await
     }
 
-    pub async fn enterprise(&self, code: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    pub async fn enterprise(&self, code: &str) -> Result<Option<Stored>, StoreError> {
         let code = code.to_owned();
         self.with_conn(move |c| {
-            c.prepare_cached("SELECT record FROM enterprise WHERE enterprise_code = ?1")?
-                .query_row([code], |r| r.get(0))
+            c.prepare_cached("SELECT record, as_of FROM enterprise WHERE enterprise_code = ?1")?
+                .query_row([code], |r| stored(r, 0))
                 .optional()
         })
         .await
     }
 
-    pub async fn parcel(&self, key: &ParcelKey) -> Result<Option<Vec<u8>>, StoreError> {
+    pub async fn parcel(&self, key: &ParcelKey) -> Result<Option<Stored>, StoreError> {
         let key = key.clone();
         self.with_conn(move |c| {
             c.prepare_cached(
-                "SELECT record FROM parcel
+                "SELECT record, as_of FROM parcel
                  WHERE commune_code = ?1 AND map_sheet = ?2 AND parcel_number = ?3",
             )?
             .query_row(
                 params![key.commune_code, key.map_sheet, key.parcel_number],
-                |r| r.get(0),
+                |r| stored(r, 0),
             )
             .optional()
         })
@@ -223,7 +261,7 @@ impl Store {
         holder_id: &str,
         after: Option<ParcelKey>,
         limit: usize,
-    ) -> Result<Vec<(ParcelKey, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<(ParcelKey, Stored)>, StoreError> {
         let holder = holder_id.to_owned();
         let after = after.unwrap_or(ParcelKey {
             commune_code: String::new(),
@@ -232,7 +270,7 @@ impl Store {
         });
         self.with_conn(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT p.commune_code, p.map_sheet, p.parcel_number, p.record
+                "SELECT p.commune_code, p.map_sheet, p.parcel_number, p.record, p.as_of
                  FROM parcel_holder h
                  JOIN parcel p ON p.commune_code = h.commune_code
                     AND p.map_sheet = h.map_sheet AND p.parcel_number = h.parcel_number
@@ -256,7 +294,7 @@ impl Store {
                             map_sheet: r.get(1)?,
                             parcel_number: r.get(2)?,
                         },
-                        r.get(3)?,
+                        stored(r, 3)?,
                     ))
                 },
             )?;
@@ -284,11 +322,18 @@ pub fn open_for_write(path: &Path) -> Result<Connection, StoreError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(sqlite)?;
-    if version != 0 && version != SCHEMA_VERSION {
+    if !(0..=SCHEMA_VERSION).contains(&version) {
         return Err(StoreError::Version {
             path: path.to_owned(),
             found: version,
         });
+    }
+    if version == 1 {
+        let tx = conn.unchecked_transaction().map_err(sqlite)?;
+        tx.execute_batch(MIGRATE_1_TO_2).map_err(sqlite)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(sqlite)?;
+        tx.commit().map_err(sqlite)?;
     }
     conn.execute_batch(SCHEMA).map_err(sqlite)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -306,34 +351,44 @@ impl<'t> Writer<'t> {
         Self { tx }
     }
 
-    pub fn citizen(&self, personal_id: &str, record: &[u8]) -> rusqlite::Result<()> {
-        self.tx
-            .prepare_cached("INSERT OR REPLACE INTO citizen (personal_id, record) VALUES (?1, ?2)")?
-            .execute(params![personal_id, record])?;
-        Ok(())
-    }
-
-    pub fn enterprise(&self, code: &str, record: &[u8]) -> rusqlite::Result<()> {
+    /// `as_of`: Unix milliseconds when the record was current.
+    pub fn citizen(&self, personal_id: &str, record: &[u8], as_of: i64) -> rusqlite::Result<()> {
         self.tx
             .prepare_cached(
-                "INSERT OR REPLACE INTO enterprise (enterprise_code, record) VALUES (?1, ?2)",
+                "INSERT OR REPLACE INTO citizen (personal_id, record, as_of) VALUES (?1, ?2, ?3)",
             )?
-            .execute(params![code, record])?;
+            .execute(params![personal_id, record, as_of])?;
         Ok(())
     }
 
-    pub fn parcel(&self, key: &ParcelKey, holders: &[&str], record: &[u8]) -> rusqlite::Result<()> {
+    pub fn enterprise(&self, code: &str, record: &[u8], as_of: i64) -> rusqlite::Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO enterprise (enterprise_code, record, as_of) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![code, record, as_of])?;
+        Ok(())
+    }
+
+    pub fn parcel(
+        &self,
+        key: &ParcelKey,
+        holders: &[&str],
+        record: &[u8],
+        as_of: i64,
+    ) -> rusqlite::Result<()> {
         let k = params![key.commune_code, key.map_sheet, key.parcel_number];
         self.tx
             .prepare_cached(
-                "INSERT OR REPLACE INTO parcel (commune_code, map_sheet, parcel_number, record)
-                 VALUES (?1, ?2, ?3, ?4)",
+                "INSERT OR REPLACE INTO parcel (commune_code, map_sheet, parcel_number, record, as_of)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![
                 key.commune_code,
                 key.map_sheet,
                 key.parcel_number,
-                record
+                record,
+                as_of
             ])?;
         self.tx
             .prepare_cached(

@@ -120,6 +120,7 @@ impl AccessLogService for Core {
                         dossier_id: r.dossier_id,
                         fields: r.fields,
                         outcome: r.outcome,
+                        relay_agency_code: r.relay_agency_code,
                     })
                     .collect();
                 Ok(Answer {

@@ -4,7 +4,10 @@ use tonic::{Request, Response, Status};
 
 use prost::Message;
 
-use super::{disclose, loggable_id, store_error, Answer, Core, Scoped};
+use super::{
+    check_within, disclose, forwarded_provenance, loggable_id, narrowed_mask, store_error, Answer,
+    Core, Scoped,
+};
 use crate::{
     domain,
     error::RequestError,
@@ -48,6 +51,9 @@ impl Scoped for VerifyCitizenRequest {
     }
 }
 
+/// The request fields `VerifyCitizen` compares, as `mismatched_fields` names them.
+const VERIFIABLE_FIELDS: &[&str] = &["full_name", "date_of_birth"];
+
 /// A name as compared by `VerifyCitizen`: Unicode NFC, trimmed, every run of
 /// whitespace folded into one space. Case and diacritics are kept.
 pub fn comparable_name(name: &str) -> String {
@@ -61,7 +67,7 @@ impl Core {
     async fn citizen_record(
         &self,
         id: &domain::personal_id::PersonalId,
-    ) -> Result<Vec<u8>, RequestError> {
+    ) -> Result<crate::registry::Stored, RequestError> {
         self.store
             .citizen(id.as_str())
             .await
@@ -80,13 +86,35 @@ impl CitizenRegistryService for Core {
         request: Request<GetCitizenRequest>,
     ) -> Result<Response<GetCitizenResponse>, Status> {
         self.call(policy::GET_CITIZEN, request, |call, req| async move {
+            if let Some(owner) = self.upstream(policy::GET_CITIZEN) {
+                let subject = req.personal_id.clone();
+                let req = GetCitizenRequest {
+                    read_mask: narrowed_mask(&call),
+                    ..req
+                };
+                let (answer, fields): (GetCitizenResponse, _) = self
+                    .forward(&owner, policy::GET_CITIZEN, &call, req)
+                    .await?;
+                if let Some(citizen) = &answer.citizen {
+                    check_within(&call, &owner, citizen)?;
+                }
+                return Ok(Answer {
+                    response: GetCitizenResponse {
+                        citizen: answer.citizen,
+                        provenance: forwarded_provenance(answer.provenance, &owner),
+                    },
+                    subjects: vec![subject],
+                    fields,
+                });
+            }
             let id = domain::personal_id::parse(&req.personal_id)
                 .map_err(|e| RequestError::invalid("personal_id", e.to_string()))?;
-            let record = self.citizen_record(&id).await?;
-            let citizen: Citizen = disclose(&call, &record)?;
+            let stored = self.citizen_record(&id).await?;
+            let citizen: Citizen = disclose(&call, &stored.record)?;
             Ok(Answer {
                 response: GetCitizenResponse {
                     citizen: Some(citizen),
+                    provenance: self.stored_provenance(policy::GET_CITIZEN, stored.as_of_ms),
                 },
                 subjects: vec![id.as_str().to_owned()],
                 fields: call.disclosure.field_names.clone(),
@@ -99,7 +127,28 @@ impl CitizenRegistryService for Core {
         &self,
         request: Request<VerifyCitizenRequest>,
     ) -> Result<Response<VerifyCitizenResponse>, Status> {
-        self.call(policy::VERIFY_CITIZEN, request, |_call, req| async move {
+        self.call(policy::VERIFY_CITIZEN, request, |call, req| async move {
+            if let Some(owner) = self.upstream(policy::VERIFY_CITIZEN) {
+                let subject = req.personal_id.clone();
+                let (answer, _): (VerifyCitizenResponse, _) = self
+                    .forward(&owner, policy::VERIFY_CITIZEN, &call, req)
+                    .await?;
+                if let Some(odd) = answer
+                    .mismatched_fields
+                    .iter()
+                    .find(|f| !VERIFIABLE_FIELDS.contains(&f.as_str()))
+                {
+                    return Err(RequestError::Internal(format!(
+                        "the owner of {} ({}) reported a mismatch of {odd:?}, which is not a verifiable field; nothing of its answer is disclosed",
+                        owner.service, owner.owner
+                    )));
+                }
+                return Ok(Answer {
+                    response: answer,
+                    subjects: vec![subject],
+                    fields: Vec::new(),
+                });
+            }
             let id = domain::personal_id::parse(&req.personal_id)
                 .map_err(|e| RequestError::invalid("personal_id", e.to_string()))?;
             if req.full_name.trim().is_empty() && req.date_of_birth.is_none() {
@@ -108,8 +157,8 @@ impl CitizenRegistryService for Core {
                     "nothing to verify: set full_name, date_of_birth or both",
                 ));
             }
-            let record = self.citizen_record(&id).await?;
-            let citizen = Citizen::decode(record.as_slice())
+            let stored = self.citizen_record(&id).await?;
+            let citizen = Citizen::decode(stored.record.as_slice())
                 .map_err(|e| RequestError::Internal(format!("stored record: {e}")))?;
             let mut mismatched_fields = Vec::new();
             if !req.full_name.trim().is_empty()
