@@ -92,7 +92,15 @@ impl Running {
 /// Binds the configured address and starts serving in the background.
 pub async fn start(config: Config) -> Result<Running, ServeError> {
     let tls_config = tls::server_config(&config.tls)?;
-    let store = Store::open(&config.store_path())?;
+    // A gateway that forwards every registry service holds no registry.
+    let all_forwarded = policy::REGISTRY_SERVICES
+        .iter()
+        .all(|s| config.registry(s).is_some_and(|r| r.upstream.is_some()));
+    let store = if all_forwarded {
+        Store::detached(&config.store_path())
+    } else {
+        Store::open(&config.store_path())?
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {

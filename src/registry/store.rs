@@ -196,6 +196,18 @@ impl Store {
         })
     }
 
+    /// A store with no file and no readers, for a gateway that forwards
+    /// every registry service to its owner: a read fails as unavailable.
+    pub fn detached(path: &Path) -> Store {
+        let (jobs, _) = mpsc::channel::<Job>();
+        Store {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                jobs,
+            }),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
