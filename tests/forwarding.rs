@@ -149,6 +149,35 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A front gateway forwarding every registry service to the owner on
+/// `owner_port`, whose CA is `owner_pki`'s.
+fn start_front(owner_pki: &Pki, owner_port: u16) -> (tempfile::TempDir, Pki, ServeProcess) {
+    // The front's client certificate toward the owner, from the owner's CA:
+    // its SPIFFE id is the front's agency identity there.
+    let front_dir = tempfile::tempdir().unwrap();
+    let front_pki = Pki::new(front_dir.path());
+    let relay = owner_pki
+        .ca
+        .issue_agency(TRUST_DOMAIN, FRONT, Validity::days_from_now(30))
+        .unwrap();
+    pki::write_issued(
+        &front_pki.dir.join("relay.pem"),
+        &front_pki.dir.join("relay.key"),
+        &relay,
+    )
+    .unwrap();
+    pki::write_file(
+        &front_pki.dir.join("owner-ca.pem"),
+        owner_pki.ca.cert_pem(),
+        false,
+    )
+    .unwrap();
+    let front_cfg = front_dir.path().join("gateway.toml");
+    std::fs::write(&front_cfg, front_config(owner_port)).unwrap();
+    let front = ServeProcess::start(&front_cfg, None);
+    (front_dir, front_pki, front)
+}
+
 struct Pair {
     owner_dir: tempfile::TempDir,
     owner_pki: Pki,
@@ -170,29 +199,7 @@ impl Pair {
         store_fixtures(owner_dir.path(), &cfg.store_path());
         let owner = ServeProcess::start(&owner_cfg, None);
 
-        // The front's client certificate toward the owner, from the owner's
-        // CA: its SPIFFE id is the front's agency identity there.
-        let front_dir = tempfile::tempdir().unwrap();
-        let front_pki = Pki::new(front_dir.path());
-        let relay = owner_pki
-            .ca
-            .issue_agency(TRUST_DOMAIN, FRONT, Validity::days_from_now(30))
-            .unwrap();
-        pki::write_issued(
-            &front_pki.dir.join("relay.pem"),
-            &front_pki.dir.join("relay.key"),
-            &relay,
-        )
-        .unwrap();
-        pki::write_file(
-            &front_pki.dir.join("owner-ca.pem"),
-            owner_pki.ca.cert_pem(),
-            false,
-        )
-        .unwrap();
-        let front_cfg = front_dir.path().join("gateway.toml");
-        std::fs::write(&front_cfg, front_config(owner_port)).unwrap();
-        let front = ServeProcess::start(&front_cfg, None);
+        let (front_dir, front_pki, front) = start_front(&owner_pki, owner_port);
         Pair {
             owner_dir,
             owner_pki,
@@ -621,4 +628,183 @@ async fn an_owner_that_goes_down_fails_fast_and_is_followed_back_without_restart
     assert_eq!(again.citizen.unwrap().personal_id, CITIZEN_ID);
     assert_eq!(pair.front.child.id(), front_pid);
     assert!(pair.front.child.try_wait().unwrap().is_none());
+}
+
+/// An owner's gateway that does not keep the contract: it answers a citizen
+/// lookup with every field whatever the mask, and never answers a
+/// verification.
+#[derive(Clone)]
+struct Misbehaving;
+
+#[tonic::async_trait]
+impl interop_gateway::proto::citizen::v1::citizen_registry_service_server::CitizenRegistryService
+    for Misbehaving
+{
+    async fn get_citizen(
+        &self,
+        _: tonic::Request<GetCitizenRequest>,
+    ) -> Result<
+        tonic::Response<interop_gateway::proto::citizen::v1::GetCitizenResponse>,
+        tonic::Status,
+    > {
+        Ok(tonic::Response::new(
+            interop_gateway::proto::citizen::v1::GetCitizenResponse {
+                citizen: Some(citizen()),
+                provenance: None,
+            },
+        ))
+    }
+
+    async fn verify_citizen(
+        &self,
+        _: tonic::Request<VerifyCitizenRequest>,
+    ) -> Result<
+        tonic::Response<interop_gateway::proto::citizen::v1::VerifyCitizenResponse>,
+        tonic::Status,
+    > {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn an_owner_answering_beyond_the_mask_or_not_at_all_discloses_nothing() {
+    use interop_gateway::proto::citizen::v1::citizen_registry_service_server::CitizenRegistryServiceServer;
+    let owner_dir = tempfile::tempdir().unwrap();
+    let owner_pki = Pki::new(owner_dir.path());
+    let tls = interop_gateway::tls::server_config(&interop_gateway::config::TlsFiles {
+        cert: owner_pki.dir.join("gateway.pem"),
+        key: owner_pki.dir.join("gateway.key"),
+        client_ca: owner_pki.dir.join("ca.pem"),
+        crls: vec![],
+    })
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let incoming = interop_gateway::server::tls_incoming(listener, tls, stopped);
+    // It does answer health checks, so the front keeps sending it calls.
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(CITIZEN_SERVICE, tonic_health::ServingStatus::Serving)
+        .await;
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(CitizenRegistryServiceServer::new(Misbehaving))
+            .serve_with_incoming(incoming),
+    );
+    let (front_dir, front_pki, front) = start_front(&owner_pki, port);
+    let issued = front_pki.agency(LAND_OFFICE);
+    let mut land = Client::connect(&front.addr, &front_pki.identity(&issued))
+        .await
+        .unwrap();
+
+    let status = land
+        .citizen
+        .get_citizen(GetCitizenRequest {
+            context: context(PROCEDURE_LAND),
+            personal_id: CITIZEN_ID.into(),
+            read_mask: Some(pbjson_types::FieldMask {
+                paths: vec!["full_name".into()],
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    assert!(!format!("{status:?}").contains("1985"), "{status:?}");
+
+    let started = Instant::now();
+    let status = land
+        .citizen
+        .verify_citizen(VerifyCitizenRequest {
+            context: context(PROCEDURE_LAND),
+            personal_id: CITIZEN_ID.into(),
+            full_name: "Nguyễn Văn An".into(),
+            date_of_birth: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(reason(&status), "UPSTREAM_UNAVAILABLE");
+    assert!(started.elapsed() >= Duration::from_millis(UPSTREAM_TIMEOUT_MS));
+    assert!(
+        started.elapsed() < Duration::from_millis(UPSTREAM_TIMEOUT_MS) + Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let outcomes: Vec<String> = export(&front_dir.path().join("gateway.toml"))
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(outcomes, ["INTERNAL", "UNAVAILABLE"]);
+    drop(front);
+    let _ = stop.send(true);
+    server.abort();
+}
+
+#[test]
+fn registry_entries_are_checked_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let path = dir.path().join("gateway.toml");
+    let base = config_text(&[], "certs/ca.pem");
+    let error = |extra: &str| {
+        let text = format!("{base}\n{extra}");
+        interop_gateway::config::Config::parse(&text, &path)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    let entry = |service: &str, upstream: &str| {
+        format!("[[registry]]\nservice = \"{service}\"\nowner = \"{CITIZEN_OWNER}\"\n{upstream}\n")
+    };
+    let e = error(&entry("interop.citizen.v1.CitizenService", ""));
+    assert!(
+        e.contains("registry[0].service") && e.contains("not a registry service"),
+        "{e}"
+    );
+    let e = error(&entry("interop.audit.v1.AccessLogService", ""));
+    assert!(e.contains("never forwarded"), "{e}");
+    let twice = entry(CITIZEN_SERVICE, "").repeat(2);
+    let e = error(&twice);
+    assert!(
+        e.contains("registry[1].service") && e.contains("twice"),
+        "{e}"
+    );
+    let e = error(&entry(
+        CITIZEN_SERVICE,
+        "upstream = { address = \"127.0.0.1:50061\", ca = \"certs/missing.pem\", cert = \"certs/gateway.pem\", key = \"certs/gateway.key\" }",
+    ));
+    assert!(
+        e.contains("registry[0].upstream.ca") && e.contains("missing.pem"),
+        "{e}"
+    );
+    let e = error(&entry(
+        CITIZEN_SERVICE,
+        "upstream = { address = \"127.0.0.1\", ca = \"certs/ca.pem\", cert = \"certs/gateway.pem\", key = \"certs/gateway.key\" }",
+    ));
+    assert!(e.contains("registry[0].upstream.address"), "{e}");
+    let e = error(&entry(
+        CITIZEN_SERVICE,
+        "upstream = { address = \"127.0.0.1:1\", ca = \"certs/ca.pem\", cert = \"certs/gateway.pem\", key = \"certs/gateway.key\", retries = 3 }",
+    ));
+    assert!(e.contains("retries"), "{e}");
+    let ok = format!(
+        "{base}\n{}",
+        entry(
+            CITIZEN_SERVICE,
+            "upstream = { address = \"localhost:50061\", ca = \"certs/ca.pem\", cert = \"certs/gateway.pem\", key = \"certs/gateway.key\" }"
+        )
+    );
+    let config = interop_gateway::config::Config::parse(&ok, &path).unwrap();
+    let upstream = config
+        .registry(CITIZEN_SERVICE)
+        .unwrap()
+        .upstream
+        .clone()
+        .unwrap();
+    assert_eq!(upstream.server_name, "localhost");
+    assert_eq!(upstream.timeout, Duration::from_millis(2000));
+    drop(pki);
 }
