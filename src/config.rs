@@ -395,6 +395,14 @@ impl Config {
         })
     }
 
+    /// Whether every registry service is forwarded to its owner, so this
+    /// gateway holds no registry data and needs no store.
+    pub fn forwards_every_registry(&self) -> bool {
+        policy::REGISTRY_SERVICES
+            .iter()
+            .all(|s| self.registry(s).is_some_and(|r| r.upstream.is_some()))
+    }
+
     /// The `[[registry]]` entry of a service, if any.
     pub fn registry(&self, service: &str) -> Option<&RegistryEntry> {
         self.registries.get(service)

@@ -93,10 +93,7 @@ impl Running {
 pub async fn start(config: Config) -> Result<Running, ServeError> {
     let tls_config = tls::server_config(&config.tls)?;
     // A gateway that forwards every registry service holds no registry.
-    let all_forwarded = policy::REGISTRY_SERVICES
-        .iter()
-        .all(|s| config.registry(s).is_some_and(|r| r.upstream.is_some()));
-    let store = if all_forwarded {
+    let store = if config.forwards_every_registry() {
         Store::detached(&config.store_path())
     } else {
         Store::open(&config.store_path())?
