@@ -423,3 +423,72 @@ impl<'t> Writer<'t> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{import::import_file, Registry};
+
+    #[tokio::test]
+    async fn a_layout_1_store_is_migrated_on_open_and_keeps_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE citizen (personal_id TEXT PRIMARY KEY, record BLOB NOT NULL) WITHOUT ROWID;
+                 CREATE TABLE enterprise (enterprise_code TEXT PRIMARY KEY, record BLOB NOT NULL) WITHOUT ROWID;
+                 CREATE TABLE parcel (commune_code TEXT NOT NULL, map_sheet INTEGER NOT NULL,
+                     parcel_number INTEGER NOT NULL, record BLOB NOT NULL,
+                     PRIMARY KEY (commune_code, map_sheet, parcel_number)) WITHOUT ROWID;
+                 INSERT INTO citizen VALUES ('092085000123', x'0a01');
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let stored = store.citizen("092085000123").await.unwrap().unwrap();
+        assert_eq!(stored.record, vec![0x0a, 0x01]);
+        assert_eq!(stored.as_of_ms, None);
+        let version: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[tokio::test]
+    async fn records_keep_the_extracts_as_of_or_their_import_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.sqlite");
+        let file = dir.path().join("enterprises.jsonl");
+        let line = |code: &str, as_of: &str| {
+            format!(
+                r#"{{"enterpriseCode":"{code}","name":"Công ty TNHH Tây Đô","type":"ENTERPRISE_TYPE_MULTI_MEMBER_LLC","status":"ENTERPRISE_STATUS_OPERATING","foundedOn":{{"year":2010,"month":6,"day":1}},"headOffice":{{"addressLine":"1 Hòa Bình","communeCode":"31117","communeName":"Phường Ninh Kiều","provinceCode":"92","provinceName":"Cần Thơ"}}{as_of}}}"#
+            )
+        };
+        std::fs::write(
+            &file,
+            format!(
+                "{}\n{}\n",
+                line("0300588569", r#","asOf":"2026-11-01T00:00:00Z""#),
+                line("0100109106", "")
+            ),
+        )
+        .unwrap();
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        import_file(&path, Registry::Business, &file).unwrap();
+        let store = Store::open(&path).unwrap();
+        let given = store.enterprise("0300588569").await.unwrap().unwrap();
+        assert_eq!(given.as_of_ms, Some(1_793_491_200_000));
+        let imported = store.enterprise("0100109106").await.unwrap().unwrap();
+        assert!(imported.as_of_ms.unwrap() >= before);
+
+        std::fs::write(&file, line("0300588569", r#","asOf":"yesterday""#) + "\n").unwrap();
+        let err = import_file(&path, Registry::Business, &file).unwrap_err();
+        assert!(err.to_string().contains(":1: asOf"), "{err}");
+    }
+}
