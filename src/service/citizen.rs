@@ -16,6 +16,7 @@ use crate::{
         },
         common::v1::AccessContext,
     },
+    verify_budget::FailureKind,
 };
 
 impl Scoped for GetCitizenRequest {
@@ -99,33 +100,51 @@ impl CitizenRegistryService for Core {
         &self,
         request: Request<VerifyCitizenRequest>,
     ) -> Result<Response<VerifyCitizenResponse>, Status> {
-        self.call(policy::VERIFY_CITIZEN, request, |_call, req| async move {
+        self.call(policy::VERIFY_CITIZEN, request, |call, req| async move {
             let id = domain::personal_id::parse(&req.personal_id)
                 .map_err(|e| RequestError::invalid("personal_id", e.to_string()))?;
-            if req.full_name.trim().is_empty() && req.date_of_birth.is_none() {
+            let name = (!req.full_name.trim().is_empty()).then_some(req.full_name.as_str());
+            if name.is_none() && req.date_of_birth.is_none() {
                 return Err(RequestError::invalid(
                     "full_name",
                     "nothing to verify: set full_name, date_of_birth or both",
                 ));
             }
-            let record = self.citizen_record(&id).await?;
+            // Refused before the registry is read, so a refusal says nothing
+            // about the record.
+            let slot = self
+                .verify_budget
+                .reserve(call.agency.as_str(), id.as_str())?;
+            let record = match self.citizen_record(&id).await {
+                Ok(record) => record,
+                Err(e @ RequestError::NotFound { .. }) => {
+                    slot.fail(FailureKind::NotFound)
+                        .await
+                        .map_err(budget_unavailable)?;
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            };
             let citizen = Citizen::decode(record.as_slice())
                 .map_err(|e| RequestError::Internal(format!("stored record: {e}")))?;
-            let mut mismatched_fields = Vec::new();
-            if !req.full_name.trim().is_empty()
-                && comparable_name(&req.full_name) != comparable_name(&citizen.full_name)
-            {
-                mismatched_fields.push("full_name".to_owned());
-            }
-            if let Some(declared) = &req.date_of_birth {
-                if Some(declared) != citizen.date_of_birth.as_ref() {
-                    mismatched_fields.push("date_of_birth".to_owned());
-                }
+            let name_matches =
+                name.map(|n| comparable_name(n) == comparable_name(&citizen.full_name));
+            let dob_matches = req
+                .date_of_birth
+                .as_ref()
+                .map(|d| Some(d) == citizen.date_of_birth.as_ref());
+            let matched = name_matches != Some(false) && dob_matches != Some(false);
+            if matched {
+                drop(slot);
+            } else {
+                slot.fail(FailureKind::Mismatch)
+                    .await
+                    .map_err(budget_unavailable)?;
             }
             Ok(Answer {
                 response: VerifyCitizenResponse {
-                    r#match: mismatched_fields.is_empty(),
-                    mismatched_fields,
+                    r#match: matched,
+                    mismatched_fields: mismatched_fields(name_matches, dob_matches),
                 },
                 subjects: vec![id.as_str().to_owned()],
                 fields: Vec::new(),
@@ -133,4 +152,28 @@ impl CitizenRegistryService for Core {
         })
         .await
     }
+}
+
+/// Which fields did not match, told only when both were supplied: with one
+/// field alone, `match` already says it, and naming fields separately when
+/// only one may be wrong would let a single field be probed on its own.
+fn mismatched_fields(name: Option<bool>, date_of_birth: Option<bool>) -> Vec<String> {
+    let (Some(name), Some(date_of_birth)) = (name, date_of_birth) else {
+        return Vec::new();
+    };
+    [("full_name", name), ("date_of_birth", date_of_birth)]
+        .into_iter()
+        .filter(|(_, matches)| !matches)
+        .map(|(field, _)| field.to_owned())
+        .collect()
+}
+
+/// A failure that could not be recorded: no answer, so the budget is never
+/// spent without being kept.
+fn budget_unavailable(e: crate::verify_budget::BudgetError) -> RequestError {
+    tracing::error!(error = %e, "verification budget write failed");
+    RequestError::Unavailable(
+        "the verification budget cannot be recorded right now, so no answer is given; retry later"
+            .into(),
+    )
 }

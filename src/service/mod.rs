@@ -44,6 +44,8 @@ pub struct Core {
     pub identities: Arc<crate::identity::IdentityCache>,
     /// Grant decisions already made.
     pub disclosures: Arc<crate::policy::DisclosureCache>,
+    /// Failed `VerifyCitizen` calls per agency and personal id.
+    pub verify_budget: Arc<crate::verify_budget::VerifyBudget>,
 }
 
 /// A successful answer and what the access log must say about it.
