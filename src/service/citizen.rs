@@ -114,7 +114,18 @@ impl CitizenRegistryService for Core {
             // about the record.
             let slot = self
                 .verify_budget
-                .reserve(call.agency.as_str(), id.as_str())?;
+                .reserve(call.agency.as_str(), id.as_str())
+                .inspect_err(|refusal| {
+                    tracing::warn!(
+                        target: "interop_gateway::verify_budget",
+                        agency = %call.agency,
+                        subject = %id.masked(),
+                        scope = refusal.scope.as_str(),
+                        limit = refusal.limit,
+                        retry_after_s = refusal.retry_after.as_secs(),
+                        "verification refused: VERIFICATION_LIMIT"
+                    );
+                })?;
             let record = match self.citizen_record(&id).await {
                 Ok(record) => record,
                 Err(e @ RequestError::NotFound { .. }) => {
