@@ -98,11 +98,11 @@ impl From<Refusal> for RequestError {
         let wait = format_wait(r.retry_after);
         let message = match r.scope {
             Scope::Subject => format!(
-                "VerifyCitizen refused: your agency has had {} failed verifications of this personal id in the last {hours} h; check the declared data with the applicant (a GetCitizen grant may serve this procedure better); the next verification of this id is possible in {wait}",
+                "VerifyCitizen refused: your agency has used its {} failed verifications of this personal id for {hours} h; check the declared data with the applicant; the next verification of this id is possible in {wait}",
                 r.limit
             ),
             Scope::Agency => format!(
-                "VerifyCitizen refused: your agency has had {} failed verifications in the last hour; the next verification is possible in {wait}",
+                "VerifyCitizen refused: your agency has used its {} failed verifications for this hour, over all personal ids; the next verification is possible in {wait}",
                 r.limit
             ),
             Scope::Gateway => format!(
