@@ -39,6 +39,8 @@ struct RawConfig {
     #[serde(default)]
     audit: RawAudit,
     #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
     agency: Vec<RawAgency>,
     #[serde(default)]
     grant: Vec<RawGrant>,
@@ -63,6 +65,15 @@ struct RawAudit {
     signing_key: Option<PathBuf>,
     checkpoint_every_records: Option<u64>,
     checkpoint_every_seconds: Option<u64>,
+}
+
+/// `[limits]`: every key optional, each with its default in [`Limits`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    verify_failures_per_subject: Option<u32>,
+    verify_window_hours: Option<u32>,
+    verify_failures_per_agency_hour: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +148,70 @@ pub struct AuditSettings {
     pub checkpoint_every: std::time::Duration,
 }
 
+/// `[limits]`, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Failed `VerifyCitizen` calls one agency may make about one personal
+    /// id within `verify_window` before further calls about it are refused.
+    pub verify_failures_per_subject: std::num::NonZeroU32,
+    /// The sliding window of `verify_failures_per_subject`.
+    pub verify_window: std::time::Duration,
+    /// Failed `VerifyCitizen` calls one agency may make within any hour,
+    /// over all subjects.
+    pub verify_failures_per_agency_hour: std::num::NonZeroU32,
+}
+
+impl Limits {
+    /// Longest `verify_window_hours` accepted: 30 days.
+    pub const MAX_VERIFY_WINDOW_HOURS: u32 = 720;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            verify_failures_per_subject: std::num::NonZeroU32::MIN.saturating_add(4),
+            verify_window: std::time::Duration::from_secs(24 * 3600),
+            // An honest office mistypes a few declarations an hour; 100 is far
+            // above that, yet caps a sweep over many subjects at 2,400 failed
+            // guesses a day.
+            verify_failures_per_agency_hour: std::num::NonZeroU32::MIN.saturating_add(99),
+        }
+    }
+}
+
+impl RawLimits {
+    fn validate(&self) -> Result<Limits, String> {
+        let defaults = Limits::default();
+        let positive = |key: &str, v: Option<u32>, default: std::num::NonZeroU32| match v {
+            None => Ok(default),
+            Some(n) => std::num::NonZeroU32::new(n)
+                .ok_or_else(|| format!("limits.{key}: must be at least 1, got 0")),
+        };
+        let hours = self
+            .verify_window_hours
+            .unwrap_or((defaults.verify_window.as_secs() / 3600) as u32);
+        if hours == 0 || hours > Limits::MAX_VERIFY_WINDOW_HOURS {
+            return Err(format!(
+                "limits.verify_window_hours: must be 1 to {}, got {hours}",
+                Limits::MAX_VERIFY_WINDOW_HOURS
+            ));
+        }
+        Ok(Limits {
+            verify_failures_per_subject: positive(
+                "verify_failures_per_subject",
+                self.verify_failures_per_subject,
+                defaults.verify_failures_per_subject,
+            )?,
+            verify_window: std::time::Duration::from_secs(u64::from(hours) * 3600),
+            verify_failures_per_agency_hour: positive(
+                "verify_failures_per_agency_hour",
+                self.verify_failures_per_agency_hour,
+                defaults.verify_failures_per_agency_hour,
+            )?,
+        })
+    }
+}
+
 /// A configured agency.
 #[derive(Clone, Debug)]
 pub struct Agency {
@@ -196,6 +271,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub tls: TlsFiles,
     pub audit: AuditSettings,
+    pub limits: Limits,
     pub agencies: BTreeMap<String, Agency>,
     pub policy: Policy,
     /// `[[registry]]` entries by service name; a registry service without
@@ -375,8 +451,11 @@ impl Config {
             checkpoint_every: std::time::Duration::from_secs(every_seconds),
         };
 
+        let limits = raw.limits.validate().map_err(err)?;
+
         Ok(Config {
             path: path.to_owned(),
+            limits,
             listen,
             trust_domain: raw.trust_domain.clone(),
             data_dir,
@@ -411,6 +490,11 @@ impl Config {
     /// The embedded store's file.
     pub fn store_path(&self) -> PathBuf {
         self.data_dir.join("registry.sqlite")
+    }
+
+    /// The verification budget's file: failed `VerifyCitizen` calls.
+    pub fn verify_budget_path(&self) -> PathBuf {
+        self.data_dir.join("verify-budget.sqlite")
     }
 
     /// Folder of the dev PKI: the folder of `tls.client_ca`.
@@ -541,4 +625,64 @@ fn split_host_port(address: &str) -> Option<(&str, u16)> {
         return None;
     }
     Some((host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+listen = "127.0.0.1:0"
+trust_domain = "interop.example.vn"
+data_dir = "data"
+[tls]
+cert = "c.pem"
+key = "k.pem"
+client_ca = "ca.pem"
+"#;
+
+    fn parse(extra: &str) -> Result<Config, ConfigError> {
+        Config::parse(&format!("{BASE}{extra}"), Path::new("/etc/gw/gateway.toml"))
+    }
+
+    #[test]
+    fn limits_default_when_the_table_is_absent() {
+        let c = parse("").unwrap();
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.limits.verify_failures_per_subject.get(), 5);
+        assert_eq!(c.limits.verify_window.as_secs(), 24 * 3600);
+        assert_eq!(c.limits.verify_failures_per_agency_hour.get(), 100);
+    }
+
+    #[test]
+    fn limits_are_read_from_the_table() {
+        let c = parse(
+            "[limits]\nverify_failures_per_subject = 3\nverify_window_hours = 48\nverify_failures_per_agency_hour = 20\n",
+        )
+        .unwrap();
+        assert_eq!(c.limits.verify_failures_per_subject.get(), 3);
+        assert_eq!(c.limits.verify_window.as_secs(), 48 * 3600);
+        assert_eq!(c.limits.verify_failures_per_agency_hour.get(), 20);
+    }
+
+    #[test]
+    fn bad_limits_name_their_key() {
+        for (text, key) in [
+            (
+                "verify_failures_per_subject = 0",
+                "limits.verify_failures_per_subject",
+            ),
+            ("verify_window_hours = 0", "limits.verify_window_hours"),
+            ("verify_window_hours = 721", "limits.verify_window_hours"),
+            (
+                "verify_failures_per_agency_hour = 0",
+                "limits.verify_failures_per_agency_hour",
+            ),
+            ("verify_failures_per_subject = -1", "line 10"),
+            ("verify_failures = 5", "unknown field `verify_failures`"),
+        ] {
+            let e = parse(&format!("[limits]\n{text}\n")).unwrap_err();
+            assert!(e.message.contains(key), "{text}: {}", e.message);
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! The one error type of request handling, and the one place where it becomes
 //! a `tonic::Status` with `google.rpc` details (`ErrorInfo`, `BadRequest`,
-//! `ResourceInfo`). Reasons are stable strings clients can switch on.
+//! `ResourceInfo`, `RetryInfo`). Reasons are stable strings clients can switch on.
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
@@ -21,6 +21,7 @@ pub mod reason {
     pub const RECORD_NOT_FOUND: &str = "RECORD_NOT_FOUND";
     pub const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
     pub const AUDIT_UNAVAILABLE: &str = "AUDIT_UNAVAILABLE";
+    pub const VERIFICATION_LIMIT: &str = "VERIFICATION_LIMIT";
     pub const INTERNAL: &str = "INTERNAL";
     pub const RELAY_NOT_ALLOWED: &str = "RELAY_NOT_ALLOWED";
     pub const UPSTREAM_UNAVAILABLE: &str = "UPSTREAM_UNAVAILABLE";
@@ -66,6 +67,14 @@ pub enum RequestError {
         resource_type: &'static str,
         name: String,
     },
+    /// A limit refuses the call for now; `retry_after` says when it frees.
+    #[error("{message}")]
+    ResourceExhausted {
+        reason: &'static str,
+        message: String,
+        metadata: Vec<(String, String)>,
+        retry_after: std::time::Duration,
+    },
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -108,6 +117,7 @@ impl RequestError {
             RequestError::InvalidArgument { .. } => Code::InvalidArgument,
             RequestError::PermissionDenied { .. } => Code::PermissionDenied,
             RequestError::NotFound { .. } => Code::NotFound,
+            RequestError::ResourceExhausted { .. } => Code::ResourceExhausted,
             RequestError::Unavailable(_) | RequestError::AuditUnavailable(_) => Code::Unavailable,
             RequestError::Internal(_) => Code::Internal,
             RequestError::UpstreamUnavailable { .. } => Code::Unavailable,
@@ -119,7 +129,8 @@ impl RequestError {
         match self {
             RequestError::Unauthenticated { reason, .. }
             | RequestError::InvalidArgument { reason, .. }
-            | RequestError::PermissionDenied { reason, .. } => reason,
+            | RequestError::PermissionDenied { reason, .. }
+            | RequestError::ResourceExhausted { reason, .. } => reason,
             RequestError::NotFound { .. } => reason::RECORD_NOT_FOUND,
             RequestError::Unavailable(_) => reason::STORE_UNAVAILABLE,
             RequestError::AuditUnavailable(_) => reason::AUDIT_UNAVAILABLE,
@@ -160,6 +171,14 @@ impl From<RequestError> for Status {
             RequestError::UpstreamUnavailable { service, owner, .. } => {
                 metadata.insert("service".to_owned(), (*service).to_owned());
                 metadata.insert("owner".to_owned(), owner.clone());
+            }
+            RequestError::ResourceExhausted {
+                metadata: m,
+                retry_after,
+                ..
+            } => {
+                metadata.extend(m.iter().cloned());
+                details.set_retry_info(Some(*retry_after));
             }
             RequestError::NotFound {
                 resource_type,

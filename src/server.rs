@@ -28,6 +28,7 @@ use crate::{
     service::Core,
     tls::{self, TlsError},
     upstream::Upstreams,
+    verify_budget::{BudgetError, VerifyBudget},
 };
 
 /// A client that has not finished its handshake by then is dropped.
@@ -59,6 +60,24 @@ pub enum ServeError {
     Audit(#[from] AuditError),
     #[error(transparent)]
     Upstream(#[from] crate::upstream::UpstreamError),
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
+}
+
+/// What a program embedding the gateway may set beyond the config (which
+/// cannot reach these).
+#[derive(Clone, Debug)]
+pub struct StartOptions {
+    /// The clock the verification budget reads; tests move it by hand.
+    pub clock: Arc<dyn crate::clock::Clock>,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(crate::clock::SystemClock),
+        }
+    }
 }
 
 /// A started gateway.
@@ -91,6 +110,11 @@ impl Running {
 
 /// Binds the configured address and starts serving in the background.
 pub async fn start(config: Config) -> Result<Running, ServeError> {
+    start_with(config, StartOptions::default()).await
+}
+
+/// [`start`], with options the config does not hold.
+pub async fn start_with(config: Config, options: StartOptions) -> Result<Running, ServeError> {
     let tls_config = tls::server_config(&config.tls)?;
     // A gateway that forwards every registry service holds no registry.
     let store = if config.forwards_every_registry() {
@@ -122,9 +146,15 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         )
         .await?,
     );
+    let verify_budget = Arc::new(VerifyBudget::open(
+        &config.verify_budget_path(),
+        &config.limits,
+        options.clock,
+    )?);
     let core = Core {
         config: Arc::new(config),
         store,
+        verify_budget,
         audit: Arc::clone(&audit),
         identities: Arc::default(),
         disclosures: Arc::default(),

@@ -214,6 +214,7 @@ async fn agency_certificates_from_openssl_with_rsa_and_p256_work() {
     let agency_ca = std::fs::read_to_string(d.join("ca.pem")).unwrap();
     let gw = Gateway::start_with(Options {
         extra_client_ca: Some(agency_ca),
+        ..Options::default()
     })
     .await;
     for name in ["rsa", "ec"] {

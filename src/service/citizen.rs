@@ -19,6 +19,7 @@ use crate::{
         },
         common::v1::AccessContext,
     },
+    verify_budget::FailureKind,
 };
 
 impl Scoped for GetCitizenRequest {
@@ -128,11 +129,47 @@ impl CitizenRegistryService for Core {
         request: Request<VerifyCitizenRequest>,
     ) -> Result<Response<VerifyCitizenResponse>, Status> {
         self.call(policy::VERIFY_CITIZEN, request, |call, req| async move {
+            let id = domain::personal_id::parse(&req.personal_id)
+                .map_err(|e| RequestError::invalid("personal_id", e.to_string()))?;
+            let name = (!req.full_name.trim().is_empty()).then_some(req.full_name.as_str());
+            if name.is_none() && req.date_of_birth.is_none() {
+                return Err(RequestError::invalid(
+                    "full_name",
+                    "nothing to verify: set full_name, date_of_birth or both",
+                ));
+            }
+            // Refused before the registry is read, so a refusal says nothing
+            // about the record.
+            let slot = self
+                .verify_budget
+                .reserve(call.agency.as_str(), id.as_str())
+                .inspect_err(|refusal| {
+                    tracing::warn!(
+                        target: "interop_gateway::verify_budget",
+                        agency = %call.agency,
+                        subject = %id.masked(),
+                        scope = refusal.scope.as_str(),
+                        limit = refusal.limit,
+                        retry_after_s = refusal.retry_after.as_secs(),
+                        "verification refused: VERIFICATION_LIMIT"
+                    );
+                })?;
             if let Some(owner) = self.upstream(policy::VERIFY_CITIZEN) {
-                let subject = req.personal_id.clone();
-                let (answer, _): (VerifyCitizenResponse, _) = self
-                    .forward(&owner, policy::VERIFY_CITIZEN, &call, req)
-                    .await?;
+                // The owner keeps a budget of its own for the same agency;
+                // this one bounds what reaches it.
+                let forwarded = self
+                    .forward::<_, VerifyCitizenResponse>(&owner, policy::VERIFY_CITIZEN, &call, req)
+                    .await;
+                let answer = match forwarded {
+                    Ok((answer, _)) => answer,
+                    Err(RequestError::Upstream(status)) if status.code() == tonic::Code::NotFound => {
+                        slot.fail(FailureKind::NotFound)
+                            .await
+                            .map_err(budget_unavailable)?;
+                        return Err(RequestError::Upstream(status));
+                    }
+                    Err(e) => return Err(e),
+                };
                 if let Some(odd) = answer
                     .mismatched_fields
                     .iter()
@@ -143,38 +180,49 @@ impl CitizenRegistryService for Core {
                         owner.service, owner.owner
                     )));
                 }
+                if answer.r#match {
+                    drop(slot);
+                } else {
+                    slot.fail(FailureKind::Mismatch)
+                        .await
+                        .map_err(budget_unavailable)?;
+                }
                 return Ok(Answer {
                     response: answer,
-                    subjects: vec![subject],
+                    subjects: vec![id.as_str().to_owned()],
                     fields: Vec::new(),
                 });
             }
-            let id = domain::personal_id::parse(&req.personal_id)
-                .map_err(|e| RequestError::invalid("personal_id", e.to_string()))?;
-            if req.full_name.trim().is_empty() && req.date_of_birth.is_none() {
-                return Err(RequestError::invalid(
-                    "full_name",
-                    "nothing to verify: set full_name, date_of_birth or both",
-                ));
-            }
-            let stored = self.citizen_record(&id).await?;
-            let citizen = Citizen::decode(stored.record.as_slice())
-                .map_err(|e| RequestError::Internal(format!("stored record: {e}")))?;
-            let mut mismatched_fields = Vec::new();
-            if !req.full_name.trim().is_empty()
-                && comparable_name(&req.full_name) != comparable_name(&citizen.full_name)
-            {
-                mismatched_fields.push("full_name".to_owned());
-            }
-            if let Some(declared) = &req.date_of_birth {
-                if Some(declared) != citizen.date_of_birth.as_ref() {
-                    mismatched_fields.push("date_of_birth".to_owned());
+            let record = match self.citizen_record(&id).await {
+                Ok(stored) => stored.record,
+                Err(e @ RequestError::NotFound { .. }) => {
+                    slot.fail(FailureKind::NotFound)
+                        .await
+                        .map_err(budget_unavailable)?;
+                    return Err(e);
                 }
+                Err(e) => return Err(e),
+            };
+            let citizen = Citizen::decode(record.as_slice())
+                .map_err(|e| RequestError::Internal(format!("stored record: {e}")))?;
+            let name_matches =
+                name.map(|n| comparable_name(n) == comparable_name(&citizen.full_name));
+            let dob_matches = req
+                .date_of_birth
+                .as_ref()
+                .map(|d| Some(d) == citizen.date_of_birth.as_ref());
+            let matched = name_matches != Some(false) && dob_matches != Some(false);
+            if matched {
+                drop(slot);
+            } else {
+                slot.fail(FailureKind::Mismatch)
+                    .await
+                    .map_err(budget_unavailable)?;
             }
             Ok(Answer {
                 response: VerifyCitizenResponse {
-                    r#match: mismatched_fields.is_empty(),
-                    mismatched_fields,
+                    r#match: matched,
+                    mismatched_fields: mismatched_fields(name_matches, dob_matches),
                 },
                 subjects: vec![id.as_str().to_owned()],
                 fields: Vec::new(),
@@ -182,4 +230,28 @@ impl CitizenRegistryService for Core {
         })
         .await
     }
+}
+
+/// Which fields did not match, told only when both were supplied: with one
+/// field alone, `match` already says it, and naming fields separately when
+/// only one may be wrong would let a single field be probed on its own.
+fn mismatched_fields(name: Option<bool>, date_of_birth: Option<bool>) -> Vec<String> {
+    let (Some(name), Some(date_of_birth)) = (name, date_of_birth) else {
+        return Vec::new();
+    };
+    [("full_name", name), ("date_of_birth", date_of_birth)]
+        .into_iter()
+        .filter(|(_, matches)| !matches)
+        .map(|(field, _)| field.to_owned())
+        .collect()
+}
+
+/// A failure that could not be recorded: no answer, so the budget is never
+/// spent without being kept.
+fn budget_unavailable(e: crate::verify_budget::BudgetError) -> RequestError {
+    tracing::error!(error = %e, "verification budget write failed");
+    RequestError::Unavailable(
+        "the verification budget cannot be recorded right now, so no answer is given; retry later"
+            .into(),
+    )
 }

@@ -47,6 +47,8 @@ pub struct Core {
     pub disclosures: Arc<crate::policy::DisclosureCache>,
     /// Owners' gateways of the forwarded services.
     pub upstreams: Arc<crate::upstream::Upstreams>,
+    /// Failed `VerifyCitizen` calls per agency and personal id.
+    pub verify_budget: Arc<crate::verify_budget::VerifyBudget>,
 }
 
 /// A successful answer and what the access log must say about it.
