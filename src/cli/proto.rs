@@ -87,7 +87,8 @@ fn export(out: &Path) -> Result<(), Failure> {
         })
         .collect();
     println!(
-        "{} proto files, services: {}",
+        "interop-gateway {}: {} proto files, services: {}",
+        env!("CARGO_PKG_VERSION"),
         PROTO_SOURCES.len(),
         services.join(", ")
     );
