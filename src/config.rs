@@ -6,6 +6,7 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use serde::Deserialize;
@@ -42,6 +43,8 @@ struct RawConfig {
     agency: Vec<RawAgency>,
     #[serde(default)]
     grant: Vec<RawGrant>,
+    #[serde(default)]
+    limits: RawLimits,
 }
 
 #[derive(Debug, Deserialize)]
@@ -61,6 +64,24 @@ struct RawAudit {
     signing_key: Option<PathBuf>,
     checkpoint_every_records: Option<u64>,
     checkpoint_every_seconds: Option<u64>,
+}
+
+/// `[limits]`: what one client may hold open. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<u64>,
+    max_connections_per_agency: Option<u64>,
+    max_handshakes_per_address: Option<u64>,
+    handshake_timeout_ms: Option<u64>,
+    preface_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    keepalive_interval_ms: Option<u64>,
+    keepalive_timeout_ms: Option<u64>,
+    max_concurrent_streams: Option<u64>,
+    max_header_list_bytes: Option<u64>,
+    max_pending_reset_streams: Option<u64>,
+    fd_reserve: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,6 +134,141 @@ pub struct AuditSettings {
     pub checkpoint_every: std::time::Duration,
 }
 
+/// Bounds on connections, from `[limits]`: what a slow, idle or hostile
+/// client can hold of the gateway's sockets, tasks and file descriptors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections open at once, handshakes included (further capped by the
+    /// open-file limit minus `fd_reserve`). Default 4096.
+    pub max_connections: usize,
+    /// Connections one agency may hold open (all its certificates). Default 64.
+    pub max_connections_per_agency: usize,
+    /// TLS handshakes in progress from one IP address. Default 32.
+    pub max_handshakes_per_address: usize,
+    /// A handshake not finished by then is dropped. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// After the handshake, the HTTP/2 preface must arrive within this. Default 5 s.
+    pub preface_timeout: Duration,
+    /// A connection with no call in progress for this long is closed. Default 5 min.
+    pub idle_timeout: Duration,
+    /// HTTP/2 PING sent after this long without frames from the client. Default 60 s.
+    pub keepalive_interval: Duration,
+    /// ...and the connection closed if the PING is not answered within this. Default 20 s.
+    pub keepalive_timeout: Duration,
+    /// Calls in progress at once on one connection. Default 100.
+    pub max_concurrent_streams: u32,
+    /// Largest header block a call may send, bytes. Default 16384.
+    pub max_header_list_bytes: u32,
+    /// Streams reset by the client and not yet processed, per connection,
+    /// before the connection is closed (rapid-reset defence). Default 20.
+    pub max_pending_reset_streams: usize,
+    /// File descriptors kept free for the store, the access log and
+    /// checkpoints, whatever clients do. Default 64.
+    pub fd_reserve: u64,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 4096,
+            max_connections_per_agency: 64,
+            max_handshakes_per_address: 32,
+            handshake_timeout: Duration::from_secs(10),
+            preface_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(300),
+            keepalive_interval: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(20),
+            max_concurrent_streams: 100,
+            max_header_list_bytes: 16 * 1024,
+            max_pending_reset_streams: 20,
+            fd_reserve: 64,
+        }
+    }
+}
+
+impl RawLimits {
+    fn validate(&self) -> Result<ConnectionLimits, String> {
+        let d = ConnectionLimits::default();
+        let count = |key: &str, v: Option<u64>, default: usize, max: u64| match v {
+            None => Ok(default),
+            Some(n) if (1..=max).contains(&n) => Ok(n as usize),
+            Some(n) => Err(format!("limits.{key}: must be 1 to {max}, got {n}")),
+        };
+        let millis = |key: &str, v: Option<u64>, default: Duration| match v {
+            None => Ok(default),
+            Some(n) if (1..=86_400_000).contains(&n) => Ok(Duration::from_millis(n)),
+            Some(n) => Err(format!(
+                "limits.{key}: must be 1 to 86400000 (milliseconds), got {n}"
+            )),
+        };
+        let limits = ConnectionLimits {
+            max_connections: count(
+                "max_connections",
+                self.max_connections,
+                d.max_connections,
+                1 << 20,
+            )?,
+            max_connections_per_agency: count(
+                "max_connections_per_agency",
+                self.max_connections_per_agency,
+                d.max_connections_per_agency,
+                1 << 20,
+            )?,
+            max_handshakes_per_address: count(
+                "max_handshakes_per_address",
+                self.max_handshakes_per_address,
+                d.max_handshakes_per_address,
+                1 << 20,
+            )?,
+            handshake_timeout: millis(
+                "handshake_timeout_ms",
+                self.handshake_timeout_ms,
+                d.handshake_timeout,
+            )?,
+            preface_timeout: millis(
+                "preface_timeout_ms",
+                self.preface_timeout_ms,
+                d.preface_timeout,
+            )?,
+            idle_timeout: millis("idle_timeout_ms", self.idle_timeout_ms, d.idle_timeout)?,
+            keepalive_interval: millis(
+                "keepalive_interval_ms",
+                self.keepalive_interval_ms,
+                d.keepalive_interval,
+            )?,
+            keepalive_timeout: millis(
+                "keepalive_timeout_ms",
+                self.keepalive_timeout_ms,
+                d.keepalive_timeout,
+            )?,
+            max_concurrent_streams: count(
+                "max_concurrent_streams",
+                self.max_concurrent_streams,
+                d.max_concurrent_streams as usize,
+                10_000,
+            )? as u32,
+            max_header_list_bytes: count(
+                "max_header_list_bytes",
+                self.max_header_list_bytes,
+                d.max_header_list_bytes as usize,
+                1 << 24,
+            )? as u32,
+            max_pending_reset_streams: count(
+                "max_pending_reset_streams",
+                self.max_pending_reset_streams,
+                d.max_pending_reset_streams,
+                10_000,
+            )?,
+            fd_reserve: match self.fd_reserve {
+                None => d.fd_reserve,
+                Some(n) if (16..=65_536).contains(&n) => n,
+                Some(n) => return Err(format!("limits.fd_reserve: must be 16 to 65536, got {n}")),
+            },
+        };
+        Ok(limits)
+    }
+}
+
 /// A configured agency.
 #[derive(Clone, Debug)]
 pub struct Agency {
@@ -135,6 +291,8 @@ pub struct Config {
     pub audit: AuditSettings,
     pub agencies: BTreeMap<String, Agency>,
     pub policy: Policy,
+    /// `[limits]` on connections.
+    pub connections: ConnectionLimits,
 }
 
 impl Config {
@@ -277,6 +435,7 @@ impl Config {
                 "audit.checkpoint_every_seconds: must be 1 to 86400, got {every_seconds}"
             )));
         }
+        let connections = raw.limits.validate().map_err(err)?;
         let data_dir = resolve(&raw.data_dir);
         let audit_dir = raw
             .audit
@@ -313,6 +472,7 @@ impl Config {
             },
             agencies,
             policy: Policy::new(grants),
+            connections,
         })
     }
 

@@ -77,50 +77,50 @@ async fn revoked_certificate_fails_the_handshake_and_others_pass() {
     gw.stop().await;
 }
 
+/// Certificates the CA signed that name no configured agency: the
+/// connection is closed right after the handshake, so no call reaches a
+/// service (each case's reason is in the gateway's log and in the identity
+/// module's tests).
 #[tokio::test]
-async fn trusted_certificate_without_agency_uri_is_unauthenticated() {
+async fn trusted_certificate_naming_no_configured_agency_is_closed_after_the_handshake() {
     let gw = Gateway::start().await;
     let cases = [
-        (
-            gw.pki
-                .ca
-                .issue_client("no-uri", None, Validity::days_from_now(1))
-                .unwrap(),
-            "NO_AGENCY_IDENTITY",
-        ),
-        (
-            gw.pki
-                .ca
-                .issue_agency("other.example.vn", LAND_OFFICE, Validity::days_from_now(1))
-                .unwrap(),
-            "WRONG_TRUST_DOMAIN",
-        ),
-        (
-            gw.pki
-                .ca
-                .issue_agency(TRUST_DOMAIN, "000.00.99.H13", Validity::days_from_now(1))
-                .unwrap(),
-            "UNKNOWN_AGENCY",
-        ),
-        (
-            gw.pki
-                .ca
-                .issue_client(
-                    "wrong-path",
-                    Some(&format!("spiffe://{TRUST_DOMAIN}/workload/{LAND_OFFICE}")),
-                    Validity::days_from_now(1),
-                )
-                .unwrap(),
-            "NO_AGENCY_IDENTITY",
-        ),
+        gw.pki
+            .ca
+            .issue_client("no-uri", None, Validity::days_from_now(1))
+            .unwrap(),
+        gw.pki
+            .ca
+            .issue_agency("other.example.vn", LAND_OFFICE, Validity::days_from_now(1))
+            .unwrap(),
+        gw.pki
+            .ca
+            .issue_agency(TRUST_DOMAIN, "000.00.99.H13", Validity::days_from_now(1))
+            .unwrap(),
+        gw.pki
+            .ca
+            .issue_client(
+                "wrong-path",
+                Some(&format!("spiffe://{TRUST_DOMAIN}/workload/{LAND_OFFICE}")),
+                Validity::days_from_now(1),
+            )
+            .unwrap(),
     ];
-    for (issued, expected) in cases {
-        let mut c = gw.client_with(&issued).await;
-        let err = c.citizen.get_citizen(request()).await.unwrap_err();
-        assert_eq!(err.code(), Code::Unauthenticated, "{expected}");
-        assert_eq!(reason(&err), expected);
-        assert!(!err.message().is_empty());
+    for issued in cases {
+        let err = match Client::connect(&gw.addr, &gw.pki.identity(&issued)).await {
+            Ok(mut c) => c.citizen.get_citizen(request()).await.unwrap_err(),
+            Err(_) => continue,
+        };
+        // A transport failure, not a status a service returned.
+        assert!(reason(&err).is_empty(), "{err:?}");
+        assert!(
+            matches!(err.code(), Code::Unavailable | Code::Unknown),
+            "{err:?}"
+        );
     }
+    // A configured agency on the same gateway is served.
+    let mut land = gw.client(LAND_OFFICE).await;
+    land.citizen.get_citizen(request()).await.unwrap();
     gw.stop().await;
 }
 
@@ -214,6 +214,7 @@ async fn agency_certificates_from_openssl_with_rsa_and_p256_work() {
     let agency_ca = std::fs::read_to_string(d.join("ca.pem")).unwrap();
     let gw = Gateway::start_with(Options {
         extra_client_ca: Some(agency_ca),
+        ..Options::default()
     })
     .await;
     for name in ["rsa", "ec"] {

@@ -255,6 +255,8 @@ pub struct Gateway {
 pub struct Options {
     /// Extra PEM CA certificates appended to the client CA bundle.
     pub extra_client_ca: Option<String>,
+    /// TOML appended to the config (for example a `[limits]` table).
+    pub extra_config: Option<String>,
 }
 
 pub fn store_fixtures(dir: &Path, store: &Path) {
@@ -287,7 +289,8 @@ impl Gateway {
             None => "certs/ca.pem",
         };
         let path = dir.path().join("gateway.toml");
-        std::fs::write(&path, config_text(&[], client_ca)).unwrap();
+        let text = config_text(&[], client_ca) + opts.extra_config.as_deref().unwrap_or("");
+        std::fs::write(&path, text).unwrap();
         let config = Config::load(&path).unwrap();
         store_fixtures(dir.path(), &config.store_path());
         let running = server::start(config.clone()).await.unwrap();
