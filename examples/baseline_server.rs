@@ -214,6 +214,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         key: args.key,
         client_ca: args.client_ca,
         crls: Vec::new(),
+        require_client_auth_eku: true,
     })?;
     let bare = Bare {
         store: Store::open(&args.store)?,

@@ -55,6 +55,12 @@ struct RawTls {
     client_ca: PathBuf,
     #[serde(default)]
     crls: Vec<PathBuf>,
+    #[serde(default = "yes")]
+    require_client_auth_eku: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -119,6 +125,11 @@ pub struct TlsFiles {
     pub key: PathBuf,
     pub client_ca: PathBuf,
     pub crls: Vec<PathBuf>,
+    /// Agency certificates must list `clientAuth` in their extended key
+    /// usage (default). `false` also accepts certificates without the
+    /// extension, for a legacy CA; a certificate whose extension lacks
+    /// `clientAuth` (a server certificate) is refused either way.
+    pub require_client_auth_eku: bool,
 }
 
 /// Where and how the access log is kept.
@@ -469,6 +480,7 @@ impl Config {
                 key: resolve(&raw.tls.key),
                 client_ca: resolve(&raw.tls.client_ca),
                 crls: raw.tls.crls.iter().map(|p| resolve(p)).collect(),
+                require_client_auth_eku: raw.tls.require_client_auth_eku,
             },
             agencies,
             policy: Policy::new(grants),
@@ -509,5 +521,53 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+listen = "127.0.0.1:0"
+trust_domain = "interop.example.vn"
+data_dir = "data"
+
+[tls]
+cert = "certs/gateway.pem"
+key = "certs/gateway.key"
+client_ca = "certs/ca.pem"
+"#;
+
+    fn parse(extra: &str) -> Result<Config, ConfigError> {
+        Config::parse(&format!("{BASE}{extra}"), Path::new("/etc/gw/gateway.toml"))
+    }
+
+    #[test]
+    fn limits_default_and_can_be_set() {
+        let c = parse("").unwrap();
+        assert_eq!(c.connections, ConnectionLimits::default());
+        assert!(c.tls.require_client_auth_eku);
+        let c = parse("require_client_auth_eku = false\n\n[limits]\nmax_connections = 10\nidle_timeout_ms = 1500\n").unwrap();
+        assert!(!c.tls.require_client_auth_eku);
+        assert_eq!(c.connections.max_connections, 10);
+        assert_eq!(c.connections.idle_timeout, Duration::from_millis(1500));
+        assert_eq!(c.connections.preface_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bad_limits_name_the_key() {
+        let e = parse("\n[limits]\nmax_connections = 0\n").unwrap_err();
+        assert!(
+            e.message.contains("limits.max_connections: must be 1 to"),
+            "{e}"
+        );
+        let e = parse("\n[limits]\nfd_reserve = 2\n").unwrap_err();
+        assert!(e.message.contains("limits.fd_reserve"), "{e}");
+        let e = parse("\n[limits]\nmax_conections = 5\n").unwrap_err();
+        assert!(
+            e.message.starts_with("line 12:") && e.message.contains("max_conections"),
+            "{e}"
+        );
     }
 }

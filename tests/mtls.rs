@@ -61,6 +61,43 @@ async fn expired_certificate_fails_the_handshake() {
 }
 
 #[tokio::test]
+async fn agency_certificates_need_client_auth_usage_unless_relaxed() {
+    use rcgen::ExtendedKeyUsagePurpose as Eku;
+    let gw = Gateway::start().await;
+    let uri = format!("spiffe://{TRUST_DOMAIN}/agency/{LAND_OFFICE}");
+    let issue = |usages: Vec<Eku>| {
+        gw.pki
+            .ca
+            .issue_with_usages(LAND_OFFICE, Some(&uri), usages, Validity::days_from_now(1))
+            .unwrap()
+    };
+    let no_eku = issue(vec![]);
+    let server_only = issue(vec![Eku::ServerAuth]);
+    let both = issue(vec![Eku::ServerAuth, Eku::ClientAuth]);
+    // By default: clientAuth is required.
+    assert!(try_call(&gw.addr, &gw.pki.identity(&no_eku)).await.is_err());
+    assert!(try_call(&gw.addr, &gw.pki.identity(&server_only))
+        .await
+        .is_err());
+    try_call(&gw.addr, &gw.pki.identity(&both)).await.unwrap();
+
+    // Relaxed for a legacy CA: no extension passes; a server-only
+    // certificate still does not.
+    let mut config = gw.config.clone();
+    config.tls.require_client_auth_eku = false;
+    config.audit.dir = gw.dir.path().join("relaxed-audit");
+    config.audit.signing_key = gw.dir.path().join("relaxed-audit.key");
+    let relaxed = interop_gateway::server::start(config).await.unwrap();
+    let addr = format!("https://localhost:{}", relaxed.addr.port());
+    try_call(&addr, &gw.pki.identity(&no_eku)).await.unwrap();
+    assert!(try_call(&addr, &gw.pki.identity(&server_only))
+        .await
+        .is_err());
+    relaxed.shutdown().await.unwrap();
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn revoked_certificate_fails_the_handshake_and_others_pass() {
     let gw = Gateway::start().await;
     let good = gw.pki.agency(LAND_OFFICE);
