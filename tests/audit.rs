@@ -149,7 +149,7 @@ async fn page_tokens_are_encrypted_and_refused_when_changed() {
             .unwrap();
     }
     let mut portal = gw.client(PORTAL).await;
-    let mut first_page = || {
+    let first_page = || {
         let mut portal = portal.clone();
         async move {
             portal
