@@ -299,7 +299,9 @@ impl Guarded {
             } else if let Some(idle) = self.idle_timeout {
                 match self.streams.idle_since() {
                     Some(since) => (since + idle, "idle"),
-                    // Calls in progress: look again later.
+                    // Calls in progress: look again later (keeping a timer
+                    // already set for later, so busy reads cost no reset).
+                    None if self.timer.deadline() > now => (self.timer.deadline(), ""),
                     None => (now + idle, ""),
                 }
             } else {
