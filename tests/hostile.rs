@@ -198,3 +198,54 @@ async fn connections_without_a_preface_or_without_calls_are_closed() {
     answers(&gw, &mut c).await;
     gw.stop().await;
 }
+
+/// With a low open-file limit, connections are capped below it (keeping a
+/// reserve for the store and the access log) rather than running accept
+/// into "Too many open files": a flood is turned away at the door, calls
+/// that do get in are answered, and the gateway serves again afterwards.
+#[test]
+fn a_low_file_limit_caps_connections_and_keeps_a_reserve() {
+    let (dir, pki, config) = prepared_dir();
+    let text = std::fs::read_to_string(&config).unwrap()
+        + "\n[limits]\nmax_handshakes_per_address = 1000\nhandshake_timeout_ms = 600000\n";
+    std::fs::write(&config, text).unwrap();
+    // 160 descriptors, 64 kept in reserve: at most 96 connections.
+    let serve = ServeProcess::start(&config, Some("ulimit -n 160;"));
+    assert!(
+        serve.log_text().contains("capping connections"),
+        "{}",
+        serve.log_text()
+    );
+    let addr = serve.addr.trim_start_matches("https://").to_owned();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let identity = pki.identity(&pki.agency(LAND_OFFICE));
+        let mut land = interop_gateway::client::Client::connect(&serve.addr, &identity)
+            .await
+            .unwrap();
+        land.citizen.get_citizen(request()).await.unwrap();
+        let mut flood = Vec::new();
+        for _ in 0..200 {
+            flood.push(TcpStream::connect(&addr).await.unwrap());
+        }
+        // The connection already in is still answered, and the access
+        // log (which needs descriptors to checkpoint) still takes records.
+        for _ in 0..5 {
+            land.citizen.get_citizen(request()).await.unwrap();
+        }
+        // Past the cap, connections were closed at once (the rest wait on
+        // their handshake deadline, ten minutes away).
+        let mut reads = tokio::task::JoinSet::new();
+        for mut conn in flood {
+            reads.spawn(async move { closed_within(&mut conn, Duration::from_secs(1)).await });
+        }
+        let closed = reads.join_all().await.into_iter().filter(|c| *c).count();
+        assert!((100..200).contains(&closed), "{closed} of 200 turned away");
+    });
+    let (status, log) = serve.terminate_with_log();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("connection limit reached"), "{log}");
+    assert!(!log.contains("accept failed"), "{log}");
+    assert!(!log.contains("Too many open files"), "{log}");
+    drop(dir);
+}
