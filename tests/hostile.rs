@@ -249,3 +249,48 @@ fn a_low_file_limit_caps_connections_and_keeps_a_reserve() {
     assert!(!log.contains("Too many open files"), "{log}");
     drop(dir);
 }
+
+/// A peer that speaks HTTP/2 but never answers the gateway's keepalive
+/// PINGs (a vanished host, a stuck proxy) is closed once the PING goes
+/// unanswered, even though the idle timeout is far away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_does_not_answer_keepalive_pings_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let gw = gateway(
+        "idle_timeout_ms = 600000\nkeepalive_interval_ms = 200\nkeepalive_timeout_ms = 200",
+    )
+    .await;
+    let mut conn = tls_connect(&gw, &gw.pki.agency(LAND_OFFICE)).await;
+    // The client preface and an empty SETTINGS frame; nothing after.
+    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut seen_ping = false;
+    let mut buf = Vec::new();
+    let ended = tokio::time::timeout(CLOSE_WITHIN, async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            // Frames: 3-byte length, type, flags, 4-byte stream id, payload.
+            while buf.len() >= 9 {
+                let len =
+                    (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
+                if buf.len() < 9 + len {
+                    break;
+                }
+                // PING without the ACK flag: the gateway asking.
+                if buf[3] == 0x6 && buf[4] & 0x1 == 0 {
+                    seen_ping = true;
+                }
+                buf.drain(..9 + len);
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "a peer ignoring PINGs was kept open");
+    assert!(seen_ping, "the gateway sent no keepalive PING");
+    gw.stop().await;
+}
