@@ -294,3 +294,18 @@ async fn a_peer_that_does_not_answer_keepalive_pings_is_closed() {
     assert!(seen_ping, "the gateway sent no keepalive PING");
     gw.stop().await;
 }
+
+/// A call whose headers exceed `max_header_list_bytes` is refused; the
+/// connection and ordinary calls on it carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_are_refused() {
+    let gw = gateway("max_header_list_bytes = 4096").await;
+    let mut land = gw.client(LAND_OFFICE).await;
+    let mut big = tonic::Request::new(request());
+    big.metadata_mut()
+        .insert("x-padding", "a".repeat(8192).parse().unwrap());
+    let refused = land.citizen.get_citizen(big).await;
+    assert!(refused.is_err(), "{refused:?}");
+    answers(&gw, &mut land).await;
+    gw.stop().await;
+}
