@@ -115,6 +115,23 @@ def main(out):
         f"| gateway p99 at half load < nginx proxy's | {gp99:.2f} vs {pp99:.2f} ms "
         f"| {check(gp99 < pp99)} |"
     )
+    fwd, fwd_open, direct_open = (
+        load(out, "forwarded-closed"),
+        load(out, "forwarded-open"),
+        load(out, "direct-open-fhalf"),
+    )
+    if fwd and fwd_open and direct_open:
+        r = div(fwd["throughput_rps"], g["throughput_rps"])
+        emit(
+            f"| forwarded saturation >= 0.45 x direct gateway | {fwd['throughput_rps']:.0f} vs "
+            f"{g['throughput_rps']:.0f} req/s ({r:.2f} x) | {check(r >= 0.45)} |"
+        )
+        fp50, dp50 = fwd_open["latency_ms"]["p50"], direct_open["latency_ms"]["p50"]
+        emit(
+            f"| forwarded p50 <= direct p50 + 1 ms at {fwd_open['rate_rps']:.0f} req/s (half the "
+            f"forwarded saturation) | {fp50:.2f} vs {dp50:.2f} ms (p99 {fwd_open['latency_ms']['p99']:.2f} "
+            f"vs {direct_open['latency_ms']['p99']:.2f} ms) | {check(fp50 <= dp50 + 1.0)} |"
+        )
     small, big = load(out, "store-10000"), load(out, "store-1000000")
     small_m, big_m = load(out, "store-10000-memory"), load(out, "store-1000000-memory")
     if small and big and small_m and big_m:
@@ -133,7 +150,7 @@ def main(out):
             f"{small['throughput_rps']:.0f} req/s ({r:.2f} x) | {check(r >= 0.9)} |"
         )
     emit("")
-    emit("Charts: closed.svg, open.svg, handshake.svg in this folder.")
+    emit("Charts: closed.svg, open.svg, handshake.svg, forwarded.svg in this folder.")
     print("\n".join(lines))
 
 

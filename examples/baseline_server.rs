@@ -93,10 +93,16 @@ impl CitizenRegistryService for Bare {
         request: Request<GetCitizenRequest>,
     ) -> Result<Response<GetCitizenResponse>, Status> {
         let id = request.into_inner().personal_id;
-        let record = self.store.citizen(&id).await.map_err(internal)?;
+        let record = self
+            .store
+            .citizen(&id)
+            .await
+            .map_err(internal)?
+            .map(|s| s.record);
         let citizen: Citizen = decode(record, "citizen")?;
         Ok(Response::new(GetCitizenResponse {
             citizen: Some(citizen),
+            provenance: None,
         }))
     }
 
@@ -109,7 +115,8 @@ impl CitizenRegistryService for Bare {
             .store
             .citizen(&req.personal_id)
             .await
-            .map_err(internal)?;
+            .map_err(internal)?
+            .map(|s| s.record);
         let citizen: Citizen = decode(record, "citizen")?;
         let mut mismatched_fields = Vec::new();
         if !req.full_name.is_empty() && req.full_name != citizen.full_name {
@@ -140,10 +147,16 @@ impl LandRegistryService for Bare {
             map_sheet: r.map_sheet,
             parcel_number: r.parcel_number,
         };
-        let record = self.store.parcel(&key).await.map_err(internal)?;
+        let record = self
+            .store
+            .parcel(&key)
+            .await
+            .map_err(internal)?
+            .map(|s| s.record);
         let parcel: Parcel = decode(record, "parcel")?;
         Ok(Response::new(GetParcelResponse {
             parcel: Some(parcel),
+            provenance: None,
         }))
     }
 
@@ -163,11 +176,12 @@ impl LandRegistryService for Bare {
             .map_err(internal)?;
         let parcels = rows
             .into_iter()
-            .map(|(_, bytes)| Parcel::decode(bytes.as_slice()).map_err(internal))
+            .map(|(_, stored)| Parcel::decode(stored.record.as_slice()).map_err(internal))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Response::new(ListParcelsByHolderResponse {
             parcels,
             next_page_token: String::new(),
+            provenance: None,
         }))
     }
 }
@@ -179,10 +193,16 @@ impl BusinessRegistryService for Bare {
         request: Request<GetEnterpriseRequest>,
     ) -> Result<Response<GetEnterpriseResponse>, Status> {
         let code = request.into_inner().enterprise_code;
-        let record = self.store.enterprise(&code).await.map_err(internal)?;
+        let record = self
+            .store
+            .enterprise(&code)
+            .await
+            .map_err(internal)?
+            .map(|s| s.record);
         let enterprise: Enterprise = decode(record, "enterprise")?;
         Ok(Response::new(GetEnterpriseResponse {
             enterprise: Some(enterprise),
+            provenance: None,
         }))
     }
 }

@@ -40,11 +40,13 @@ struct RawConfig {
     #[serde(default)]
     audit: RawAudit,
     #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
     agency: Vec<RawAgency>,
     #[serde(default)]
     grant: Vec<RawGrant>,
     #[serde(default)]
-    limits: RawLimits,
+    registry: Vec<RawRegistry>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,10 +74,14 @@ struct RawAudit {
     checkpoint_every_seconds: Option<u64>,
 }
 
-/// `[limits]`: what one client may hold open. Every key is optional.
+/// `[limits]`: every key optional, each with its default in [`Limits`].
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
+    verify_failures_per_subject: Option<u32>,
+    verify_window_hours: Option<u32>,
+    verify_failures_per_agency_hour: Option<u32>,
+    // Connections: see [`ConnectionLimits`].
     max_connections: Option<u64>,
     max_connections_per_agency: Option<u64>,
     max_handshakes_per_address: Option<u64>,
@@ -95,6 +101,28 @@ struct RawLimits {
 struct RawAgency {
     code: String,
     name: String,
+    #[serde(default)]
+    relay: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistry {
+    service: String,
+    owner: String,
+    upstream: Option<RawUpstream>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    address: String,
+    server_name: Option<String>,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    timeout_ms: Option<u64>,
+    max_in_flight: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,7 +226,7 @@ impl Default for ConnectionLimits {
 }
 
 impl RawLimits {
-    fn validate(&self) -> Result<ConnectionLimits, String> {
+    fn connection_limits(&self) -> Result<ConnectionLimits, String> {
         let d = ConnectionLimits::default();
         let count = |key: &str, v: Option<u64>, default: usize, max: u64| match v {
             None => Ok(default),
@@ -280,12 +308,115 @@ impl RawLimits {
     }
 }
 
+/// `[limits]`, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Failed `VerifyCitizen` calls one agency may make about one personal
+    /// id within `verify_window` before further calls about it are refused.
+    pub verify_failures_per_subject: std::num::NonZeroU32,
+    /// The sliding window of `verify_failures_per_subject`.
+    pub verify_window: std::time::Duration,
+    /// Failed `VerifyCitizen` calls one agency may make within any hour,
+    /// over all subjects.
+    pub verify_failures_per_agency_hour: std::num::NonZeroU32,
+}
+
+impl Limits {
+    /// Longest `verify_window_hours` accepted: 30 days.
+    pub const MAX_VERIFY_WINDOW_HOURS: u32 = 720;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            verify_failures_per_subject: std::num::NonZeroU32::MIN.saturating_add(4),
+            verify_window: std::time::Duration::from_secs(24 * 3600),
+            // An honest office mistypes a few declarations an hour; 100 is far
+            // above that, yet caps a sweep over many subjects at 2,400 failed
+            // guesses a day.
+            verify_failures_per_agency_hour: std::num::NonZeroU32::MIN.saturating_add(99),
+        }
+    }
+}
+
+impl RawLimits {
+    fn validate(&self) -> Result<Limits, String> {
+        let defaults = Limits::default();
+        let positive = |key: &str, v: Option<u32>, default: std::num::NonZeroU32| match v {
+            None => Ok(default),
+            Some(n) => std::num::NonZeroU32::new(n)
+                .ok_or_else(|| format!("limits.{key}: must be at least 1, got 0")),
+        };
+        let hours = self
+            .verify_window_hours
+            .unwrap_or((defaults.verify_window.as_secs() / 3600) as u32);
+        if hours == 0 || hours > Limits::MAX_VERIFY_WINDOW_HOURS {
+            return Err(format!(
+                "limits.verify_window_hours: must be 1 to {}, got {hours}",
+                Limits::MAX_VERIFY_WINDOW_HOURS
+            ));
+        }
+        Ok(Limits {
+            verify_failures_per_subject: positive(
+                "verify_failures_per_subject",
+                self.verify_failures_per_subject,
+                defaults.verify_failures_per_subject,
+            )?,
+            verify_window: std::time::Duration::from_secs(u64::from(hours) * 3600),
+            verify_failures_per_agency_hour: positive(
+                "verify_failures_per_agency_hour",
+                self.verify_failures_per_agency_hour,
+                defaults.verify_failures_per_agency_hour,
+            )?,
+        })
+    }
+}
+
 /// A configured agency.
 #[derive(Clone, Debug)]
 pub struct Agency {
     pub code: String,
     pub name: String,
+    /// May call on behalf of other configured agencies (header
+    /// `x-interop-on-behalf-of`): another gateway that forwards its
+    /// consumers' calls to this one.
+    pub relay: bool,
 }
+
+/// Who owns a registry service and where it is answered from.
+#[derive(Clone, Debug)]
+pub struct RegistryEntry {
+    /// Full service name, `interop.citizen.v1.CitizenRegistryService`.
+    pub service: &'static str,
+    /// Agency code of the data owner, reported as provenance.
+    pub owner: String,
+    /// The owner's own gateway; `None`: the embedded store answers.
+    pub upstream: Option<UpstreamSettings>,
+}
+
+/// How to reach a registry owner's gateway over mutual TLS.
+#[derive(Clone, Debug)]
+pub struct UpstreamSettings {
+    /// `host:port`, as configured.
+    pub address: String,
+    /// Name verified on the owner's server certificate.
+    pub server_name: String,
+    /// Roots for the owner's server certificate.
+    pub ca: PathBuf,
+    /// This gateway's client certificate and key toward the owner.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Budget of one forwarded call, retries included.
+    pub timeout: std::time::Duration,
+    /// Calls to this owner in flight at once; more wait for a slot (within
+    /// `timeout`).
+    pub max_in_flight: usize,
+}
+
+/// Default `upstream.timeout_ms`.
+pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 2000;
+/// Default `upstream.max_in_flight`.
+pub const DEFAULT_UPSTREAM_MAX_IN_FLIGHT: usize = 256;
 
 /// The validated configuration.
 #[derive(Clone, Debug)]
@@ -300,10 +431,14 @@ pub struct Config {
     pub log_format: LogFormat,
     pub tls: TlsFiles,
     pub audit: AuditSettings,
-    pub agencies: BTreeMap<String, Agency>,
-    pub policy: Policy,
+    pub limits: Limits,
     /// `[limits]` on connections.
     pub connections: ConnectionLimits,
+    pub agencies: BTreeMap<String, Agency>,
+    pub policy: Policy,
+    /// `[[registry]]` entries by service name; a registry service without
+    /// one is served from the embedded store with no declared owner.
+    pub registries: BTreeMap<&'static str, RegistryEntry>,
 }
 
 impl Config {
@@ -370,6 +505,7 @@ impl Config {
                     Agency {
                         code: a.code.clone(),
                         name: a.name.clone(),
+                        relay: a.relay,
                     },
                 )
                 .is_some()
@@ -437,6 +573,17 @@ impl Config {
             });
         }
 
+        let mut registries = BTreeMap::new();
+        for (i, r) in raw.registry.iter().enumerate() {
+            let entry = registry_entry(i, r, &resolve).map_err(err)?;
+            if registries.insert(entry.service, entry).is_some() {
+                return Err(err(format!(
+                    "registry[{i}].service: {:?} is configured twice; one [[registry]] per service",
+                    r.service
+                )));
+            }
+        }
+
         let every_records = raw.audit.checkpoint_every_records.unwrap_or(1000);
         let checkpoint_every_records = std::num::NonZeroU64::new(every_records)
             .ok_or_else(|| err("audit.checkpoint_every_records: must be at least 1".into()))?;
@@ -446,7 +593,6 @@ impl Config {
                 "audit.checkpoint_every_seconds: must be 1 to 86400, got {every_seconds}"
             )));
         }
-        let connections = raw.limits.validate().map_err(err)?;
         let data_dir = resolve(&raw.data_dir);
         let audit_dir = raw
             .audit
@@ -467,8 +613,13 @@ impl Config {
             checkpoint_every: std::time::Duration::from_secs(every_seconds),
         };
 
+        let limits = raw.limits.validate().map_err(err)?;
+        let connections = raw.limits.connection_limits().map_err(err)?;
+
         Ok(Config {
             path: path.to_owned(),
+            limits,
+            connections,
             listen,
             trust_domain: raw.trust_domain.clone(),
             data_dir,
@@ -484,13 +635,31 @@ impl Config {
             },
             agencies,
             policy: Policy::new(grants),
-            connections,
+            registries,
         })
+    }
+
+    /// Whether every registry service is forwarded to its owner, so this
+    /// gateway holds no registry data and needs no store.
+    pub fn forwards_every_registry(&self) -> bool {
+        policy::REGISTRY_SERVICES
+            .iter()
+            .all(|s| self.registry(s).is_some_and(|r| r.upstream.is_some()))
+    }
+
+    /// The `[[registry]]` entry of a service, if any.
+    pub fn registry(&self, service: &str) -> Option<&RegistryEntry> {
+        self.registries.get(service)
     }
 
     /// The embedded store's file.
     pub fn store_path(&self) -> PathBuf {
         self.data_dir.join("registry.sqlite")
+    }
+
+    /// The verification budget's file: failed `VerifyCitizen` calls.
+    pub fn verify_budget_path(&self) -> PathBuf {
+        self.data_dir.join("verify-budget.sqlite")
     }
 
     /// Folder of the dev PKI: the folder of `tls.client_ca`.
@@ -524,6 +693,105 @@ impl Config {
     }
 }
 
+/// Validates one `[[registry]]` entry (index `i`); errors name the key.
+fn registry_entry(
+    i: usize,
+    r: &RawRegistry,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<RegistryEntry, String> {
+    let Some(service) = policy::REGISTRY_SERVICES
+        .iter()
+        .copied()
+        .find(|s| *s == r.service)
+    else {
+        if r.service == policy::ACCESS_LOG_SERVICE {
+            return Err(format!(
+                "registry[{i}].service: {} is never forwarded: it reports this gateway's own access log",
+                r.service
+            ));
+        }
+        return Err(format!(
+            "registry[{i}].service: {:?} is not a registry service of proto/; one of: {}",
+            r.service,
+            policy::REGISTRY_SERVICES.join(", ")
+        ));
+    };
+    domain::agency::parse_agency_code(&r.owner).map_err(|e| format!("registry[{i}].owner: {e}"))?;
+    let upstream = match &r.upstream {
+        None => None,
+        Some(u) => {
+            let (host, _port) = split_host_port(&u.address).ok_or_else(|| {
+                format!(
+                    "registry[{i}].upstream.address: {:?} is not host:port (for example \"registry.example.gov.vn:50051\" or \"127.0.0.1:50061\")",
+                    u.address
+                )
+            })?;
+            let server_name = u.server_name.clone().unwrap_or_else(|| host.to_owned());
+            if server_name.is_empty() {
+                return Err(format!(
+                    "registry[{i}].upstream.server_name: must not be empty"
+                ));
+            }
+            let readable = |key: &str, path: &Path| {
+                let path = resolve(path);
+                std::fs::File::open(&path).map(drop).map_err(|e| {
+                    format!(
+                        "registry[{i}].upstream.{key}: cannot read {}: {e}",
+                        path.display()
+                    )
+                })?;
+                Ok::<_, String>(path)
+            };
+            let (ca, cert, key) = (
+                readable("ca", &u.ca)?,
+                readable("cert", &u.cert)?,
+                readable("key", &u.key)?,
+            );
+            let timeout_ms = u.timeout_ms.unwrap_or(DEFAULT_UPSTREAM_TIMEOUT_MS);
+            if !(1..=600_000).contains(&timeout_ms) {
+                return Err(format!(
+                    "registry[{i}].upstream.timeout_ms: must be 1 to 600000, got {timeout_ms}"
+                ));
+            }
+            let max_in_flight = u.max_in_flight.unwrap_or(DEFAULT_UPSTREAM_MAX_IN_FLIGHT);
+            if !(1..=100_000).contains(&max_in_flight) {
+                return Err(format!(
+                    "registry[{i}].upstream.max_in_flight: must be 1 to 100000, got {max_in_flight}"
+                ));
+            }
+            Some(UpstreamSettings {
+                address: u.address.clone(),
+                server_name,
+                ca,
+                cert,
+                key,
+                timeout: std::time::Duration::from_millis(timeout_ms),
+                max_in_flight,
+            })
+        }
+    };
+    Ok(RegistryEntry {
+        service,
+        owner: r.owner.clone(),
+        upstream,
+    })
+}
+
+/// `host:port` or `[v6]:port` into host (without brackets) and port.
+fn split_host_port(address: &str) -> Option<(&str, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.strip_suffix(']')?,
+        None if host.contains(':') => return None,
+        None => host,
+    };
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '/') {
+        return None;
+    }
+    Some((host, port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -532,11 +800,10 @@ mod tests {
 listen = "127.0.0.1:0"
 trust_domain = "interop.example.vn"
 data_dir = "data"
-
 [tls]
-cert = "certs/gateway.pem"
-key = "certs/gateway.key"
-client_ca = "certs/ca.pem"
+cert = "c.pem"
+key = "k.pem"
+client_ca = "ca.pem"
 "#;
 
     fn parse(extra: &str) -> Result<Config, ConfigError> {
@@ -544,7 +811,48 @@ client_ca = "certs/ca.pem"
     }
 
     #[test]
-    fn limits_default_and_can_be_set() {
+    fn limits_default_when_the_table_is_absent() {
+        let c = parse("").unwrap();
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.limits.verify_failures_per_subject.get(), 5);
+        assert_eq!(c.limits.verify_window.as_secs(), 24 * 3600);
+        assert_eq!(c.limits.verify_failures_per_agency_hour.get(), 100);
+    }
+
+    #[test]
+    fn limits_are_read_from_the_table() {
+        let c = parse(
+            "[limits]\nverify_failures_per_subject = 3\nverify_window_hours = 48\nverify_failures_per_agency_hour = 20\n",
+        )
+        .unwrap();
+        assert_eq!(c.limits.verify_failures_per_subject.get(), 3);
+        assert_eq!(c.limits.verify_window.as_secs(), 48 * 3600);
+        assert_eq!(c.limits.verify_failures_per_agency_hour.get(), 20);
+    }
+
+    #[test]
+    fn bad_limits_name_their_key() {
+        for (text, key) in [
+            (
+                "verify_failures_per_subject = 0",
+                "limits.verify_failures_per_subject",
+            ),
+            ("verify_window_hours = 0", "limits.verify_window_hours"),
+            ("verify_window_hours = 721", "limits.verify_window_hours"),
+            (
+                "verify_failures_per_agency_hour = 0",
+                "limits.verify_failures_per_agency_hour",
+            ),
+            ("verify_failures_per_subject = -1", "line 10"),
+            ("verify_failures = 5", "unknown field `verify_failures`"),
+        ] {
+            let e = parse(&format!("[limits]\n{text}\n")).unwrap_err();
+            assert!(e.message.contains(key), "{text}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn connection_limits_default_and_can_be_set() {
         let c = parse("").unwrap();
         assert_eq!(c.connections, ConnectionLimits::default());
         assert!(c.tls.require_client_auth_eku);
@@ -556,7 +864,7 @@ client_ca = "certs/ca.pem"
     }
 
     #[test]
-    fn bad_limits_name_the_key() {
+    fn bad_connection_limits_name_the_key() {
         let e = parse("\n[limits]\nmax_connections = 0\n").unwrap_err();
         assert!(
             e.message.contains("limits.max_connections: must be 1 to"),
@@ -566,7 +874,7 @@ client_ca = "certs/ca.pem"
         assert!(e.message.contains("limits.fd_reserve"), "{e}");
         let e = parse("\n[limits]\nmax_conections = 5\n").unwrap_err();
         assert!(
-            e.message.starts_with("line 12:") && e.message.contains("max_conections"),
+            e.message.starts_with("line 11:") && e.message.contains("max_conections"),
             "{e}"
         );
     }

@@ -1,6 +1,6 @@
 //! The one error type of request handling, and the one place where it becomes
 //! a `tonic::Status` with `google.rpc` details (`ErrorInfo`, `BadRequest`,
-//! `ResourceInfo`). Reasons are stable strings clients can switch on.
+//! `ResourceInfo`, `RetryInfo`). Reasons are stable strings clients can switch on.
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
@@ -21,7 +21,10 @@ pub mod reason {
     pub const RECORD_NOT_FOUND: &str = "RECORD_NOT_FOUND";
     pub const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
     pub const AUDIT_UNAVAILABLE: &str = "AUDIT_UNAVAILABLE";
+    pub const VERIFICATION_LIMIT: &str = "VERIFICATION_LIMIT";
     pub const INTERNAL: &str = "INTERNAL";
+    pub const RELAY_NOT_ALLOWED: &str = "RELAY_NOT_ALLOWED";
+    pub const UPSTREAM_UNAVAILABLE: &str = "UPSTREAM_UNAVAILABLE";
 }
 
 /// One field violation: the request field path and what is wrong with it.
@@ -64,12 +67,32 @@ pub enum RequestError {
         resource_type: &'static str,
         name: String,
     },
+    /// A limit refuses the call for now; `retry_after` says when it frees.
+    #[error("{message}")]
+    ResourceExhausted {
+        reason: &'static str,
+        message: String,
+        metadata: Vec<(String, String)>,
+        retry_after: std::time::Duration,
+    },
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     AuditUnavailable(String),
     #[error("{0}")]
     Internal(String),
+    /// The registry's owner could not be reached, failed its handshake or
+    /// missed the forwarding deadline.
+    #[error("{message}")]
+    UpstreamUnavailable {
+        service: &'static str,
+        owner: String,
+        message: String,
+    },
+    /// The registry owner's own answer, passed on unchanged (code, message
+    /// and `google.rpc` details).
+    #[error("{}", .0.message())]
+    Upstream(Status),
 }
 
 fn describe(violations: &[Violation]) -> String {
@@ -94,8 +117,11 @@ impl RequestError {
             RequestError::InvalidArgument { .. } => Code::InvalidArgument,
             RequestError::PermissionDenied { .. } => Code::PermissionDenied,
             RequestError::NotFound { .. } => Code::NotFound,
+            RequestError::ResourceExhausted { .. } => Code::ResourceExhausted,
             RequestError::Unavailable(_) | RequestError::AuditUnavailable(_) => Code::Unavailable,
             RequestError::Internal(_) => Code::Internal,
+            RequestError::UpstreamUnavailable { .. } => Code::Unavailable,
+            RequestError::Upstream(status) => status.code(),
         }
     }
 
@@ -103,17 +129,30 @@ impl RequestError {
         match self {
             RequestError::Unauthenticated { reason, .. }
             | RequestError::InvalidArgument { reason, .. }
-            | RequestError::PermissionDenied { reason, .. } => reason,
+            | RequestError::PermissionDenied { reason, .. }
+            | RequestError::ResourceExhausted { reason, .. } => reason,
             RequestError::NotFound { .. } => reason::RECORD_NOT_FOUND,
             RequestError::Unavailable(_) => reason::STORE_UNAVAILABLE,
             RequestError::AuditUnavailable(_) => reason::AUDIT_UNAVAILABLE,
             RequestError::Internal(_) => reason::INTERNAL,
+            RequestError::UpstreamUnavailable { .. } => reason::UPSTREAM_UNAVAILABLE,
+            // Not used: an owner's status keeps its own details.
+            RequestError::Upstream(_) => "",
         }
     }
 }
 
 impl From<RequestError> for Status {
     fn from(err: RequestError) -> Status {
+        if let RequestError::Upstream(status) = &err {
+            // The owner's code, message and details; none of its metadata
+            // (its request id names a record in the owner's log, not ours).
+            return Status::with_details(
+                status.code(),
+                status.message(),
+                status.details().to_vec().into(),
+            );
+        }
         let message = err.to_string();
         let mut metadata = std::collections::HashMap::new();
         let mut details = ErrorDetails::new();
@@ -128,6 +167,18 @@ impl From<RequestError> for Status {
             }
             RequestError::PermissionDenied { metadata: m, .. } => {
                 metadata.extend(m.iter().cloned());
+            }
+            RequestError::UpstreamUnavailable { service, owner, .. } => {
+                metadata.insert("service".to_owned(), (*service).to_owned());
+                metadata.insert("owner".to_owned(), owner.clone());
+            }
+            RequestError::ResourceExhausted {
+                metadata: m,
+                retry_after,
+                ..
+            } => {
+                metadata.extend(m.iter().cloned());
+                details.set_retry_info(Some(*retry_after));
             }
             RequestError::NotFound {
                 resource_type,

@@ -144,6 +144,66 @@ impl IdentityCache {
     }
 }
 
+/// Whom a call is for: the calling agency itself, or, when a relay (another
+/// gateway, `[[agency]] relay = true`) calls on behalf of one of its
+/// consumers, that consumer; the relay is then kept beside it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// The agency whose grants apply and whom the access log names.
+    pub agency: AgencyId,
+    /// The relay that carried the call, if any.
+    pub relay: Option<AgencyId>,
+}
+
+/// Decides whom a call from `caller` is for, given the value of its
+/// `x-interop-on-behalf-of` header (`None`: absent; `Some(Err(()))`: present
+/// but not text). Only a relay may name another agency, and only a configured
+/// one; a relay without the header is itself.
+pub fn principal(
+    caller: AgencyId,
+    on_behalf_of: Option<Result<&str, ()>>,
+    is_relay: impl Fn(&str) -> bool,
+    is_known: impl Fn(&str) -> bool,
+) -> Result<Principal, RequestError> {
+    let Some(named) = on_behalf_of else {
+        return Ok(Principal {
+            agency: caller,
+            relay: None,
+        });
+    };
+    if !is_relay(caller.as_str()) {
+        return Err(RequestError::PermissionDenied {
+            reason: reason::RELAY_NOT_ALLOWED,
+            message: format!(
+                "agency {caller} may not call on behalf of another agency (x-interop-on-behalf-of); only agencies configured with relay = true may"
+            ),
+            metadata: vec![("agency".to_owned(), caller.to_string())],
+        });
+    }
+    let code = named.map_err(|()| RequestError::Unauthenticated {
+        reason: reason::UNKNOWN_AGENCY,
+        message: "x-interop-on-behalf-of is not an agency code".into(),
+    })?;
+    if !is_known(code) {
+        return Err(RequestError::Unauthenticated {
+            reason: reason::UNKNOWN_AGENCY,
+            message: format!(
+                "agency {code:?} (from x-interop-on-behalf-of, relayed by {caller}) is not configured on this gateway; ask its operator to add an [[agency]] entry"
+            ),
+        });
+    }
+    if code == caller.as_str() {
+        return Ok(Principal {
+            agency: caller,
+            relay: None,
+        });
+    }
+    Ok(Principal {
+        agency: AgencyId(code.to_owned()),
+        relay: Some(caller),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,5 +309,32 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn only_relays_call_on_behalf_of_configured_agencies() {
+        let id = |c: &str| AgencyId(c.to_owned());
+        let relay = |c: &str| c == "000.00.00.H99";
+        let known = |c: &str| c != "000.00.00.X00";
+        let me = |c: &str| principal(id(c), None, relay, known).unwrap();
+        assert_eq!(me("000.00.20.H13").agency, id("000.00.20.H13"));
+        assert_eq!(me("000.00.00.H99").relay, None);
+
+        let relayed =
+            principal(id("000.00.00.H99"), Some(Ok("000.00.20.H13")), relay, known).unwrap();
+        assert_eq!(relayed.agency, id("000.00.20.H13"));
+        assert_eq!(relayed.relay, Some(id("000.00.00.H99")));
+
+        let reason_of = |r: Result<Principal, RequestError>| match r.unwrap_err() {
+            RequestError::PermissionDenied { reason, .. }
+            | RequestError::Unauthenticated { reason, .. } => reason,
+            other => panic!("{other:?}"),
+        };
+        let not_relay = principal(id("000.00.20.H13"), Some(Ok("000.00.12.H13")), relay, known);
+        assert_eq!(reason_of(not_relay), reason::RELAY_NOT_ALLOWED);
+        let unknown = principal(id("000.00.00.H99"), Some(Ok("000.00.00.X00")), relay, known);
+        assert_eq!(reason_of(unknown), reason::UNKNOWN_AGENCY);
+        let garbled = principal(id("000.00.00.H99"), Some(Err(())), relay, known);
+        assert_eq!(reason_of(garbled), reason::UNKNOWN_AGENCY);
     }
 }

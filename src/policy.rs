@@ -48,6 +48,40 @@ pub const LIST_ACCESS_RECORDS: MethodSpec = MethodSpec {
     record: None,
 };
 
+/// Registry services: each may be owned by an agency and forwarded to it.
+pub const CITIZEN_SERVICE: &str = "interop.citizen.v1.CitizenRegistryService";
+pub const LAND_SERVICE: &str = "interop.land.v1.LandRegistryService";
+pub const BUSINESS_SERVICE: &str = "interop.business.v1.BusinessRegistryService";
+pub const REGISTRY_SERVICES: &[&str] = &[CITIZEN_SERVICE, LAND_SERVICE, BUSINESS_SERVICE];
+/// The access-log service: always this gateway's own, never forwarded.
+pub const ACCESS_LOG_SERVICE: &str = "interop.audit.v1.AccessLogService";
+
+impl MethodSpec {
+    /// The service part of the full method name.
+    pub fn service(&self) -> &'static str {
+        self.name.split_once('/').map_or(self.name, |(s, _)| s)
+    }
+
+    /// The method part of the full method name.
+    pub fn short_name(&self) -> &'static str {
+        self.name.split_once('/').map_or(self.name, |(_, m)| m)
+    }
+}
+
+/// How a `read_mask` is held against the grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MaskMode {
+    /// The caller's own request: naming a field outside the grant is
+    /// PERMISSION_DENIED (`FIELD_NOT_GRANTED`), so the caller learns it.
+    Strict,
+    /// A relay's request on behalf of a consumer: the mask is what the
+    /// consumer may receive at most (already narrowed by the relay's own
+    /// grant), and the answer carries its intersection with this gateway's
+    /// grant. The consumer asked for nothing outside its front gateway's
+    /// grant, so it is not denied for what this gateway's grant leaves out.
+    UpperBound,
+}
+
 /// Every method a grant may name.
 pub const METHODS: &[MethodSpec] = &[
     GET_CITIZEN,
@@ -184,7 +218,7 @@ impl Default for DisclosureCache {
     }
 }
 
-type DisclosureKey = (String, &'static str, String, Vec<String>);
+type DisclosureKey = (String, &'static str, String, Vec<String>, MaskMode);
 
 /// Distinct (agency, method, procedure, read_mask) combinations remembered at most.
 const DISCLOSURE_CACHE_ENTRIES: usize = 4096;
@@ -198,12 +232,14 @@ impl DisclosureCache {
         method: MethodSpec,
         procedure: &str,
         read_mask: &[String],
+        mode: MaskMode,
     ) -> Result<Arc<Disclosure>, RequestError> {
         let key: DisclosureKey = (
             agency.to_owned(),
             method.name,
             procedure.to_owned(),
             read_mask.to_vec(),
+            mode,
         );
         if let Some(hit) = self.known.get(&key) {
             return Ok(hit);
@@ -211,7 +247,7 @@ impl DisclosureCache {
         let disclosure = Arc::new(
             policy
                 .authorize(agency, method, procedure)?
-                .disclose(read_mask, procedure)?,
+                .disclose_with(read_mask, procedure, mode)?,
         );
         self.known.insert(key, Arc::clone(&disclosure));
         Ok(disclosure)
@@ -224,6 +260,16 @@ impl Authorization {
         &self,
         read_mask: &[String],
         procedure: &str,
+    ) -> Result<Disclosure, RequestError> {
+        self.disclose_with(read_mask, procedure, MaskMode::Strict)
+    }
+
+    /// [`Authorization::disclose`], with the mask held as `mode` says.
+    pub fn disclose_with(
+        &self,
+        read_mask: &[String],
+        procedure: &str,
+        mode: MaskMode,
     ) -> Result<Disclosure, RequestError> {
         let schema = Schema::gateway();
         let Some(record) = self.method.record else {
@@ -266,7 +312,7 @@ impl Authorization {
         } else {
             let asked = PathSet::new(read_mask);
             let outside = asked.outside(&self.granted);
-            if !outside.is_empty() {
+            if !outside.is_empty() && mode == MaskMode::Strict {
                 return Err(RequestError::PermissionDenied {
                     reason: reason::FIELD_NOT_GRANTED,
                     message: format!(
@@ -281,7 +327,25 @@ impl Authorization {
                     ],
                 });
             }
-            asked.intersect(&self.granted)
+            let kept = asked.intersect(&self.granted);
+            if kept.is_empty() {
+                // Only reachable for a relay's upper bound: none of the fields
+                // its consumer may receive is granted here.
+                return Err(RequestError::PermissionDenied {
+                    reason: reason::FIELD_NOT_GRANTED,
+                    message: format!(
+                        "none of the fields asked for is granted here: {}; granted: {}",
+                        asked.to_strings().join(", "),
+                        self.granted.to_strings().join(", ")
+                    ),
+                    metadata: vec![
+                        ("method".to_owned(), self.method.name.to_owned()),
+                        ("procedure_code".to_owned(), procedure.to_owned()),
+                        ("fields".to_owned(), asked.to_strings().join(",")),
+                    ],
+                });
+            }
+            kept
         };
         let resolved: Vec<Vec<u32>> = paths
             .iter()

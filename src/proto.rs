@@ -1,11 +1,17 @@
 //! Generated protobuf, gRPC and proto3-JSON code for `proto/`, plus the encoded
-//! descriptor set (served by reflection, read by the field-mask checks).
+//! descriptor set (served by reflection, read by the field-mask checks) and
+//! the `.proto` sources it was compiled from (written by `proto export`).
 
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 
 /// Encoded `FileDescriptorSet` of every gateway proto and its imports.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/interop_descriptor.bin"));
+
+/// The gateway's own `.proto` files as compiled into this binary: path under
+/// `proto/` and text. Imports from `google/protobuf/` are not included (every
+/// protobuf distribution ships them; their descriptors are in the set above).
+pub const PROTO_SOURCES: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/proto_sources.rs"));
 
 pub mod common {
     pub mod v1 {

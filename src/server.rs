@@ -18,6 +18,7 @@ use crate::{
     audit::{AuditError, AuditLog, AuditOptions, Signer},
     config::{Config, ConnectionLimits},
     connections::{Admission, CountStreams, Guarded, Identify},
+    policy,
     proto::{
         audit::v1::access_log_service_server::AccessLogServiceServer,
         business::v1::business_registry_service_server::BusinessRegistryServiceServer,
@@ -27,6 +28,8 @@ use crate::{
     registry::{Store, StoreError},
     service::Core,
     tls::{self, TlsError},
+    upstream::Upstreams,
+    verify_budget::{BudgetError, VerifyBudget},
 };
 
 /// Handshaken connections waiting for tonic to pick them up.
@@ -50,6 +53,26 @@ pub enum ServeError {
     Reflection(String),
     #[error("audit log: {0}")]
     Audit(#[from] AuditError),
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::UpstreamError),
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
+}
+
+/// What a program embedding the gateway may set beyond the config (which
+/// cannot reach these).
+#[derive(Clone, Debug)]
+pub struct StartOptions {
+    /// The clock the verification budget reads; tests move it by hand.
+    pub clock: Arc<dyn crate::clock::Clock>,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(crate::clock::SystemClock),
+        }
+    }
 }
 
 /// A started gateway.
@@ -82,8 +105,18 @@ impl Running {
 
 /// Binds the configured address and starts serving in the background.
 pub async fn start(config: Config) -> Result<Running, ServeError> {
+    start_with(config, StartOptions::default()).await
+}
+
+/// [`start`], with options the config does not hold.
+pub async fn start_with(config: Config, options: StartOptions) -> Result<Running, ServeError> {
     let tls_config = tls::server_config(&config.tls)?;
-    let store = Store::open(&config.store_path())?;
+    // A gateway that forwards every registry service holds no registry.
+    let store = if config.forwards_every_registry() {
+        Store::detached(&config.store_path())
+    } else {
+        Store::open(&config.store_path())?
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -94,6 +127,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         addr: config.listen,
         source,
     })?;
+    let upstreams = Arc::new(Upstreams::from_config(&config)?);
     let signer = Signer::load_or_create(&config.audit.signing_key)?;
     let audit = Arc::new(
         AuditLog::open(
@@ -107,12 +141,19 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         )
         .await?,
     );
+    let verify_budget = Arc::new(VerifyBudget::open(
+        &config.verify_budget_path(),
+        &config.limits,
+        options.clock,
+    )?);
     let core = Core {
         config: Arc::new(config),
         store,
+        verify_budget,
         audit: Arc::clone(&audit),
         identities: Arc::default(),
         disclosures: Arc::default(),
+        upstreams: Arc::clone(&upstreams),
     };
     let admission = admission(&core);
 
@@ -129,9 +170,15 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     health_reporter
         .set_serving::<AccessLogServiceServer<Core>>()
         .await;
-    // Data services are only as healthy as the access log: without it no
-    // answer may leave, so health follows the log's writability.
-    tokio::spawn(follow_audit_health(audit.health(), health_reporter.clone()));
+    // Data services are only as healthy as the access log (without it no
+    // answer may leave) and, when forwarded, as their owner.
+    let owners_health = upstreams.iter().map(|u| (u.service, u.health())).collect();
+    let follower = tokio::spawn(follow_health(
+        audit.health(),
+        owners_health,
+        health_reporter.clone(),
+    ));
+    let probers = upstreams.spawn_probers();
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -168,6 +215,10 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             })
             .await
             .map_err(|e| ServeError::Transport(e.to_string()))?;
+        for task in probers {
+            task.abort();
+        }
+        follower.abort();
         // Every call has finished and dropped its handle: seal the log.
         match Arc::try_unwrap(audit) {
             Ok(log) => log.shutdown().await?,
@@ -297,28 +348,52 @@ async fn accept_loop(
     }
 }
 
-async fn follow_audit_health(
-    mut healthy: watch::Receiver<bool>,
+/// Keeps the gRPC health of every service true to what answers it: the
+/// access log for all of them, and the owner for a forwarded service.
+async fn follow_health(
+    audit: watch::Receiver<bool>,
+    owners: Vec<(&'static str, watch::Receiver<bool>)>,
     reporter: tonic_health::server::HealthReporter,
 ) {
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let mut watchers = Vec::new();
+    for mut rx in std::iter::once(audit.clone()).chain(owners.iter().map(|(_, rx)| rx.clone())) {
+        let changed = Arc::clone(&changed);
+        watchers.push(tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                changed.notify_one();
+            }
+        }));
+    }
+    // Ends the watchers when this task is aborted at shutdown.
+    struct AbortOnDrop(Vec<JoinHandle<()>>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            for w in &self.0 {
+                w.abort();
+            }
+        }
+    }
+    let _watchers = AbortOnDrop(watchers);
+    let services = std::iter::once("")
+        .chain(policy::REGISTRY_SERVICES.iter().copied())
+        .chain([policy::ACCESS_LOG_SERVICE]);
+    let services: Vec<&str> = services.collect();
     loop {
-        let status = if *healthy.borrow_and_update() {
-            tonic_health::ServingStatus::Serving
-        } else {
-            tonic_health::ServingStatus::NotServing
-        };
-        for service in [
-            "",
-            "interop.citizen.v1.CitizenRegistryService",
-            "interop.land.v1.LandRegistryService",
-            "interop.business.v1.BusinessRegistryService",
-            "interop.audit.v1.AccessLogService",
-        ] {
-            reporter.set_service_status(service, status).await;
+        let log_ok = *audit.borrow();
+        for service in &services {
+            let owner_ok = owners
+                .iter()
+                .find(|(s, _)| s == service)
+                .is_none_or(|(_, rx)| *rx.borrow());
+            let status = if log_ok && owner_ok {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            reporter.set_service_status(*service, status).await;
         }
-        if healthy.changed().await.is_err() {
-            return;
-        }
+        changed.notified().await;
     }
 }
 

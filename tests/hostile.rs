@@ -25,7 +25,7 @@ const CLOSE_WITHIN: Duration = Duration::from_secs(10);
 
 async fn gateway(limits: &str) -> Gateway {
     Gateway::start_with(Options {
-        extra_config: Some(format!("\n[limits]\n{limits}\n")),
+        extra_config: format!("\n[limits]\n{limits}\n"),
         ..Options::default()
     })
     .await

@@ -64,7 +64,7 @@
 //! One process per directory: the log is not locked against a second writer.
 
 pub mod chain;
-mod files;
+pub(crate) mod files;
 mod index;
 mod line;
 pub mod record;

@@ -19,11 +19,15 @@
 //! | `fields`         | list                                            |
 //! | `outcome`        | string                                          |
 //! | `latency_us`     | u64, 8 bytes big-endian                         |
+//! | `relay_agency_code` | string, only when not empty                  |
 //!
 //! where a *string* is its UTF-8 byte length as u64 big-endian followed by the
 //! bytes, and a *list* is its element count as u64 big-endian followed by each
 //! element as a string. Every variable-length part carries its length, so two
-//! different records never encode to the same bytes.
+//! different records never encode to the same bytes. `relay_agency_code` came
+//! later: a record of a direct call (no relay) encodes exactly as before it
+//! existed, so older logs still verify, and a record with a relay is longer
+//! than any record without one that shares its other fields.
 
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +56,10 @@ pub struct AuditRecord {
     /// gRPC status code name, such as `OK` or `PERMISSION_DENIED`.
     pub outcome: String,
     pub latency_us: u64,
+    /// The gateway that relayed the call on behalf of `agency_code`; empty
+    /// for a direct call.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub relay_agency_code: String,
 }
 
 impl AuditRecord {
@@ -73,6 +81,9 @@ impl AuditRecord {
         put_list(&mut out, &self.fields);
         put_str(&mut out, &self.outcome);
         out.extend_from_slice(&self.latency_us.to_be_bytes());
+        if !self.relay_agency_code.is_empty() {
+            put_str(&mut out, &self.relay_agency_code);
+        }
         out
     }
 }
@@ -103,6 +114,7 @@ pub(crate) fn sample(n: u64, subject: &str) -> AuditRecord {
         fields: vec!["fullName".into(), "permanentAddress.provinceCode".into()],
         outcome: "OK".into(),
         latency_us: 850 + n,
+        relay_agency_code: String::new(),
     }
 }
 
@@ -136,6 +148,22 @@ mod tests {
         b.subjects = vec!["x".into()];
         b.fields = vec!["fullName".into()];
         assert_ne!(a.canonical_bytes(), b.canonical_bytes());
+    }
+
+    #[test]
+    fn a_relay_extends_the_encoding_and_a_direct_call_keeps_the_old_one() {
+        let direct = sample(1, "x");
+        let old_layout_len = direct.canonical_bytes().len();
+        let mut relayed = direct.clone();
+        relayed.relay_agency_code = "000.00.00.H99".into();
+        let bytes = relayed.canonical_bytes();
+        assert_eq!(bytes[..old_layout_len], direct.canonical_bytes()[..]);
+        assert!(bytes.len() > old_layout_len);
+        let json = serde_json::to_value(&direct).unwrap();
+        assert!(json.get("relay_agency_code").is_none());
+        let back: AuditRecord =
+            serde_json::from_value(serde_json::to_value(&relayed).unwrap()).unwrap();
+        assert_eq!(back, relayed);
     }
 
     #[test]

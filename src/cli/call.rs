@@ -52,6 +52,15 @@ pub fn status_json(status: &tonic::Status) -> Value {
             json!({"resourceType": r.resource_type, "resourceName": r.resource_name, "description": r.description}),
         );
     }
+    if let Some(delay) = details.retry_info().and_then(|r| r.retry_delay) {
+        // proto3 JSON of a google.protobuf.Duration: seconds with an `s`.
+        let text = if delay.subsec_nanos() == 0 {
+            format!("{}s", delay.as_secs())
+        } else {
+            format!("{}.{:09}s", delay.as_secs(), delay.subsec_nanos())
+        };
+        out.insert("retryInfo".into(), json!({ "retryDelay": text }));
+    }
     json!({
         "code": code_name(status.code()),
         "message": status.message(),
@@ -190,5 +199,25 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 format!("{}: {}", code_name(status.code()), status.message()),
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::status_json;
+
+    #[test]
+    fn a_refusal_shows_its_retry_delay() {
+        let status = tonic::Status::from(crate::error::RequestError::ResourceExhausted {
+            reason: crate::error::reason::VERIFICATION_LIMIT,
+            message: "refused".into(),
+            metadata: vec![("scope".into(), "subject".into())],
+            retry_after: std::time::Duration::from_millis(86_400_500),
+        });
+        let v = status_json(&status);
+        assert_eq!(v["code"], "RESOURCE_EXHAUSTED");
+        assert_eq!(v["details"]["errorInfo"]["reason"], "VERIFICATION_LIMIT");
+        assert_eq!(v["details"]["errorInfo"]["metadata"]["scope"], "subject");
+        assert_eq!(v["details"]["retryInfo"]["retryDelay"], "86400.500000000s");
     }
 }

@@ -1,5 +1,7 @@
 //! `interop-gateway report reuse`: the data re-use figures provinces are
-//! measured on, per procedure code and per agency, from the access log.
+//! measured on, per procedure code and per agency, from the access log;
+//! `report verifications` (in [`verifications`]): agencies by failed and
+//! refused `VerifyCitizen` calls.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -12,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use super::{load_config, parse_date, vn_day, ConfigArg, Failure, EXIT_CONFIG, EXIT_FAILED};
 use crate::{audit::AuditRecord, policy};
 
+pub mod verifications;
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(subcommand)]
@@ -22,18 +26,26 @@ pub struct Args {
 pub enum ReportCommand {
     /// Per procedure and agency: lookups served with data, verifications,
     /// denials, other errors, and distinct dossiers.
-    Reuse {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// First day included, YYYY-MM-DD (Vietnam time).
-        #[arg(long)]
-        from: Option<String>,
-        /// Last day included, YYYY-MM-DD (Vietnam time).
-        #[arg(long)]
-        to: Option<String>,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
-    },
+    Reuse(Span),
+    /// Per agency, most failures first: `VerifyCitizen` calls answered,
+    /// failed (mismatch or not found) and refused by the verification
+    /// budget, and the personal ids concerned.
+    Verifications(Span),
+}
+
+/// What every report takes: the config, the days, the output format.
+#[derive(Debug, clap::Args)]
+pub struct Span {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// First day included, YYYY-MM-DD (Vietnam time).
+    #[arg(long)]
+    from: Option<String>,
+    /// Last day included, YYYY-MM-DD (Vietnam time).
+    #[arg(long)]
+    to: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -219,76 +231,113 @@ fn table_cell(s: &str) -> String {
 /// Renders the rows in the chosen format.
 pub fn render(report: &Reuse, format: Format) -> String {
     let rows = &report.rows;
-    match format {
-        Format::Json => serde_json::to_string_pretty(rows).unwrap_or_default() + "\n",
-        Format::Csv => {
-            let mut out = HEADER.join(",") + "\n";
-            for r in rows {
-                let c: Vec<String> = cells(r).iter().map(|s| csv_cell(s)).collect();
-                out.push_str(&c.join(","));
-                out.push('\n');
-            }
-            out
-        }
-        Format::Table => {
-            let body: Vec<[String; 9]> = rows
-                .iter()
-                .map(|r| cells(r).map(|c| table_cell(&c)))
-                .collect();
-            let mut widths: Vec<usize> = HEADER.iter().map(|h| h.chars().count()).collect();
-            for row in &body {
-                for (w, c) in widths.iter_mut().zip(row) {
-                    *w = (*w).max(c.chars().count());
-                }
-            }
-            let line = |cols: Vec<&str>| {
-                let padded: Vec<String> = cols
-                    .iter()
-                    .zip(&widths)
-                    .enumerate()
-                    .map(|(i, (c, w))| {
-                        let pad = w - c.chars().count();
-                        if i >= 3 {
-                            format!("{}{c}", " ".repeat(pad))
-                        } else {
-                            format!("{c}{}", " ".repeat(pad))
-                        }
-                    })
-                    .collect();
-                padded.join("  ").trim_end().to_owned() + "\n"
-            };
-            let mut out = line(HEADER.to_vec());
-            for row in &body {
-                out.push_str(&line(row.iter().map(String::as_str).collect()));
-            }
-            let (served, total) = (report.dossiers_served, report.dossiers);
-            if total > 0 {
-                out.push_str(&format!(
-                    "\ndossiers served from re-used data: {served} of {total} ({:.1}%)\n\
-                     (each dossier id counted once, however many agencies and procedures used it)\n",
-                    served as f64 * 100.0 / total as f64
-                ));
-            }
-            out
+    if format == Format::Json {
+        return serde_json::to_string_pretty(rows).unwrap_or_default() + "\n";
+    }
+    let body: Vec<Vec<String>> = rows.iter().map(|r| cells(r).to_vec()).collect();
+    if format == Format::Csv {
+        return csv(&HEADER, &body);
+    }
+    let mut out = table(&HEADER, &body, 3);
+    let (served, total) = (report.dossiers_served, report.dossiers);
+    if total > 0 {
+        out.push_str(&format!(
+            "\ndossiers served from re-used data: {served} of {total} ({:.1}%)\n\
+             (each dossier id counted once, however many agencies and procedures used it)\n",
+            served as f64 * 100.0 / total as f64
+        ));
+    }
+    out
+}
+
+/// A CSV document: the header line, then one line per row.
+fn csv(header: &[&str], body: &[Vec<String>]) -> String {
+    let mut out = header.join(",") + "\n";
+    for row in body {
+        let c: Vec<String> = row.iter().map(|s| csv_cell(s)).collect();
+        out.push_str(&c.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+/// An aligned text table: the first `text_cols` columns left-aligned, the
+/// others (figures) right-aligned; control characters in cells are shown
+/// escaped.
+fn table(header: &[&str], body: &[Vec<String>], text_cols: usize) -> String {
+    let body: Vec<Vec<String>> = body
+        .iter()
+        .map(|row| row.iter().map(|c| table_cell(c)).collect())
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &body {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
         }
     }
+    let line = |cols: Vec<&str>| {
+        let padded: Vec<String> = cols
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (c, w))| {
+                let pad = w - c.chars().count();
+                if i >= text_cols {
+                    format!("{}{c}", " ".repeat(pad))
+                } else {
+                    format!("{c}{}", " ".repeat(pad))
+                }
+            })
+            .collect();
+        padded.join("  ").trim_end().to_owned() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for row in body {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
 }
 
 pub fn run(args: Args) -> Result<(), Failure> {
-    let ReportCommand::Reuse {
+    let (ReportCommand::Reuse(span) | ReportCommand::Verifications(span)) = &args.command;
+    let Span {
         config,
         from,
         to,
         format,
-    } = args.command;
+    } = span;
     let config = load_config(&config.config)?;
-    let day = |v: Option<String>, flag: &str| {
+    let day = |v: &Option<String>, flag: &str| {
         v.as_deref()
             .map(parse_date)
             .transpose()
             .map_err(|e| Failure::new(EXIT_CONFIG, format!("{flag}: {e}")))
     };
     let (from, to) = (day(from, "--from")?, day(to, "--to")?);
+    let records = read_log(&config)?;
+    let agency_name = |code: &str| {
+        config
+            .agencies
+            .get(code)
+            .map(|a| a.name.clone())
+            .unwrap_or_default()
+    };
+    let out = match args.command {
+        ReportCommand::Reuse(_) => render(&reuse(records, from, to, agency_name), *format),
+        ReportCommand::Verifications(_) => {
+            let path = config.verify_budget_path();
+            let failures = crate::verify_budget::persist::read_all(&path)
+                .map_err(|e| Failure::new(EXIT_FAILED, e))?;
+            let rows = verifications::rows(records, failures, from, to, agency_name);
+            verifications::render(&rows, *format)
+        }
+    };
+    print!("{out}");
+    Ok(())
+}
+
+/// Every record of the access log named by `config`.
+fn read_log(config: &crate::config::Config) -> Result<Vec<AuditRecord>, Failure> {
     let path = config.audit.dir.join(crate::audit::LOG_FILE);
     let file = File::open(&path)
         .map_err(|e| Failure::new(EXIT_FAILED, format!("{}: {e}", path.display())))?;
@@ -309,15 +358,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
             }
         }
     }
-    let report = reuse(records, from, to, |code| {
-        config
-            .agencies
-            .get(code)
-            .map(|a| a.name.clone())
-            .unwrap_or_default()
-    });
-    print!("{}", render(&report, format));
-    Ok(())
+    Ok(records)
 }
 
 #[cfg(test)]
@@ -338,6 +379,7 @@ mod tests {
             fields: vec!["full_name".into()],
             outcome: outcome.into(),
             latency_us: 1,
+            relay_agency_code: String::new(),
         }
     }
 

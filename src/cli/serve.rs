@@ -17,10 +17,13 @@ pub fn run(args: Args) -> Result<(), Failure> {
     if config.dev {
         let mut done = dev::ensure_pki(&config)
             .map_err(|e| Failure::new(EXIT_FAILED, format!("dev PKI: {e}")))?;
-        done.extend(
-            dev::ensure_store(&config)
-                .map_err(|e| Failure::new(EXIT_FAILED, format!("dev store: {e:#}")))?,
-        );
+        // A gateway that forwards every registry holds no data of its own.
+        if !config.forwards_every_registry() {
+            done.extend(
+                dev::ensure_store(&config)
+                    .map_err(|e| Failure::new(EXIT_FAILED, format!("dev store: {e:#}")))?,
+            );
+        }
         for line in done {
             tracing::info!("dev config: {line}");
         }

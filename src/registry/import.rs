@@ -58,11 +58,37 @@ enum Record {
     Enterprise(String, Vec<u8>),
 }
 
-fn parse<T: DeserializeOwned>(line: &str, name: &str) -> Result<T, String> {
-    serde_json::from_str(line).map_err(|e| format!("not a valid {name} record: {e}"))
+/// Optional key of an extract line (beside the record's own fields): when the
+/// record was current at its source, RFC 3339 (`"2026-11-01T00:00:00Z"`).
+/// Without it, the record is current as of its import.
+const AS_OF_KEY: &str = "asOf";
+
+/// Splits a line into the record's JSON and its `asOf` (Unix milliseconds).
+fn split_as_of(line: &str) -> Result<(serde_json::Value, Option<i64>), String> {
+    let mut value: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
+    let as_of = match value.as_object_mut().and_then(|o| o.remove(AS_OF_KEY)) {
+        None => None,
+        Some(v) => {
+            let ts: pbjson_types::Timestamp = serde_json::from_value(v).map_err(|e| {
+                format!("{AS_OF_KEY}: not an RFC 3339 time like \"2026-11-01T00:00:00Z\": {e}")
+            })?;
+            let ms = ts
+                .seconds
+                .checked_mul(1000)
+                .and_then(|s| s.checked_add(i64::from(ts.nanos / 1_000_000)))
+                .ok_or_else(|| format!("{AS_OF_KEY}: out of range"))?;
+            Some(ms)
+        }
+    };
+    Ok((value, as_of))
 }
 
-fn record(registry: Registry, line: &str) -> Result<Record, String> {
+fn parse<T: DeserializeOwned>(line: serde_json::Value, name: &str) -> Result<T, String> {
+    serde_json::from_value(line).map_err(|e| format!("not a valid {name} record: {e}"))
+}
+
+fn record(registry: Registry, line: serde_json::Value) -> Result<Record, String> {
     match registry {
         Registry::Citizen => {
             let mut c: Citizen = parse(line, "Citizen")?;
@@ -124,6 +150,9 @@ pub fn import_file(
     };
     let mut conn = open_for_write(&target)?;
     let tx = conn.transaction().map_err(sqlite)?;
+    let imported_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
     let mut errors = Vec::new();
     let mut invalid = 0usize;
     let mut records = 0usize;
@@ -147,14 +176,17 @@ pub fn import_file(
             if line.trim().is_empty() {
                 continue;
             }
-            match record(registry, line) {
-                Ok(rec) if invalid == 0 => {
+            let parsed =
+                split_as_of(line).and_then(|(value, as_of)| Ok((record(registry, value)?, as_of)));
+            match parsed {
+                Ok((rec, as_of)) if invalid == 0 => {
+                    let as_of = as_of.unwrap_or(imported_at);
                     let written = match &rec {
-                        Record::Citizen(id, bytes) => writer.citizen(id, bytes),
-                        Record::Enterprise(code, bytes) => writer.enterprise(code, bytes),
+                        Record::Citizen(id, bytes) => writer.citizen(id, bytes, as_of),
+                        Record::Enterprise(code, bytes) => writer.enterprise(code, bytes, as_of),
                         Record::Parcel(key, holders, bytes) => {
                             let hs: Vec<&str> = holders.iter().map(String::as_str).collect();
-                            writer.parcel(key, &hs, bytes)
+                            writer.parcel(key, &hs, bytes, as_of)
                         }
                     };
                     written.map_err(sqlite)?;

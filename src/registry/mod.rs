@@ -5,7 +5,7 @@ pub mod import;
 pub mod store;
 pub mod validate;
 
-pub use store::{ParcelKey, Store, StoreError};
+pub use store::{ParcelKey, Store, StoreError, Stored};
 
 /// Which registry a file or a call is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

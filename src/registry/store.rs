@@ -15,23 +15,35 @@ use std::{
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 
-/// Current layout of the store file (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+/// Current layout of the store file (`PRAGMA user_version`). Version 2 added
+/// `as_of` (when each record was current, Unix milliseconds) to the record
+/// tables; a version 1 store is brought up to date when it is opened.
+const SCHEMA_VERSION: i64 = 2;
+
+/// Version 1 to 2: adding a nullable column rewrites nothing.
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE citizen ADD COLUMN as_of INTEGER;
+ALTER TABLE enterprise ADD COLUMN as_of INTEGER;
+ALTER TABLE parcel ADD COLUMN as_of INTEGER;
+";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS citizen (
     personal_id TEXT PRIMARY KEY,
-    record BLOB NOT NULL
+    record BLOB NOT NULL,
+    as_of INTEGER
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS enterprise (
     enterprise_code TEXT PRIMARY KEY,
-    record BLOB NOT NULL
+    record BLOB NOT NULL,
+    as_of INTEGER
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS parcel (
     commune_code TEXT NOT NULL,
     map_sheet INTEGER NOT NULL,
     parcel_number INTEGER NOT NULL,
     record BLOB NOT NULL,
+    as_of INTEGER,
     PRIMARY KEY (commune_code, map_sheet, parcel_number)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS parcel_holder (
@@ -61,6 +73,22 @@ pub enum StoreError {
     Version { path: PathBuf, found: i64 },
     #[error("store worker failed: {0}")]
     Join(String),
+}
+
+/// A stored record: its protobuf encoding, unmasked, and when it was current.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub record: Vec<u8>,
+    /// Unix milliseconds: the extract's `asOf` for the record, or the time
+    /// it was imported; `None` for records imported before stores kept it.
+    pub as_of_ms: Option<i64>,
+}
+
+fn stored(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Stored> {
+    Ok(Stored {
+        record: r.get(first)?,
+        as_of_ms: r.get(first + 1)?,
+    })
 }
 
 /// Identifies a parcel in the store.
@@ -122,6 +150,16 @@ impl Store {
                 path: path.to_owned(),
             });
         }
+        // An older layout is brought up to date first (readers are read-only).
+        let version: i64 = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
+            .map_err(|source| StoreError::Sqlite {
+                path: path.to_owned(),
+                source,
+            })?;
+        if version < SCHEMA_VERSION {
+            drop(open_for_write(path)?);
+        }
         // Open every connection now, so a broken file fails the start, not a call.
         let conns = (0..reader_count())
             .map(|_| connect(path))
@@ -158,6 +196,18 @@ impl Store {
         })
     }
 
+    /// A store with no file and no readers, for a gateway that forwards
+    /// every registry service to its owner: a read fails as unavailable.
+    pub fn detached(path: &Path) -> Store {
+        let (jobs, _) = mpsc::channel::<Job>();
+        Store {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                jobs,
+            }),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
@@ -181,36 +231,36 @@ impl Store {
             .map_err(|_| StoreError::Join("a store reader stopped during a read".into()))?
     }
 
-    pub async fn citizen(&self, personal_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    pub async fn citizen(&self, personal_id: &str) -> Result<Option<Stored>, StoreError> {
         let id = personal_id.to_owned();
         self.with_conn(move |c| {
-            c.prepare_cached("SELECT record FROM citizen WHERE personal_id = ?1")?
-                .query_row([id], |r| r.get(0))
+            c.prepare_cached("SELECT record, as_of FROM citizen WHERE personal_id = ?1")?
+                .query_row([id], |r| stored(r, 0))
                 .optional()
         })
         .await
     }
 
-    pub async fn enterprise(&self, code: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    pub async fn enterprise(&self, code: &str) -> Result<Option<Stored>, StoreError> {
         let code = code.to_owned();
         self.with_conn(move |c| {
-            c.prepare_cached("SELECT record FROM enterprise WHERE enterprise_code = ?1")?
-                .query_row([code], |r| r.get(0))
+            c.prepare_cached("SELECT record, as_of FROM enterprise WHERE enterprise_code = ?1")?
+                .query_row([code], |r| stored(r, 0))
                 .optional()
         })
         .await
     }
 
-    pub async fn parcel(&self, key: &ParcelKey) -> Result<Option<Vec<u8>>, StoreError> {
+    pub async fn parcel(&self, key: &ParcelKey) -> Result<Option<Stored>, StoreError> {
         let key = key.clone();
         self.with_conn(move |c| {
             c.prepare_cached(
-                "SELECT record FROM parcel
+                "SELECT record, as_of FROM parcel
                  WHERE commune_code = ?1 AND map_sheet = ?2 AND parcel_number = ?3",
             )?
             .query_row(
                 params![key.commune_code, key.map_sheet, key.parcel_number],
-                |r| r.get(0),
+                |r| stored(r, 0),
             )
             .optional()
         })
@@ -223,7 +273,7 @@ impl Store {
         holder_id: &str,
         after: Option<ParcelKey>,
         limit: usize,
-    ) -> Result<Vec<(ParcelKey, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<(ParcelKey, Stored)>, StoreError> {
         let holder = holder_id.to_owned();
         let after = after.unwrap_or(ParcelKey {
             commune_code: String::new(),
@@ -232,7 +282,7 @@ impl Store {
         });
         self.with_conn(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT p.commune_code, p.map_sheet, p.parcel_number, p.record
+                "SELECT p.commune_code, p.map_sheet, p.parcel_number, p.record, p.as_of
                  FROM parcel_holder h
                  JOIN parcel p ON p.commune_code = h.commune_code
                     AND p.map_sheet = h.map_sheet AND p.parcel_number = h.parcel_number
@@ -256,7 +306,7 @@ impl Store {
                             map_sheet: r.get(1)?,
                             parcel_number: r.get(2)?,
                         },
-                        r.get(3)?,
+                        stored(r, 3)?,
                     ))
                 },
             )?;
@@ -284,11 +334,18 @@ pub fn open_for_write(path: &Path) -> Result<Connection, StoreError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(sqlite)?;
-    if version != 0 && version != SCHEMA_VERSION {
+    if !(0..=SCHEMA_VERSION).contains(&version) {
         return Err(StoreError::Version {
             path: path.to_owned(),
             found: version,
         });
+    }
+    if version == 1 {
+        let tx = conn.unchecked_transaction().map_err(sqlite)?;
+        tx.execute_batch(MIGRATE_1_TO_2).map_err(sqlite)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(sqlite)?;
+        tx.commit().map_err(sqlite)?;
     }
     conn.execute_batch(SCHEMA).map_err(sqlite)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -306,34 +363,44 @@ impl<'t> Writer<'t> {
         Self { tx }
     }
 
-    pub fn citizen(&self, personal_id: &str, record: &[u8]) -> rusqlite::Result<()> {
-        self.tx
-            .prepare_cached("INSERT OR REPLACE INTO citizen (personal_id, record) VALUES (?1, ?2)")?
-            .execute(params![personal_id, record])?;
-        Ok(())
-    }
-
-    pub fn enterprise(&self, code: &str, record: &[u8]) -> rusqlite::Result<()> {
+    /// `as_of`: Unix milliseconds when the record was current.
+    pub fn citizen(&self, personal_id: &str, record: &[u8], as_of: i64) -> rusqlite::Result<()> {
         self.tx
             .prepare_cached(
-                "INSERT OR REPLACE INTO enterprise (enterprise_code, record) VALUES (?1, ?2)",
+                "INSERT OR REPLACE INTO citizen (personal_id, record, as_of) VALUES (?1, ?2, ?3)",
             )?
-            .execute(params![code, record])?;
+            .execute(params![personal_id, record, as_of])?;
         Ok(())
     }
 
-    pub fn parcel(&self, key: &ParcelKey, holders: &[&str], record: &[u8]) -> rusqlite::Result<()> {
+    pub fn enterprise(&self, code: &str, record: &[u8], as_of: i64) -> rusqlite::Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO enterprise (enterprise_code, record, as_of) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![code, record, as_of])?;
+        Ok(())
+    }
+
+    pub fn parcel(
+        &self,
+        key: &ParcelKey,
+        holders: &[&str],
+        record: &[u8],
+        as_of: i64,
+    ) -> rusqlite::Result<()> {
         let k = params![key.commune_code, key.map_sheet, key.parcel_number];
         self.tx
             .prepare_cached(
-                "INSERT OR REPLACE INTO parcel (commune_code, map_sheet, parcel_number, record)
-                 VALUES (?1, ?2, ?3, ?4)",
+                "INSERT OR REPLACE INTO parcel (commune_code, map_sheet, parcel_number, record, as_of)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![
                 key.commune_code,
                 key.map_sheet,
                 key.parcel_number,
-                record
+                record,
+                as_of
             ])?;
         self.tx
             .prepare_cached(
@@ -354,5 +421,74 @@ impl<'t> Writer<'t> {
             ])?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{import::import_file, Registry};
+
+    #[tokio::test]
+    async fn a_layout_1_store_is_migrated_on_open_and_keeps_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE citizen (personal_id TEXT PRIMARY KEY, record BLOB NOT NULL) WITHOUT ROWID;
+                 CREATE TABLE enterprise (enterprise_code TEXT PRIMARY KEY, record BLOB NOT NULL) WITHOUT ROWID;
+                 CREATE TABLE parcel (commune_code TEXT NOT NULL, map_sheet INTEGER NOT NULL,
+                     parcel_number INTEGER NOT NULL, record BLOB NOT NULL,
+                     PRIMARY KEY (commune_code, map_sheet, parcel_number)) WITHOUT ROWID;
+                 INSERT INTO citizen VALUES ('092085000123', x'0a01');
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let stored = store.citizen("092085000123").await.unwrap().unwrap();
+        assert_eq!(stored.record, vec![0x0a, 0x01]);
+        assert_eq!(stored.as_of_ms, None);
+        let version: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[tokio::test]
+    async fn records_keep_the_extracts_as_of_or_their_import_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.sqlite");
+        let file = dir.path().join("enterprises.jsonl");
+        let line = |code: &str, as_of: &str| {
+            format!(
+                r#"{{"enterpriseCode":"{code}","name":"Công ty TNHH Tây Đô","type":"ENTERPRISE_TYPE_MULTI_MEMBER_LLC","status":"ENTERPRISE_STATUS_OPERATING","foundedOn":{{"year":2010,"month":6,"day":1}},"headOffice":{{"addressLine":"1 Hòa Bình","communeCode":"31117","communeName":"Phường Ninh Kiều","provinceCode":"92","provinceName":"Cần Thơ"}}{as_of}}}"#
+            )
+        };
+        std::fs::write(
+            &file,
+            format!(
+                "{}\n{}\n",
+                line("0300588569", r#","asOf":"2026-11-01T00:00:00Z""#),
+                line("0100109106", "")
+            ),
+        )
+        .unwrap();
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        import_file(&path, Registry::Business, &file).unwrap();
+        let store = Store::open(&path).unwrap();
+        let given = store.enterprise("0300588569").await.unwrap().unwrap();
+        assert_eq!(given.as_of_ms, Some(1_793_491_200_000));
+        let imported = store.enterprise("0100109106").await.unwrap().unwrap();
+        assert!(imported.as_of_ms.unwrap() >= before);
+
+        std::fs::write(&file, line("0300588569", r#","asOf":"yesterday""#) + "\n").unwrap();
+        let err = import_file(&path, Registry::Business, &file).unwrap_err();
+        assert!(err.to_string().contains(":1: asOf"), "{err}");
     }
 }

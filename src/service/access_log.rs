@@ -127,6 +127,7 @@ impl AccessLogService for Core {
                         }),
                         fields: r.fields,
                         outcome: r.outcome,
+                        relay_agency_code: r.relay_agency_code,
                     })
                     .collect();
                 Ok(Answer {

@@ -2,7 +2,10 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{disclose, loggable_id, store_error, Answer, Core, Scoped};
+use super::{
+    check_within, disclose, forwarded_provenance, loggable_id, narrowed_mask, store_error, Answer,
+    Core, Scoped,
+};
 use crate::{
     domain,
     error::RequestError,
@@ -38,9 +41,30 @@ impl BusinessRegistryService for Core {
         request: Request<GetEnterpriseRequest>,
     ) -> Result<Response<GetEnterpriseResponse>, Status> {
         self.call(policy::GET_ENTERPRISE, request, |call, req| async move {
+            if let Some(owner) = self.upstream(policy::GET_ENTERPRISE) {
+                let subject = req.enterprise_code.clone();
+                let req = GetEnterpriseRequest {
+                    read_mask: narrowed_mask(&call),
+                    ..req
+                };
+                let (answer, fields): (GetEnterpriseResponse, _) = self
+                    .forward(&owner, policy::GET_ENTERPRISE, &call, req)
+                    .await?;
+                if let Some(enterprise) = &answer.enterprise {
+                    check_within(&call, &owner, enterprise)?;
+                }
+                return Ok(Answer {
+                    response: GetEnterpriseResponse {
+                        enterprise: answer.enterprise,
+                        provenance: forwarded_provenance(answer.provenance, &owner),
+                    },
+                    subjects: vec![subject],
+                    fields,
+                });
+            }
             let code = domain::enterprise_code::parse(&req.enterprise_code)
                 .map_err(|e| RequestError::invalid("enterprise_code", e.to_string()))?;
-            let record = self
+            let stored = self
                 .store
                 .enterprise(code.as_str())
                 .await
@@ -49,10 +73,11 @@ impl BusinessRegistryService for Core {
                     resource_type: "interop.business.v1.Enterprise",
                     name: code.as_str().to_owned(),
                 })?;
-            let enterprise: Enterprise = disclose(&call, &record)?;
+            let enterprise: Enterprise = disclose(&call, &stored.record)?;
             Ok(Answer {
                 response: GetEnterpriseResponse {
                     enterprise: Some(enterprise),
+                    provenance: self.stored_provenance(policy::GET_ENTERPRISE, stored.as_of_ms),
                 },
                 subjects: vec![code.as_str().to_owned()],
                 fields: call.disclosure.field_names.clone(),

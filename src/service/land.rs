@@ -5,7 +5,10 @@ use tonic::{Request, Response, Status};
 
 use prost::Message;
 
-use super::{disclose, loggable_id, page_token, store_error, Answer, Core, Scoped};
+use super::{
+    check_within, disclose, forwarded_provenance, loggable_id, narrowed_mask, page_token,
+    store_error, Answer, Core, Scoped,
+};
 use crate::{
     domain,
     error::{RequestError, Violation},
@@ -95,6 +98,22 @@ fn parcel_subjects(
     out.push(parcel_subject(key));
     out.extend(parcel.holders.into_iter().map(|h| h.holder_id));
     Ok(())
+}
+
+/// The subjects of a forwarded parcel: its key (when asked for, or when
+/// disclosed) and the holders disclosed. Holders whose ids are not disclosed
+/// are in the owner's access log, not in this one.
+fn forwarded_parcel_subjects(asked: Option<&ParcelRef>, parcel: &Parcel, out: &mut Vec<String>) {
+    if let Ok(key) = parcel_key(asked.or(parcel.r#ref.as_ref())) {
+        out.push(parcel_subject(&key));
+    }
+    out.extend(
+        parcel
+            .holders
+            .iter()
+            .filter(|h| !h.holder_id.is_empty())
+            .map(|h| h.holder_id.clone()),
+    );
 }
 
 impl Scoped for ListParcelsByHolderRequest {
@@ -212,8 +231,30 @@ impl LandRegistryService for Core {
         request: Request<GetParcelRequest>,
     ) -> Result<Response<GetParcelResponse>, Status> {
         self.call(policy::GET_PARCEL, request, |call, req| async move {
+            if let Some(owner) = self.upstream(policy::GET_PARCEL) {
+                let asked = req.parcel.clone();
+                let req = GetParcelRequest {
+                    read_mask: narrowed_mask(&call),
+                    ..req
+                };
+                let (answer, fields): (GetParcelResponse, _) =
+                    self.forward(&owner, policy::GET_PARCEL, &call, req).await?;
+                let mut subjects = Vec::new();
+                if let Some(parcel) = &answer.parcel {
+                    check_within(&call, &owner, parcel)?;
+                    forwarded_parcel_subjects(asked.as_ref(), parcel, &mut subjects);
+                }
+                return Ok(Answer {
+                    response: GetParcelResponse {
+                        parcel: answer.parcel,
+                        provenance: forwarded_provenance(answer.provenance, &owner),
+                    },
+                    subjects,
+                    fields,
+                });
+            }
             let key = parcel_key(req.parcel.as_ref())?;
-            let record = self
+            let stored = self
                 .store
                 .parcel(&key)
                 .await
@@ -225,12 +266,13 @@ impl LandRegistryService for Core {
                         key.commune_code, key.map_sheet, key.parcel_number
                     ),
                 })?;
-            let parcel: Parcel = disclose(&call, &record)?;
+            let parcel: Parcel = disclose(&call, &stored.record)?;
             let mut subjects = Vec::new();
-            parcel_subjects(&key, &record, &mut subjects)?;
+            parcel_subjects(&key, &stored.record, &mut subjects)?;
             Ok(Answer {
                 response: GetParcelResponse {
                     parcel: Some(parcel),
+                    provenance: self.stored_provenance(policy::GET_PARCEL, stored.as_of_ms),
                 },
                 subjects,
                 fields: call.disclosure.field_names.clone(),
@@ -247,6 +289,30 @@ impl LandRegistryService for Core {
             policy::LIST_PARCELS_BY_HOLDER,
             request,
             |call, req| async move {
+                if let Some(owner) = self.upstream(policy::LIST_PARCELS_BY_HOLDER) {
+                    let holder = req.holder_id.clone();
+                    let req = ListParcelsByHolderRequest {
+                        read_mask: narrowed_mask(&call),
+                        ..req
+                    };
+                    let (answer, fields): (ListParcelsByHolderResponse, _) = self
+                        .forward(&owner, policy::LIST_PARCELS_BY_HOLDER, &call, req)
+                        .await?;
+                    let mut subjects = vec![holder];
+                    for parcel in &answer.parcels {
+                        check_within(&call, &owner, parcel)?;
+                        forwarded_parcel_subjects(None, parcel, &mut subjects);
+                    }
+                    return Ok(Answer {
+                        response: ListParcelsByHolderResponse {
+                            parcels: answer.parcels,
+                            next_page_token: answer.next_page_token,
+                            provenance: forwarded_provenance(answer.provenance, &owner),
+                        },
+                        subjects,
+                        fields,
+                    });
+                }
                 check_holder(&req.holder_id)?;
                 let size = page_token::page_size(req.page_size)?;
                 let after = if req.page_token.is_empty() {
@@ -268,12 +334,14 @@ impl LandRegistryService for Core {
                 };
                 let parcels = rows
                     .iter()
-                    .map(|(_, record)| disclose::<Parcel>(&call, record))
+                    .map(|(_, stored)| disclose::<Parcel>(&call, &stored.record))
                     .collect::<Result<_, _>>()?;
                 let mut subjects = vec![req.holder_id.clone()];
-                for (key, record) in &rows {
-                    parcel_subjects(key, record, &mut subjects)?;
+                for (key, stored) in &rows {
+                    parcel_subjects(key, &stored.record, &mut subjects)?;
                 }
+                // A page is as current as its oldest record.
+                let as_of = rows.iter().filter_map(|(_, s)| s.as_of_ms).min();
                 let fields = if rows.is_empty() {
                     Vec::new()
                 } else {
@@ -283,6 +351,7 @@ impl LandRegistryService for Core {
                     response: ListParcelsByHolderResponse {
                         parcels,
                         next_page_token,
+                        provenance: self.stored_provenance(policy::LIST_PARCELS_BY_HOLDER, as_of),
                     },
                     subjects,
                     fields,

@@ -9,7 +9,7 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use tonic::{Request, Response, Status};
+use tonic::{metadata::MetadataValue, Request, Response, Status};
 
 use crate::{
     audit::{AuditLog, AuditRecord},
@@ -18,8 +18,9 @@ use crate::{
     error::{RequestError, Violation},
     identity::AgencyId,
     policy::{Disclosure, MethodSpec},
-    proto::common::v1::AccessContext,
+    proto::common::v1::{AccessContext, Provenance},
     registry::Store,
+    upstream::Upstream,
 };
 
 pub mod access_log;
@@ -45,6 +46,10 @@ pub struct Core {
     pub identities: Arc<crate::identity::IdentityCache>,
     /// Grant decisions already made.
     pub disclosures: Arc<crate::policy::DisclosureCache>,
+    /// Owners' gateways of the forwarded services.
+    pub upstreams: Arc<crate::upstream::Upstreams>,
+    /// Failed `VerifyCitizen` calls per agency and personal id.
+    pub verify_budget: Arc<crate::verify_budget::VerifyBudget>,
 }
 
 /// A successful answer and what the access log must say about it.
@@ -58,7 +63,12 @@ pub struct Answer<Resp> {
 
 /// An allowed call: who, for what, and what it may disclose.
 pub struct Call {
+    /// The agency the call is for (a relay's consumer when relayed).
     pub agency: AgencyId,
+    /// The gateway that relayed the call on behalf of `agency`, if any.
+    pub relay: Option<AgencyId>,
+    /// The id under which the call is recorded in this gateway's access log.
+    pub request_id: String,
     pub procedure_code: String,
     pub dossier_id: String,
     pub disclosure: Arc<Disclosure>,
@@ -92,6 +102,14 @@ fn new_request_id() -> String {
     let (high, low) = KEYS.get_or_init(|| (RandomState::new(), RandomState::new()));
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("{:016x}{:016x}", high.hash_one(n), low.hash_one(n))
+}
+
+/// Whether `id` has the form of [`new_request_id`]'s ids.
+fn is_request_id(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A caller-supplied identifier as it may appear in a log line: a personal id
@@ -185,7 +203,20 @@ impl Core {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or_default();
-        let request_id = new_request_id();
+        let on_behalf_of = request
+            .metadata()
+            .get(crate::upstream::ON_BEHALF_OF_HEADER)
+            .map(|v| v.to_str().map(str::to_owned).map_err(|_| ()));
+        // A relay's own request id is kept, so its log and this one join on
+        // it; anyone else's is ignored.
+        let relay_request_id = request
+            .metadata()
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|id| is_request_id(id))
+            .map(str::to_owned);
+        let mut request_id = new_request_id();
+        let mut relay_for_log: Option<AgencyId> = None;
         let certs = request.peer_certs();
         let req = request.into_inner();
         let subject = req.subject_for_log();
@@ -205,23 +236,46 @@ impl Core {
                     message: "no client certificate on this connection".into(),
                 }
             })?;
-            let agency = self
+            let caller = self
                 .identities
                 .agency_of(leaf, &self.config.trust_domain, |code| {
                     self.config.agencies.contains_key(code)
                 })?;
-            agency_for_log = agency.to_string();
-            audited_agency = Some(agency.clone());
+            agency_for_log = caller.to_string();
+            audited_agency = Some(caller.clone());
+            let principal = crate::identity::principal(
+                caller,
+                on_behalf_of.as_ref().map(|v| v.as_deref().map_err(|_| ())),
+                |code| self.config.agencies.get(code).is_some_and(|a| a.relay),
+                |code| self.config.agencies.contains_key(code),
+            )?;
+            let agency = principal.agency;
+            if let Some(relay) = &principal.relay {
+                agency_for_log = format!("{agency} via {relay}");
+                audited_agency = Some(agency.clone());
+                relay_for_log = principal.relay.clone();
+                if let Some(id) = relay_request_id {
+                    request_id = id;
+                }
+            }
             let (procedure_code, dossier_id) = check_context(req.context())?;
+            let mode = if principal.relay.is_some() {
+                crate::policy::MaskMode::UpperBound
+            } else {
+                crate::policy::MaskMode::Strict
+            };
             let disclosure = self.disclosures.disclose(
                 &self.config.policy,
                 agency.as_str(),
                 method,
                 &procedure_code,
                 req.read_mask(),
+                mode,
             )?;
             let call = Call {
                 agency,
+                relay: principal.relay,
+                request_id: request_id.clone(),
                 procedure_code,
                 dossier_id,
                 disclosure,
@@ -233,6 +287,11 @@ impl Core {
         // No answer leaves before its access record is durable; a call whose
         // record cannot be written fails closed.
         let mut result = result;
+        // Told to a relay only: which fields it receives, for its own log.
+        let disclosed = match (&result, &relay_for_log) {
+            (Ok(answer), Some(_)) => MetadataValue::try_from(answer.fields.join(",")).ok(),
+            _ => None,
+        };
         let result = match audited_agency {
             None => result,
             Some(agency) => {
@@ -258,6 +317,10 @@ impl Core {
                     fields,
                     outcome: crate::error::code_name(code).to_owned(),
                     latency_us: started.elapsed().as_micros() as u64,
+                    relay_agency_code: relay_for_log
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
                 };
                 match self.audit.append(record).await {
                     Ok(_) => result,
@@ -288,7 +351,7 @@ impl Core {
         // The id names a record in the access log, so it is only given out
         // when that record exists.
         let recorded = !matches!(result, Err(RequestError::AuditUnavailable(_)));
-        let id = tonic::metadata::MetadataValue::try_from(request_id.as_str())
+        let id = MetadataValue::try_from(request_id.as_str())
             .ok()
             .filter(|_| recorded);
         match result {
@@ -296,6 +359,11 @@ impl Core {
                 let mut response = Response::new(answer.response);
                 if let Some(id) = id {
                     response.metadata_mut().insert(REQUEST_ID_HEADER, id);
+                }
+                if let Some(fields) = disclosed {
+                    response
+                        .metadata_mut()
+                        .insert(crate::upstream::DISCLOSED_FIELDS_HEADER, fields);
                 }
                 Ok(response)
             }
@@ -333,6 +401,129 @@ pub fn disclose<T: prost::Message + Default>(
         .apply(record)
         .map_err(|e| RequestError::Internal(e.to_string()))?;
     T::decode(bytes.as_slice()).map_err(|e| RequestError::Internal(format!("stored record: {e}")))
+}
+
+impl Core {
+    /// The owner's gateway that answers `method`, when its service is forwarded.
+    pub fn upstream(&self, method: MethodSpec) -> Option<Arc<Upstream>> {
+        self.upstreams.get(method.service()).cloned()
+    }
+
+    /// Provenance of an answer from the embedded store: the service's
+    /// configured owner (none when the service has no `[[registry]]` entry)
+    /// and when the record was current.
+    pub fn stored_provenance(
+        &self,
+        method: MethodSpec,
+        as_of_ms: Option<i64>,
+    ) -> Option<Provenance> {
+        Some(Provenance {
+            source_agency: self
+                .config
+                .registry(method.service())
+                .map(|r| r.owner.clone())
+                .unwrap_or_default(),
+            as_of: as_of_ms.map(|ms| pbjson_types::Timestamp {
+                seconds: ms.div_euclid(1000),
+                nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+            }),
+        })
+    }
+
+    /// Forwards `req` for `call` to the service's owner, on behalf of the
+    /// calling agency. Returns the owner's answer and the fields it says it
+    /// disclosed, each of which the call may disclose (else INTERNAL: an
+    /// owner answering beyond what was asked discloses nothing).
+    pub async fn forward<Req, Resp>(
+        &self,
+        upstream: &Upstream,
+        method: MethodSpec,
+        call: &Call,
+        req: Req,
+    ) -> Result<(Resp, Vec<String>), RequestError>
+    where
+        Req: prost::Message + Clone + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
+        let (response, metadata) = upstream
+            .unary(method.name, req, call.agency.as_str(), &call.request_id)
+            .await?;
+        let fields = match metadata.get(crate::upstream::DISCLOSED_FIELDS_HEADER) {
+            None => call.disclosure.field_names.clone(),
+            Some(v) => {
+                let listed = v.to_str().map_err(|_| {
+                    owner_misbehaved(upstream, "its disclosed-fields header is not text")
+                })?;
+                let fields: Vec<String> = listed
+                    .split(',')
+                    .filter(|f| !f.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if let Some(extra) = fields
+                    .iter()
+                    .find(|f| !call.disclosure.field_names.contains(f))
+                {
+                    return Err(owner_misbehaved(
+                        upstream,
+                        &format!("it says it disclosed {extra}, which was not asked for"),
+                    ));
+                }
+                fields
+            }
+        };
+        Ok((response, fields))
+    }
+}
+
+/// The field mask sent to an owner: exactly what this call may disclose
+/// (what was asked, narrowed to this gateway's grant).
+pub fn narrowed_mask(call: &Call) -> Option<pbjson_types::FieldMask> {
+    Some(pbjson_types::FieldMask {
+        paths: call.disclosure.field_names.clone(),
+    })
+}
+
+/// A forwarded answer's provenance: what the owner reported, with the
+/// configured owner's code where it named none.
+pub fn forwarded_provenance(
+    reported: Option<Provenance>,
+    upstream: &Upstream,
+) -> Option<Provenance> {
+    let mut p = reported.unwrap_or_default();
+    if p.source_agency.is_empty() {
+        p.source_agency = upstream.owner.clone();
+    }
+    Some(p)
+}
+
+/// Refuses a forwarded record that carries any field outside the call's
+/// disclosure: masking it must change nothing.
+pub fn check_within<T: prost::Message>(
+    call: &Call,
+    upstream: &Upstream,
+    record: &T,
+) -> Result<(), RequestError> {
+    let bytes = record.encode_to_vec();
+    let kept = call
+        .disclosure
+        .mask
+        .apply(&bytes)
+        .map_err(|e| owner_misbehaved(upstream, &format!("its record does not parse: {e}")))?;
+    if kept != bytes {
+        return Err(owner_misbehaved(
+            upstream,
+            "its record carries fields outside what was asked",
+        ));
+    }
+    Ok(())
+}
+
+fn owner_misbehaved(upstream: &Upstream, what: &str) -> RequestError {
+    tracing::error!(target: "interop_gateway::upstream", service = upstream.service, owner = %upstream.owner, "refused the owner's answer: {what}");
+    RequestError::Internal(format!(
+        "the owner of {} ({}) answered outside the contract ({what}); nothing of its answer is disclosed",
+        upstream.service, upstream.owner
+    ))
 }
 
 /// Maps a store failure to the caller's view of it.

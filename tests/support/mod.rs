@@ -249,14 +249,28 @@ pub struct Gateway {
     pub config: Config,
     pub addr: String,
     running: Option<Running>,
+    clock: Option<std::sync::Arc<dyn interop_gateway::clock::Clock>>,
 }
 
 #[derive(Default)]
 pub struct Options {
     /// Extra PEM CA certificates appended to the client CA bundle.
     pub extra_client_ca: Option<String>,
-    /// TOML appended to the config (for example a `[limits]` table).
-    pub extra_config: Option<String>,
+    /// TOML appended to the config (tables such as `[limits]`, grants).
+    pub extra_config: String,
+    /// The clock the server reads instead of the system's.
+    pub clock: Option<std::sync::Arc<dyn interop_gateway::clock::Clock>>,
+}
+
+async fn start_server(
+    config: &Config,
+    clock: &Option<std::sync::Arc<dyn interop_gateway::clock::Clock>>,
+) -> Running {
+    let mut options = server::StartOptions::default();
+    if let Some(clock) = clock {
+        options.clock = clock.clone();
+    }
+    server::start_with(config.clone(), options).await.unwrap()
 }
 
 pub fn store_fixtures(dir: &Path, store: &Path) {
@@ -289,11 +303,11 @@ impl Gateway {
             None => "certs/ca.pem",
         };
         let path = dir.path().join("gateway.toml");
-        let text = config_text(&[], client_ca) + opts.extra_config.as_deref().unwrap_or("");
+        let text = config_text(&[], client_ca) + &opts.extra_config;
         std::fs::write(&path, text).unwrap();
         let config = Config::load(&path).unwrap();
         store_fixtures(dir.path(), &config.store_path());
-        let running = server::start(config.clone()).await.unwrap();
+        let running = start_server(&config, &opts.clock).await;
         let addr = format!("https://127.0.0.1:{}", running.addr.port());
         Gateway {
             dir,
@@ -301,7 +315,19 @@ impl Gateway {
             config,
             addr,
             running: Some(running),
+            clock: opts.clock,
         }
+    }
+
+    /// Stops the server and starts it again on the same folder (and clock),
+    /// on a new port.
+    pub async fn restart(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await.unwrap();
+        }
+        let running = start_server(&self.config, &self.clock).await;
+        self.addr = format!("https://127.0.0.1:{}", running.addr.port());
+        self.running = Some(running);
     }
 
     /// A client with a fresh certificate for a configured agency.

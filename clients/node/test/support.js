@@ -100,7 +100,11 @@ export function call(client, method, request, { timeoutMs = 10_000 } = {}) {
 // Reading errors: google.rpc.Status from the grpc-status-details-bin trailer
 // ---------------------------------------------------------------------------
 
-const rpcTypes = protobuf.loadSync(path.join(HERE, 'google_rpc.proto')); // any.proto is bundled with protobufjs
+// googleapis' own status.proto and error_details.proto (shared with the C++ and
+// Java clients); any.proto and duration.proto are bundled with protobufjs.
+const rpcTypes = protobuf.loadSync(
+  ['status.proto', 'error_details.proto'].map((f) => path.join(HERE, '../../googleapis/google/rpc', f)),
+);
 const Status = rpcTypes.lookupType('google.rpc.Status');
 
 /**

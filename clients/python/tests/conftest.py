@@ -9,6 +9,7 @@ The binary comes from $INTEROP_GATEWAY_BIN (default: <repo>/target/release/inter
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -78,7 +79,7 @@ class Gateway:
         return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _dev_config(home: Path) -> str:
+def dev_config() -> str:
     """The committed dev config, listening on an ephemeral port of 127.0.0.1."""
     text = (REPO / "gateway.toml").read_text(encoding="utf-8")
     text, replaced = re.subn(r'(?m)^listen\s*=\s*"[^"]*"', 'listen = "127.0.0.1:0"', text)
@@ -87,18 +88,18 @@ def _dev_config(home: Path) -> str:
     return text
 
 
-@pytest.fixture(scope="session")
-def gateway(tmp_path_factory: pytest.TempPathFactory):
-    """Starts `interop-gateway serve` and stops it with SIGTERM at the end of the session."""
+@contextlib.contextmanager
+def running_gateway(home: Path, config_text: str):
+    """Writes `config_text` to <home>/gateway.toml, starts `interop-gateway serve` on it, yields
+    the running Gateway, and stops it with SIGTERM afterwards (checking a clean exit)."""
     if not BIN.is_file() or not os.access(BIN, os.X_OK):
         pytest.exit(
             f"no gateway binary at {BIN}: run `cargo build --release`, or set INTEROP_GATEWAY_BIN",
             returncode=2,
         )
 
-    home = tmp_path_factory.mktemp("gateway")
     config_path = home / "gateway.toml"
-    config_path.write_text(_dev_config(home), encoding="utf-8")
+    config_path.write_text(config_text, encoding="utf-8")
 
     env = dict(os.environ, RUST_LOG="info", NO_COLOR="1")
     env.pop("INTEROP_GATEWAY_CONFIG", None)
@@ -159,6 +160,14 @@ def gateway(tmp_path_factory: pytest.TempPathFactory):
         tail = "\n".join(log[-20:])
         assert code == 0, f"gateway exited with {code} after SIGTERM; log tail:\n{tail}"
         assert not [l for l in log if "panicked" in l], f"gateway panicked:\n{tail}"
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory):
+    """The dev-config gateway shared by the session."""
+    home = tmp_path_factory.mktemp("gateway")
+    with running_gateway(home, dev_config()) as gw:
+        yield gw
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,317 @@
+//! Forwarding to registry owners. For each `[[registry]]` entry with an
+//! `upstream`, one HTTP/2 channel over mutual TLS to the owner's gateway,
+//! shared by every call, with:
+//!
+//! - a concurrency limit (tower's `ConcurrencyLimit`): calls past
+//!   `max_in_flight` wait for a slot, within the call's budget;
+//! - one overall deadline per call (`timeout_ms`), retries included;
+//! - retries only when no answer arrived at all (connection refused, failed
+//!   handshake, connection reset), drawn from a retry budget (tower's
+//!   `TpsBudget`: at most 10% extra load, plus a small floor);
+//! - fail-fast while the owner is known to be down, and a prober that
+//!   follows the owner's own `grpc.health.v1` status without client traffic,
+//!   so the front's health for the service goes NOT_SERVING while the owner
+//!   is down and SERVING again within about a second of its return.
+//!
+//! What to ask the owner (the narrowed read mask) and what to check in its
+//! answer belong to the services (`service/`); this module moves one unary
+//! call and says how it ended: the owner's answer, the owner's own status
+//! (passed on unchanged), or `UPSTREAM_UNAVAILABLE`.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use tokio::{sync::watch, task::JoinHandle, time::Instant};
+use tonic::{
+    codegen::http::uri::PathAndQuery,
+    metadata::{MetadataMap, MetadataValue},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+};
+use tonic_health::pb::{
+    health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+};
+use tower::{
+    limit::ConcurrencyLimit,
+    retry::budget::{Budget, TpsBudget},
+};
+
+use crate::{
+    config::{Config, RegistryEntry, UpstreamSettings},
+    error::RequestError,
+};
+
+/// Set by a relay (a front gateway): the consumer agency the call is for.
+pub const ON_BEHALF_OF_HEADER: &str = "x-interop-on-behalf-of";
+/// Set by an owner's gateway on its answer to a relay: the field paths it
+/// disclosed (comma-separated), which the relay records as its own.
+pub const DISCLOSED_FIELDS_HEADER: &str = "x-interop-disclosed-fields";
+
+/// Health probes while the owner answers them...
+const PROBE_EVERY_UP: Duration = Duration::from_secs(2);
+/// ...and while it does not (how soon its return is noticed).
+const PROBE_EVERY_DOWN: Duration = Duration::from_millis(500);
+/// Longest wait for one probe's answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Attempts of one call at most (the first plus retries), budget permitting.
+const MAX_ATTEMPTS: u32 = 3;
+/// Pause before a retry, so a refused connection is not hammered.
+const RETRY_BACKOFF: Duration = Duration::from_millis(20);
+
+/// An upstream whose files cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("registry {service:?} upstream.{key} ({path}): {message}")]
+pub struct UpstreamError {
+    pub service: String,
+    pub key: &'static str,
+    pub path: String,
+    pub message: String,
+}
+
+/// Every forwarded service's owner, by service name.
+#[derive(Default)]
+pub struct Upstreams {
+    by_service: BTreeMap<&'static str, Arc<Upstream>>,
+}
+
+impl Upstreams {
+    /// Builds a (lazily connecting) channel for every `[[registry]]` entry
+    /// with an `upstream`. Fails on certificate or key files it cannot use.
+    pub fn from_config(config: &Config) -> Result<Upstreams, UpstreamError> {
+        let mut by_service = BTreeMap::new();
+        for entry in config.registries.values() {
+            if let Some(settings) = &entry.upstream {
+                by_service.insert(entry.service, Arc::new(Upstream::new(entry, settings)?));
+            }
+        }
+        Ok(Upstreams { by_service })
+    }
+
+    /// The owner that answers `service`, when it is forwarded.
+    pub fn get(&self, service: &str) -> Option<&Arc<Upstream>> {
+        self.by_service.get(service)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.by_service.values()
+    }
+
+    /// Starts one health prober per owner; abort the handles to stop them.
+    pub fn spawn_probers(&self) -> Vec<JoinHandle<()>> {
+        self.iter()
+            .map(|u| tokio::spawn(Arc::clone(u).probe_loop()))
+            .collect()
+    }
+}
+
+/// One registry owner's gateway.
+pub struct Upstream {
+    /// Full name of the forwarded service.
+    pub service: &'static str,
+    /// The owner's agency code (provenance).
+    pub owner: String,
+    address: String,
+    timeout: Duration,
+    channel: Channel,
+    grpc: tonic::client::Grpc<ConcurrencyLimit<Channel>>,
+    budget: TpsBudget,
+    /// Whether the owner is believed reachable and serving.
+    up: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("service", &self.service)
+            .field("owner", &self.owner)
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    fn new(entry: &RegistryEntry, s: &UpstreamSettings) -> Result<Upstream, UpstreamError> {
+        let fail = |key: &'static str, path: &std::path::Path, message: String| UpstreamError {
+            service: entry.service.to_owned(),
+            key,
+            path: path.display().to_string(),
+            message,
+        };
+        // Parsed here so a wrong file fails the start, not the first call.
+        crate::tls::load_certs("ca", &s.ca).map_err(|e| fail("ca", &s.ca, e.message))?;
+        crate::tls::load_certs("cert", &s.cert).map_err(|e| fail("cert", &s.cert, e.message))?;
+        crate::tls::load_key("key", &s.key).map_err(|e| fail("key", &s.key, e.message))?;
+        let read = |key, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| fail(key, path, e.to_string()))
+        };
+        let (ca_pem, cert_pem, key_pem) = (
+            read("ca", &s.ca)?,
+            read("cert", &s.cert)?,
+            read("key", &s.key)?,
+        );
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca_pem))
+            .identity(Identity::from_pem(cert_pem, key_pem))
+            .domain_name(s.server_name.clone());
+        let uri = format!("https://{}", s.address);
+        let endpoint = Endpoint::from_shared(uri)
+            .and_then(|e| e.tls_config(tls))
+            .map_err(|e| fail("address", std::path::Path::new(&s.address), e.to_string()))?
+            .connect_timeout(s.timeout.min(Duration::from_secs(5)))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect_lazy();
+        let limited = tower::ServiceBuilder::new()
+            .concurrency_limit(s.max_in_flight)
+            .service(channel.clone());
+        Ok(Upstream {
+            service: entry.service,
+            owner: entry.owner.clone(),
+            address: s.address.clone(),
+            timeout: s.timeout,
+            channel,
+            grpc: tonic::client::Grpc::new(limited),
+            // Retries within the last 10 s may add 10% to the calls made,
+            // plus one a second so a quiet gateway can still retry.
+            budget: TpsBudget::new(Duration::from_secs(10), 1, 0.1),
+            up: watch::Sender::new(true),
+        })
+    }
+
+    /// Follows whether the owner is believed up.
+    pub fn health(&self) -> watch::Receiver<bool> {
+        self.up.subscribe()
+    }
+
+    pub fn is_up(&self) -> bool {
+        *self.up.borrow()
+    }
+
+    fn mark(&self, up: bool) {
+        let changed = self
+            .up
+            .send_if_modified(|now| std::mem::replace(now, up) != up);
+        if changed {
+            if up {
+                tracing::info!(target: "interop_gateway::upstream", service = self.service, owner = %self.owner, address = %self.address, "registry owner is back");
+            } else {
+                tracing::warn!(target: "interop_gateway::upstream", service = self.service, owner = %self.owner, address = %self.address, "registry owner is down; calls fail fast until it answers health checks again");
+            }
+        }
+    }
+
+    fn unavailable(&self, what: String) -> RequestError {
+        RequestError::UpstreamUnavailable {
+            service: self.service,
+            owner: self.owner.clone(),
+            message: format!(
+                "the owner of {} ({}) {what}; no data is disclosed; retry later",
+                self.service, self.owner
+            ),
+        }
+    }
+
+    /// Calls `method` (full name, `package.Service/Method`) on the owner with
+    /// `request`, on behalf of `consumer`, under this gateway's `request_id`.
+    /// Returns the owner's answer and its metadata; the owner's own error
+    /// status as [`RequestError::Upstream`]; or `UPSTREAM_UNAVAILABLE` when no
+    /// answer came within `timeout_ms`.
+    pub async fn unary<Req, Resp>(
+        &self,
+        method: &str,
+        request: Req,
+        consumer: &str,
+        request_id: &str,
+    ) -> Result<(Resp, MetadataMap), RequestError>
+    where
+        Req: prost::Message + Clone + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
+        if !self.is_up() {
+            return Err(self.unavailable(
+                "is down (it fails its health checks), so the call was not sent".into(),
+            ));
+        }
+        let path = PathAndQuery::try_from(format!("/{method}"))
+            .map_err(|e| RequestError::Internal(format!("method path {method}: {e}")))?;
+        let consumer = MetadataValue::try_from(consumer)
+            .map_err(|e| RequestError::Internal(format!("agency code as metadata: {e}")))?;
+        let request_id = MetadataValue::try_from(request_id)
+            .map_err(|e| RequestError::Internal(format!("request id as metadata: {e}")))?;
+        let deadline = Instant::now() + self.timeout;
+        self.budget.deposit();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut req = tonic::Request::new(request.clone());
+            req.metadata_mut()
+                .insert(ON_BEHALF_OF_HEADER, consumer.clone());
+            req.metadata_mut()
+                .insert(crate::service::REQUEST_ID_HEADER, request_id.clone());
+            req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+            let mut grpc = self.grpc.clone();
+            let path = path.clone();
+            let sent = tokio::time::timeout_at(deadline, async move {
+                grpc.ready()
+                    .await
+                    .map_err(|e| tonic::Status::from_error(e.into()))?;
+                grpc.unary(req, path, tonic_prost::ProstCodec::default())
+                    .await
+            })
+            .await;
+            let status = match sent {
+                Err(_) => {
+                    return Err(self.unavailable(format!(
+                        "did not answer within {} ms",
+                        self.timeout.as_millis()
+                    )))
+                }
+                Ok(Ok(response)) => {
+                    self.mark(true);
+                    let (metadata, message, _) = response.into_parts();
+                    return Ok((message, metadata));
+                }
+                Ok(Err(status)) => status,
+            };
+            // A status with a source was made on this side: no answer came.
+            if std::error::Error::source(&status).is_none() {
+                if status.code() == tonic::Code::DeadlineExceeded {
+                    return Err(self.unavailable(format!(
+                        "did not answer within {} ms",
+                        self.timeout.as_millis()
+                    )));
+                }
+                return Err(RequestError::Upstream(status));
+            }
+            let why = crate::client::error_chain(&status);
+            let time_left = deadline.saturating_duration_since(Instant::now()) > RETRY_BACKOFF;
+            if attempts < MAX_ATTEMPTS && time_left && self.budget.withdraw() {
+                tracing::info!(target: "interop_gateway::upstream", service = self.service, owner = %self.owner, error = %why, "no answer from the registry owner; retrying");
+                tokio::time::sleep(RETRY_BACKOFF).await;
+                continue;
+            }
+            self.mark(false);
+            return Err(self.unavailable(format!("cannot be reached at {}: {why}", self.address)));
+        }
+    }
+
+    /// Asks the owner's health service about the forwarded service.
+    async fn probe(&self) -> bool {
+        let mut client = HealthClient::new(self.channel.clone());
+        let request = HealthCheckRequest {
+            service: self.service.to_owned(),
+        };
+        match tokio::time::timeout(PROBE_TIMEOUT.min(self.timeout), client.check(request)).await {
+            Ok(Ok(answer)) => answer.into_inner().status == ServingStatus::Serving as i32,
+            _ => false,
+        }
+    }
+
+    async fn probe_loop(self: Arc<Self>) {
+        loop {
+            let up = self.probe().await;
+            self.mark(up);
+            tokio::time::sleep(if up { PROBE_EVERY_UP } else { PROBE_EVERY_DOWN }).await;
+        }
+    }
+}
