@@ -234,6 +234,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         key: args.key,
         client_ca: args.client_ca,
         crls: Vec::new(),
+        require_client_auth_eku: true,
     })?;
     let bare = Bare {
         store: Store::open(&args.store)?,
@@ -241,7 +242,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let incoming = server::tls_incoming(listener, tls_config, stop_rx.clone());
+    // Connection limits as the gateway's, but no agency check and no idle
+    // timeout: calls are not counted here.
+    let admission = interop_gateway::connections::Admission::new(Default::default(), None);
+    let incoming = server::tls_incoming(listener, tls_config, admission, stop_rx.clone());
     let mut tasks = tokio::task::JoinSet::new();
     let mut stop = stop_rx.clone();
     let tls_router = router(&bare);

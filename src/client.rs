@@ -2,7 +2,12 @@
 //! with an agency certificate, used by the `call` command, the tests and any
 //! Rust caller.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -32,12 +37,24 @@ pub enum ClientError {
     },
     #[error("{0}")]
     Endpoint(String),
+    /// The files do not fit together: the message names the file and why.
+    #[error("{0}")]
+    Files(String),
     #[error("cannot connect to {endpoint}: {message}")]
     Connect { endpoint: String, message: String },
 }
 
+/// Where an identity's files came from, so messages can name them.
+#[derive(Clone, Debug)]
+pub struct IdentityFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 impl AgencyIdentity {
-    /// Reads the three PEM files.
+    /// Reads the three PEM files and checks that they fit together (see
+    /// [`AgencyIdentity::check`]).
     pub fn from_files(ca: &Path, cert: &Path, key: &Path) -> Result<Self, ClientError> {
         let read = |p: &Path| {
             std::fs::read(p).map_err(|source| ClientError::Read {
@@ -45,12 +62,152 @@ impl AgencyIdentity {
                 source,
             })
         };
-        Ok(Self {
+        let identity = Self {
             ca_pem: read(ca)?,
             cert_pem: read(cert)?,
             key_pem: read(key)?,
-        })
+        };
+        identity.check(&IdentityFiles {
+            ca: ca.to_owned(),
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+        })?;
+        Ok(identity)
     }
+
+    /// Before any connection: the CA file holds certificates, the client
+    /// certificate is not a CA certificate, and the key is the certificate's.
+    /// Each mix-up otherwise surfaces only as a failed handshake.
+    pub fn check(&self, files: &IdentityFiles) -> Result<(), ClientError> {
+        let fail =
+            |path: &Path, why: String| ClientError::Files(format!("{}: {why}", path.display()));
+        let ca: Vec<_> = CertificateDer::pem_slice_iter(&self.ca_pem)
+            .filter_map(Result::ok)
+            .collect();
+        if ca.is_empty() {
+            return Err(fail(
+                &files.ca,
+                "no PEM certificate (BEGIN CERTIFICATE) in it; the CA file is the certificate of \
+                 the CA that issued the gateway's certificate (dev: certs/ca.pem)"
+                    .into(),
+            ));
+        }
+        let cert = CertificateDer::pem_slice_iter(&self.cert_pem)
+            .next()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                fail(
+                    &files.cert,
+                    "no PEM certificate (BEGIN CERTIFICATE) in it; pass your agency's \
+                     certificate (dev: certs/agencies/<code>.pem)"
+                        .into(),
+                )
+            })?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(&cert).map_err(|e| {
+            fail(
+                &files.cert,
+                format!("not a readable X.509 certificate: {e}"),
+            )
+        })?;
+        if parsed.is_ca() {
+            return Err(fail(
+                &files.cert,
+                "a CA certificate (basicConstraints CA:TRUE), not a client certificate; pass \
+                 your agency's certificate (dev: certs/agencies/<code>.pem) here and the CA with \
+                 --ca"
+                    .into(),
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem).map_err(|e| {
+            fail(
+                &files.key,
+                format!("no usable PEM private key (PKCS#8, PKCS#1 or SEC1): {e}"),
+            )
+        })?;
+        let provider = rustls::crypto::ring::default_provider();
+        let signing = provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| fail(&files.key, format!("unsupported private key: {e}")))?;
+        if let Some(public) = signing.public_key() {
+            if public.as_ref() != parsed.public_key().raw {
+                return Err(fail(
+                    &files.key,
+                    format!(
+                        "does not match the certificate {} (their public keys differ); pass \
+                         the key made with that certificate (dev: certs/agencies/<code>.key)",
+                        files.cert.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a status is a transport failure (no answer from the gateway)
+/// rather than a status the gateway sent.
+pub fn is_transport_failure(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<tonic::transport::Error>() || e.is::<std::io::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// What most likely went wrong when a connection to `addr` with `files`
+/// failed with `error` (its whole source chain), in words naming the file
+/// to change; the raw error follows in parentheses.
+pub fn explain_failure(error: &str, addr: &str, files: &IdentityFiles) -> String {
+    let (ca, cert) = (files.ca.display(), files.cert.display());
+    let lower = error.to_lowercase();
+    let has = |s: &str| error.contains(s) || lower.contains(&s.to_lowercase());
+    let cause = if has("UnknownIssuer") {
+        format!(
+            "the gateway's certificate is not issued by the CA in {ca} (--ca): pass the CA \
+             certificate that issued the gateway's certificate"
+        )
+    } else if has("NotValidForName") {
+        format!(
+            "the gateway's certificate does not carry the host name of {addr}: connect by a name \
+             it carries (dev: localhost)"
+        )
+    } else if has("UnknownCA") || has("unknown ca") {
+        format!("the gateway does not trust the CA that issued {cert}")
+    } else if has("CertificateExpired") {
+        format!("the gateway refused {cert}: expired (or not yet valid)")
+    } else if has("CertificateRevoked") {
+        format!("the gateway refused {cert}: revoked")
+    } else if has("UnsupportedCertificate") {
+        format!(
+            "the gateway refused {cert}: its extended key usage lacks clientAuth (see \
+             certs/README.md)"
+        )
+    } else if has("CertificateRequired") || has("BadCertificate") || has("AccessDenied") {
+        format!("the gateway refused {cert} during the TLS handshake; its log says why")
+    } else if has("Connection refused") {
+        format!("nothing is listening at {addr}: is the gateway running, on that address?")
+    } else if has("close_notify")
+        || has("connection closed")
+        || has("reset by peer")
+        || has("broken pipe")
+    {
+        format!(
+            "the gateway closed the connection right after the TLS handshake: {cert} chains to \
+             a CA it trusts but names no agency configured there (no or several \
+             spiffe://<trust domain>/agency/<code> URI SANs, another trust domain, or an \
+             unregistered agency code), or the gateway is at a connection limit; its log names \
+             the cause"
+        )
+    } else if has("timed out") || has("deadline") {
+        format!("no answer from {addr} in time")
+    } else {
+        format!("cannot reach the gateway at {addr}")
+    };
+    format!("{cause} ({error})")
 }
 
 /// Stubs for every registry service over one mTLS channel.

@@ -6,6 +6,7 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use serde::Deserialize;
@@ -56,6 +57,12 @@ struct RawTls {
     client_ca: PathBuf,
     #[serde(default)]
     crls: Vec<PathBuf>,
+    #[serde(default = "yes")]
+    require_client_auth_eku: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -74,6 +81,19 @@ struct RawLimits {
     verify_failures_per_subject: Option<u32>,
     verify_window_hours: Option<u32>,
     verify_failures_per_agency_hour: Option<u32>,
+    // Connections: see [`ConnectionLimits`].
+    max_connections: Option<u64>,
+    max_connections_per_agency: Option<u64>,
+    max_handshakes_per_address: Option<u64>,
+    handshake_timeout_ms: Option<u64>,
+    preface_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    keepalive_interval_ms: Option<u64>,
+    keepalive_timeout_ms: Option<u64>,
+    max_concurrent_streams: Option<u64>,
+    max_header_list_bytes: Option<u64>,
+    max_pending_reset_streams: Option<u64>,
+    fd_reserve: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +153,11 @@ pub struct TlsFiles {
     pub key: PathBuf,
     pub client_ca: PathBuf,
     pub crls: Vec<PathBuf>,
+    /// Agency certificates must list `clientAuth` in their extended key
+    /// usage (default). `false` also accepts certificates without the
+    /// extension, for a legacy CA; a certificate whose extension lacks
+    /// `clientAuth` (a server certificate) is refused either way.
+    pub require_client_auth_eku: bool,
 }
 
 /// Where and how the access log is kept.
@@ -146,6 +171,141 @@ pub struct AuditSettings {
     pub checkpoint_every_records: std::num::NonZeroU64,
     /// ...and at least this often while records are written.
     pub checkpoint_every: std::time::Duration,
+}
+
+/// Bounds on connections, from `[limits]`: what a slow, idle or hostile
+/// client can hold of the gateway's sockets, tasks and file descriptors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections open at once, handshakes included (further capped by the
+    /// open-file limit minus `fd_reserve`). Default 4096.
+    pub max_connections: usize,
+    /// Connections one agency may hold open (all its certificates). Default 64.
+    pub max_connections_per_agency: usize,
+    /// TLS handshakes in progress from one IP address. Default 32.
+    pub max_handshakes_per_address: usize,
+    /// A handshake not finished by then is dropped. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// After the handshake, the HTTP/2 preface must arrive within this. Default 5 s.
+    pub preface_timeout: Duration,
+    /// A connection with no call in progress for this long is closed. Default 5 min.
+    pub idle_timeout: Duration,
+    /// HTTP/2 PING sent after this long without frames from the client. Default 60 s.
+    pub keepalive_interval: Duration,
+    /// ...and the connection closed if the PING is not answered within this. Default 20 s.
+    pub keepalive_timeout: Duration,
+    /// Calls in progress at once on one connection. Default 100.
+    pub max_concurrent_streams: u32,
+    /// Largest header block a call may send, bytes. Default 16384.
+    pub max_header_list_bytes: u32,
+    /// Streams reset by the client and not yet processed, per connection,
+    /// before the connection is closed (rapid-reset defence). Default 20.
+    pub max_pending_reset_streams: usize,
+    /// File descriptors kept free for the store, the access log and
+    /// checkpoints, whatever clients do. Default 64.
+    pub fd_reserve: u64,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 4096,
+            max_connections_per_agency: 64,
+            max_handshakes_per_address: 32,
+            handshake_timeout: Duration::from_secs(10),
+            preface_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(300),
+            keepalive_interval: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(20),
+            max_concurrent_streams: 100,
+            max_header_list_bytes: 16 * 1024,
+            max_pending_reset_streams: 20,
+            fd_reserve: 64,
+        }
+    }
+}
+
+impl RawLimits {
+    fn connection_limits(&self) -> Result<ConnectionLimits, String> {
+        let d = ConnectionLimits::default();
+        let count = |key: &str, v: Option<u64>, default: usize, max: u64| match v {
+            None => Ok(default),
+            Some(n) if (1..=max).contains(&n) => Ok(n as usize),
+            Some(n) => Err(format!("limits.{key}: must be 1 to {max}, got {n}")),
+        };
+        let millis = |key: &str, v: Option<u64>, default: Duration| match v {
+            None => Ok(default),
+            Some(n) if (1..=86_400_000).contains(&n) => Ok(Duration::from_millis(n)),
+            Some(n) => Err(format!(
+                "limits.{key}: must be 1 to 86400000 (milliseconds), got {n}"
+            )),
+        };
+        let limits = ConnectionLimits {
+            max_connections: count(
+                "max_connections",
+                self.max_connections,
+                d.max_connections,
+                1 << 20,
+            )?,
+            max_connections_per_agency: count(
+                "max_connections_per_agency",
+                self.max_connections_per_agency,
+                d.max_connections_per_agency,
+                1 << 20,
+            )?,
+            max_handshakes_per_address: count(
+                "max_handshakes_per_address",
+                self.max_handshakes_per_address,
+                d.max_handshakes_per_address,
+                1 << 20,
+            )?,
+            handshake_timeout: millis(
+                "handshake_timeout_ms",
+                self.handshake_timeout_ms,
+                d.handshake_timeout,
+            )?,
+            preface_timeout: millis(
+                "preface_timeout_ms",
+                self.preface_timeout_ms,
+                d.preface_timeout,
+            )?,
+            idle_timeout: millis("idle_timeout_ms", self.idle_timeout_ms, d.idle_timeout)?,
+            keepalive_interval: millis(
+                "keepalive_interval_ms",
+                self.keepalive_interval_ms,
+                d.keepalive_interval,
+            )?,
+            keepalive_timeout: millis(
+                "keepalive_timeout_ms",
+                self.keepalive_timeout_ms,
+                d.keepalive_timeout,
+            )?,
+            max_concurrent_streams: count(
+                "max_concurrent_streams",
+                self.max_concurrent_streams,
+                d.max_concurrent_streams as usize,
+                10_000,
+            )? as u32,
+            max_header_list_bytes: count(
+                "max_header_list_bytes",
+                self.max_header_list_bytes,
+                d.max_header_list_bytes as usize,
+                1 << 24,
+            )? as u32,
+            max_pending_reset_streams: count(
+                "max_pending_reset_streams",
+                self.max_pending_reset_streams,
+                d.max_pending_reset_streams,
+                10_000,
+            )?,
+            fd_reserve: match self.fd_reserve {
+                None => d.fd_reserve,
+                Some(n) if (16..=65_536).contains(&n) => n,
+                Some(n) => return Err(format!("limits.fd_reserve: must be 16 to 65536, got {n}")),
+            },
+        };
+        Ok(limits)
+    }
 }
 
 /// `[limits]`, validated.
@@ -272,6 +432,8 @@ pub struct Config {
     pub tls: TlsFiles,
     pub audit: AuditSettings,
     pub limits: Limits,
+    /// `[limits]` on connections.
+    pub connections: ConnectionLimits,
     pub agencies: BTreeMap<String, Agency>,
     pub policy: Policy,
     /// `[[registry]]` entries by service name; a registry service without
@@ -452,10 +614,12 @@ impl Config {
         };
 
         let limits = raw.limits.validate().map_err(err)?;
+        let connections = raw.limits.connection_limits().map_err(err)?;
 
         Ok(Config {
             path: path.to_owned(),
             limits,
+            connections,
             listen,
             trust_domain: raw.trust_domain.clone(),
             data_dir,
@@ -467,6 +631,7 @@ impl Config {
                 key: resolve(&raw.tls.key),
                 client_ca: resolve(&raw.tls.client_ca),
                 crls: raw.tls.crls.iter().map(|p| resolve(p)).collect(),
+                require_client_auth_eku: raw.tls.require_client_auth_eku,
             },
             agencies,
             policy: Policy::new(grants),
@@ -684,5 +849,33 @@ client_ca = "ca.pem"
             let e = parse(&format!("[limits]\n{text}\n")).unwrap_err();
             assert!(e.message.contains(key), "{text}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn connection_limits_default_and_can_be_set() {
+        let c = parse("").unwrap();
+        assert_eq!(c.connections, ConnectionLimits::default());
+        assert!(c.tls.require_client_auth_eku);
+        let c = parse("require_client_auth_eku = false\n\n[limits]\nmax_connections = 10\nidle_timeout_ms = 1500\n").unwrap();
+        assert!(!c.tls.require_client_auth_eku);
+        assert_eq!(c.connections.max_connections, 10);
+        assert_eq!(c.connections.idle_timeout, Duration::from_millis(1500));
+        assert_eq!(c.connections.preface_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bad_connection_limits_name_the_key() {
+        let e = parse("\n[limits]\nmax_connections = 0\n").unwrap_err();
+        assert!(
+            e.message.contains("limits.max_connections: must be 1 to"),
+            "{e}"
+        );
+        let e = parse("\n[limits]\nfd_reserve = 2\n").unwrap_err();
+        assert!(e.message.contains("limits.fd_reserve"), "{e}");
+        let e = parse("\n[limits]\nmax_conections = 5\n").unwrap_err();
+        assert!(
+            e.message.starts_with("line 11:") && e.message.contains("max_conections"),
+            "{e}"
+        );
     }
 }

@@ -32,6 +32,20 @@ use crate::proto::land::v1::{
     Certificate, Encumbrance, Holder, HolderKind, LandUse, Parcel, ParcelRef,
 };
 
+/// A citizen every extract holds, whatever its size: the first one made
+/// (a living adult, head of a household in Cần Thơ). The docs' examples use
+/// it, so they answer with data against a fresh dev gateway.
+pub const WELL_KNOWN_CITIZEN: &str = "092302441037";
+/// Their full name, as the examples print it.
+pub const WELL_KNOWN_CITIZEN_NAME: &str = "Đặng Thị Anh";
+/// An enterprise the dev extract and the default `demo-data` extract hold:
+/// the first one made (smaller extracts plan fewer enterprises and may
+/// start with another).
+pub const WELL_KNOWN_ENTERPRISE: &str = "1801500020";
+/// A parcel every extract of two or more citizens holds, as
+/// `commune/map_sheet/parcel_number`.
+pub const WELL_KNOWN_PARCEL: &str = "31120/1/1";
+
 /// How many records of each registry an extract holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DemoSummary {
@@ -1337,6 +1351,38 @@ impl Generator {
 
 #[cfg(test)]
 mod tests {
+    /// The ids the docs use are in the smallest extract that has each kind
+    /// of record, and in the dev extract, because extracts grow by appending.
+    #[test]
+    fn well_known_ids_are_in_every_extract() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = |name: &str| {
+            let text = fs::read_to_string(dir.path().join(name)).unwrap();
+            serde_json::from_str::<serde_json::Value>(text.lines().next().unwrap()).unwrap()
+        };
+        for citizens in [2, 50, crate::dev::DEV_CITIZENS, 10_000] {
+            write_extract(dir.path(), citizens).unwrap();
+            let c = first("citizens.jsonl");
+            assert_eq!(c["personalId"], WELL_KNOWN_CITIZEN, "{citizens}");
+            assert_eq!(c["fullName"], WELL_KNOWN_CITIZEN_NAME);
+            assert!(c.get("dateOfDeath").is_none());
+            if citizens >= crate::dev::DEV_CITIZENS {
+                assert_eq!(
+                    first("enterprises.jsonl")["enterpriseCode"],
+                    WELL_KNOWN_ENTERPRISE
+                );
+            }
+            let p = first("parcels.jsonl");
+            let key = format!(
+                "{}/{}/{}",
+                p["ref"]["communeCode"].as_str().unwrap(),
+                p["ref"]["mapSheet"],
+                p["ref"]["parcelNumber"]
+            );
+            assert_eq!(key, WELL_KNOWN_PARCEL);
+        }
+    }
+
     use std::collections::{HashMap, HashSet};
     use std::io::BufRead;
 

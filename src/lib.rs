@@ -1,7 +1,7 @@
 //! interop-gateway: the mTLS gRPC gateway through which agencies read citizen,
 //! land and business registry records, purpose-bound and field-minimal.
 //!
-//! A call arrives over TLS ([`server`], [`tls`]), is given an identity
+//! A call arrives over TLS ([`server`], [`tls`], [`connections`]), is given an identity
 //! ([`identity`]), is checked against grants ([`policy`], [`fieldmask`]), is
 //! answered from a registry ([`registry`]) through a thin service adapter
 //! ([`service`]), and is logged.
@@ -14,6 +14,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod demo;
 pub mod dev;
 pub mod domain;

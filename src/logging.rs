@@ -168,6 +168,17 @@ pub fn init(format: LogFormat) -> LogGuard {
             .ok()
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // rustls warns on every connection from a client that sends an IP
+    // address as SNI (Node does when told to connect to 127.0.0.1). The
+    // name is ignored and the connection is fine, so the line is noise;
+    // RUST_LOG naming rustls brings it back.
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if v.contains("rustls") => filter,
+        _ => match "rustls::msgs::handshake=error".parse() {
+            Ok(quiet) => filter.add_directive(quiet),
+            Err(_) => filter,
+        },
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(buffer.clone())

@@ -159,6 +159,23 @@ impl Ca {
         uri: Option<&str>,
         validity: Validity,
     ) -> Result<IssuedCert, PkiError> {
+        self.issue_with_usages(
+            common_name,
+            uri,
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+            validity,
+        )
+    }
+
+    /// A certificate with an arbitrary (or no) URI SAN and the given
+    /// extended key usages (none: no extension at all).
+    pub fn issue_with_usages(
+        &self,
+        common_name: &str,
+        uri: Option<&str>,
+        usages: Vec<ExtendedKeyUsagePurpose>,
+        validity: Validity,
+    ) -> Result<IssuedCert, PkiError> {
         let mut params = CertificateParams::default();
         params
             .distinguished_name
@@ -170,7 +187,7 @@ impl Ca {
                 .map_err(|_| PkiError::Invalid(format!("{uri:?} is not a valid URI SAN")))?;
             params.subject_alt_names = vec![SanType::URI(uri)];
         }
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = usages;
         self.sign(params, validity)
     }
 

@@ -7,16 +7,17 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     sync::{mpsc, watch},
     task::JoinHandle,
 };
-use tokio_rustls::{server::TlsStream, TlsAcceptor};
+use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::{
     audit::{AuditError, AuditLog, AuditOptions, Signer},
-    config::Config,
+    config::{Config, ConnectionLimits},
+    connections::{Admission, CountStreams, Guarded, Identify},
     policy,
     proto::{
         audit::v1::access_log_service_server::AccessLogServiceServer,
@@ -31,14 +32,8 @@ use crate::{
     verify_budget::{BudgetError, VerifyBudget},
 };
 
-/// A client that has not finished its handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for tonic to pick them up.
 const ACCEPT_BACKLOG: usize = 256;
-/// TLS handshakes in progress at once. Each costs a task and a socket for up
-/// to HANDSHAKE_TIMEOUT; past this, new connections are closed at once
-/// rather than letting slow or idle peers exhaust file descriptors.
-const MAX_HANDSHAKES: usize = 1024;
 
 /// Why the gateway could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +155,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         disclosures: Arc::default(),
         upstreams: Arc::clone(&upstreams),
     };
+    let admission = admission(&core);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -195,9 +191,15 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let incoming = tls_incoming(listener, tls_config, shutdown_rx.clone());
+    let incoming = tls_incoming(
+        listener,
+        tls_config,
+        Arc::clone(&admission),
+        shutdown_rx.clone(),
+    );
 
-    let router = tonic::transport::Server::builder()
+    let router = http2_limits(tonic::transport::Server::builder(), admission.limits())
+        .layer(CountStreams(admission))
         .add_service(CitizenRegistryServiceServer::new(core.clone()))
         .add_service(LandRegistryServiceServer::new(core.clone()))
         .add_service(BusinessRegistryServiceServer::new(core.clone()))
@@ -233,18 +235,48 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     })
 }
 
+/// Connection admission for the gateway: its limits, and agencies resolved
+/// from certificates with the same identity cache as calls.
+fn admission(core: &Core) -> Arc<Admission> {
+    let identify = Identify {
+        trust_domain: core.config.trust_domain.clone(),
+        agencies: core.config.agencies.keys().cloned().collect(),
+        identities: Arc::clone(&core.identities),
+    };
+    let admission = Admission::new(core.config.connections.clone(), Some(identify));
+    tracing::debug!(max_connections = admission.cap(), "connection limits");
+    admission
+}
+
+/// tonic's HTTP/2 settings from `[limits]`: keepalive pings, streams per
+/// connection, header size, and pending resets (rapid reset).
+pub fn http2_limits(
+    server: tonic::transport::Server,
+    limits: &ConnectionLimits,
+) -> tonic::transport::Server {
+    server
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_max_header_list_size(limits.max_header_list_bytes)
+        .http2_max_pending_accept_reset_streams(Some(limits.max_pending_reset_streams))
+}
+
 /// Accepts TCP connections on `listener` and yields those that complete the
-/// mutual-TLS handshake of `tls_config`, until `shutdown` turns true. For
-/// `serve_with_incoming*`: tonic then sees the peer certificates.
+/// mutual-TLS handshake of `tls_config` and that `admission` admits, until
+/// `shutdown` turns true. For `serve_with_incoming*`: tonic then sees the
+/// peer certificates.
 pub fn tls_incoming(
     listener: TcpListener,
     tls_config: Arc<rustls::ServerConfig>,
+    admission: Arc<Admission>,
     shutdown: watch::Receiver<bool>,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+) -> ReceiverStream<Result<Guarded, std::io::Error>> {
     let (conn_tx, conn_rx) = mpsc::channel(ACCEPT_BACKLOG);
     tokio::spawn(accept_loop(
         listener,
         TlsAcceptor::from(tls_config),
+        admission,
         conn_tx,
         shutdown,
     ));
@@ -254,10 +286,11 @@ pub fn tls_incoming(
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    conns: mpsc::Sender<Result<TlsStream<TcpStream>, std::io::Error>>,
+    admission: Arc<Admission>,
+    conns: mpsc::Sender<Result<Guarded, std::io::Error>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let handshake_timeout = admission.limits().handshake_timeout;
     loop {
         let accepted = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
@@ -272,20 +305,38 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
-            tracing::warn!(target: "interop_gateway::handshake", %peer, "too many handshakes in progress; connection closed");
+        // Over a limit, the connection is closed at once: it then costs
+        // nothing, and the descriptor reserve stays free.
+        let Some(permit) = admission.connection() else {
+            tracing::info!(target: "interop_gateway::handshake", %peer, cap = admission.cap(), "connection limit reached; connection closed");
+            continue;
+        };
+        let Some(slot) = admission.handshake(peer.ip()) else {
+            tracing::info!(target: "interop_gateway::handshake", %peer, "too many handshakes in progress from this address; connection closed");
             continue;
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let conns = conns.clone();
+        let admission = Arc::clone(&admission);
         tokio::spawn(async move {
-            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-            drop(permit);
+            let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await;
+            drop(slot);
             match handshake {
-                Ok(Ok(tls)) => {
-                    let _ = conns.send(Ok(tls)).await;
-                }
+                Ok(Ok(tls)) => match admission.admit(tls, permit) {
+                    Ok(conn) => {
+                        let _ = conns.send(Ok(conn)).await;
+                    }
+                    Err((why, mut tls)) => {
+                        tracing::info!(target: "interop_gateway::handshake", %peer, reason = %why, "connection closed after the handshake");
+                        // A clean TLS close, bounded: the peer may not read.
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(1),
+                            tokio::io::AsyncWriteExt::shutdown(&mut *tls),
+                        )
+                        .await;
+                    }
+                },
                 Ok(Err(e)) => {
                     tracing::info!(target: "interop_gateway::handshake", %peer, error = %e, "TLS handshake failed");
                 }

@@ -1,13 +1,23 @@
 //! The rustls server side: TLS 1.3 only, ALPN `h2`, and a mandatory client
-//! certificate that must chain to the configured CA bundle and not be revoked
-//! by any configured CRL. Failing chains never reach a handler: the handshake
-//! fails.
+//! certificate that must chain to the configured CA bundle, not be revoked
+//! by any configured CRL, and (unless `[tls] require_client_auth_eku` is
+//! false) carry `clientAuth` in its extended key usage. Failing certificates
+//! never reach a handler: the handshake fails.
 
 use std::{fs, path::Path, sync::Arc};
 
-use rustls::{crypto::ring, server::WebPkiClientVerifier, RootCertStore, ServerConfig};
+use rustls::{
+    client::danger::HandshakeSignatureValid,
+    crypto::ring,
+    server::{
+        danger::{ClientCertVerified, ClientCertVerifier},
+        WebPkiClientVerifier,
+    },
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 use rustls_pki_types::{
-    pem::PemObject, CertificateDer, CertificateRevocationListDer, PrivateKeyDer,
+    pem::PemObject, CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime,
 };
 
 use crate::config::TlsFiles;
@@ -99,6 +109,11 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
                 format!("cannot verify clients with it: {e}"),
             )
         })?;
+    let verifier: Arc<dyn ClientCertVerifier> = if files.require_client_auth_eku {
+        Arc::new(RequireClientAuthEku(verifier))
+    } else {
+        verifier
+    };
     let chain = load_certs("tls.cert", &files.cert)?;
     let key = load_key("tls.key", &files.key)?;
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -115,4 +130,70 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         })?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Whether a DER certificate lists `clientAuth` in an extended key usage
+/// extension. A certificate without the extension does not.
+pub fn has_client_auth_eku(der: &[u8]) -> bool {
+    x509_parser::parse_x509_certificate(der).is_ok_and(
+        |(_, cert)| matches!(cert.extended_key_usage(), Ok(Some(eku)) if eku.value.client_auth),
+    )
+}
+
+/// The WebPKI client verifier, plus: the end-entity certificate must carry
+/// `clientAuth` in its extended key usage. WebPKI alone accepts a
+/// certificate without the extension (its rule is "required if present"),
+/// so any certificate the CA ever issued, for any purpose, would do.
+#[derive(Debug)]
+struct RequireClientAuthEku(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for RequireClientAuthEku {
+    fn offer_client_auth(&self) -> bool {
+        self.0.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.0.verify_client_cert(end_entity, intermediates, now)?;
+        if !has_client_auth_eku(end_entity) {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::InvalidPurpose,
+            ));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }

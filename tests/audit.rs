@@ -135,6 +135,68 @@ async fn subject_sees_every_read_of_its_records_newest_first_without_officer_ids
     gw.stop().await;
 }
 
+/// Page tokens are sealed: the same position gives a different token each
+/// time, so a portal cannot read from them how far into the log a page
+/// starts; a token changed anywhere is refused.
+#[tokio::test]
+async fn page_tokens_are_encrypted_and_refused_when_changed() {
+    let gw = Gateway::start().await;
+    let mut land = gw.client(LAND_OFFICE).await;
+    for _ in 0..3 {
+        land.citizen
+            .get_citizen(get_citizen(&["full_name"]))
+            .await
+            .unwrap();
+    }
+    let mut portal = gw.client(PORTAL).await;
+    let first_page = || {
+        let mut portal = portal.clone();
+        async move {
+            portal
+                .access_log
+                .list_access_records(list(CITIZEN_ID, 1, String::new()))
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    // (Each listing is itself recorded under the subject, so the two first
+    // pages start one record apart.)
+    let (a, b) = (first_page().await, first_page().await);
+    assert_ne!(a.next_page_token, b.next_page_token);
+    assert_eq!(a.next_page_token.len(), b.next_page_token.len());
+    for page in [&a, &b] {
+        let raw: Vec<u8> = (0..page.next_page_token.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&page.next_page_token[i..i + 2], 16).unwrap())
+            .collect();
+        // Not the kind and position in clear, as tokens used to be.
+        assert!(!raw.starts_with(b"a1\x1f"));
+        let second = portal
+            .access_log
+            .list_access_records(list(CITIZEN_ID, 1, page.next_page_token.clone()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(second.records.len(), 1);
+        assert_ne!(second.records, page.records);
+    }
+    // One hex digit changed, anywhere: INVALID_ARGUMENT naming page_token.
+    let token = a.next_page_token;
+    for i in [0, token.len() / 2, token.len() - 1] {
+        let mut changed = token.clone().into_bytes();
+        changed[i] = if changed[i] == b'0' { b'1' } else { b'0' };
+        let err = portal
+            .access_log
+            .list_access_records(list(CITIZEN_ID, 1, String::from_utf8(changed).unwrap()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(bad_fields(&err), vec!["page_token"]);
+    }
+    gw.stop().await;
+}
+
 fn verify(name: &str, dob: Option<Date>) -> VerifyCitizenRequest {
     VerifyCitizenRequest {
         context: context(PROCEDURE_LAND),

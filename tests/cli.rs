@@ -283,3 +283,100 @@ fn committed_dev_config_is_valid() {
     assert!(config.dev);
     assert_eq!(config.agencies.len(), 3);
 }
+
+/// `call` with mixed-up certificate files: each failure names the file and
+/// the cause, and a transport failure prints no invented gRPC status.
+#[test]
+fn call_names_the_file_and_cause_of_mixed_up_certificates() {
+    let (dir, pki, config) = prepared_dir();
+    let d = dir.path();
+    let write = |name: &str, text: &str| {
+        let p = d.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let land = pki.agency(LAND_OFFICE);
+    let business = pki.agency(BUSINESS_OFFICE);
+    let unknown = pki.agency("000.00.99.H13");
+    let land_pem = write("land.pem", &land.cert_pem);
+    let land_key = write("land.key", &land.key_pem);
+    let business_key = write("business.key", &business.key_pem);
+    let unknown_pem = write("unknown.pem", &unknown.cert_pem);
+    let unknown_key = write("unknown.key", &unknown.key_pem);
+    let stranger = interop_gateway::pki::Ca::generate("stranger").unwrap();
+    let stranger_ca = write("stranger-ca.pem", stranger.cert_pem());
+    let ca = pki.dir.join("ca.pem");
+    let ca_key = pki.dir.join("ca.key");
+
+    let serve = ServeProcess::start(&config, None);
+    let addr = serve.addr.trim_start_matches("https://").to_owned();
+    let request = format!(
+        r#"{{"context": {{"procedureCode": "{PROCEDURE_LAND}", "dossierId": "{DOSSIER}"}}, "personalId": "{CITIZEN_ID}"}}"#
+    );
+    let call = |ca: &Path, cert: &Path, key: &Path| {
+        let out = Command::new(BIN)
+            .args(["call", "--config"])
+            .arg(&config)
+            .args(["--addr", &addr, "--ca"])
+            .arg(ca)
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key)
+            .args(["GetCitizen", &request])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        // No gRPC status was received, so none is printed.
+        assert!(
+            out.stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    };
+
+    let err = call(&ca, &ca, &ca_key);
+    assert!(
+        err.contains(&format!("{}: a CA certificate", ca.display())),
+        "{err}"
+    );
+    let err = call(&ca, &land_pem, &business_key);
+    assert!(
+        err.contains(&format!(
+            "{}: does not match the certificate {}",
+            business_key.display(),
+            land_pem.display()
+        )),
+        "{err}"
+    );
+    let err = call(&stranger_ca, &land_pem, &land_key);
+    assert!(
+        err.contains(&format!(
+            "not issued by the CA in {}",
+            stranger_ca.display()
+        )),
+        "{err}"
+    );
+    let err = call(&ca, &unknown_pem, &unknown_key);
+    assert!(
+        err.contains("closed the connection right after the TLS handshake"),
+        "{err}"
+    );
+    assert!(err.contains(&unknown_pem.display().to_string()), "{err}");
+    // The same files in the right places work.
+    let ok = Command::new(BIN)
+        .args(["call", "--config"])
+        .arg(&config)
+        .args(["--addr", &addr, "--ca"])
+        .arg(&ca)
+        .arg("--cert")
+        .arg(&land_pem)
+        .arg("--key")
+        .arg(&land_key)
+        .args(["GetCitizen", &request])
+        .output()
+        .unwrap();
+    assert_success(&ok);
+    assert!(serve.terminate().success());
+}

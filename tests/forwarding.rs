@@ -676,12 +676,14 @@ async fn an_owner_answering_beyond_the_mask_or_not_at_all_discloses_nothing() {
         key: owner_pki.dir.join("gateway.key"),
         client_ca: owner_pki.dir.join("ca.pem"),
         crls: vec![],
+        require_client_auth_eku: true,
     })
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let incoming = interop_gateway::server::tls_incoming(listener, tls, stopped);
+    let admission = interop_gateway::connections::Admission::new(Default::default(), None);
+    let incoming = interop_gateway::server::tls_incoming(listener, tls, admission, stopped);
     // It does answer health checks, so the front keeps sending it calls.
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter

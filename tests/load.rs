@@ -235,7 +235,12 @@ fn the_binary_prints_json_and_draws_runs_side_by_side() {
     let svg = std::fs::read_to_string(&chart).unwrap();
     assert!(svg.starts_with("<svg"));
     assert_eq!(svg.matches("<polyline").count(), 2);
-    assert!(svg.contains("first (p50") && svg.contains("second (p50"));
+    // Each legend entry gives the run's load shape and sample count.
+    assert!(
+        svg.contains("first (concurrency 4, 1 connection, n=100; p50"),
+        "{svg}"
+    );
+    assert!(svg.contains("second (100 req/s offered, "), "{svg}");
     assert_eq!(s.server.terminate().code(), Some(0));
 }
 

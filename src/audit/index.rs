@@ -24,9 +24,14 @@ pub(crate) struct SubjectIndex {
 
 impl SubjectIndex {
     /// Adds a committed record. Records arrive in seq order, so each list
-    /// stays sorted.
+    /// stays sorted. Only subjects that are valid identifiers are indexed:
+    /// a refused call naming made-up subjects is in the log but costs the
+    /// index nothing (and nobody can list records under such a subject).
     pub fn insert(&mut self, seq: u64, offset: u64, record: &AuditRecord) {
         for subject in &record.subjects {
+            if !crate::domain::is_subject_key(subject) {
+                continue;
+            }
             let entries = self.by_subject.entry(subject.clone()).or_default();
             // A subject named twice in one record is one entry.
             if entries.last().is_none_or(|e| e.seq < seq) {
@@ -91,30 +96,47 @@ mod tests {
     use crate::audit::record::sample;
     use std::io::Write;
 
+    const EVEN: &str = "001099000002";
+    const ODD: &str = "001099000001";
+
     #[test]
     fn pages_run_newest_first_strictly_below_before_seq() {
         let mut index = SubjectIndex::default();
         for seq in 1..=10 {
-            let subject = if seq % 2 == 0 { "even" } else { "odd" };
+            let subject = if seq % 2 == 0 { EVEN } else { ODD };
             index.insert(seq, seq * 100, &sample(seq, subject));
         }
         assert_eq!(
-            index.page("even", None, 3),
+            index.page(EVEN, None, 3),
             vec![(10, 1000), (8, 800), (6, 600)]
         );
-        assert_eq!(index.page("even", Some(6), 3), vec![(4, 400), (2, 200)]);
-        assert_eq!(index.page("even", Some(2), 3), vec![]);
-        assert_eq!(index.page("odd", Some(100), 1), vec![(9, 900)]);
+        assert_eq!(index.page(EVEN, Some(6), 3), vec![(4, 400), (2, 200)]);
+        assert_eq!(index.page(EVEN, Some(2), 3), vec![]);
+        assert_eq!(index.page(ODD, Some(100), 1), vec![(9, 900)]);
         assert_eq!(index.page("nobody", None, 3), vec![]);
     }
 
     #[test]
     fn a_subject_named_twice_in_one_record_is_listed_once() {
         let mut index = SubjectIndex::default();
-        let mut r = sample(1, "a");
-        r.subjects.push("a".into());
+        let mut r = sample(1, EVEN);
+        r.subjects.push(EVEN.into());
         index.insert(1, 0, &r);
-        assert_eq!(index.page("a", None, 10), vec![(1, 0)]);
+        assert_eq!(index.page(EVEN, None, 10), vec![(1, 0)]);
+    }
+
+    #[test]
+    fn subjects_that_are_not_identifiers_are_not_indexed() {
+        let mut index = SubjectIndex::default();
+        for seq in 1..=100 {
+            let mut r = sample(seq, &format!("made-up-{seq:012}"));
+            r.subjects.push(format!("invalid:{seq:08x}"));
+            index.insert(seq, seq, &r);
+        }
+        index.insert(101, 101, &sample(101, ODD));
+        assert_eq!(index.by_subject.len(), 1);
+        assert_eq!(index.page("made-up-000000000001", None, 10), vec![]);
+        assert_eq!(index.page(ODD, None, 10), vec![(101, 101)]);
     }
 
     #[test]

@@ -492,16 +492,18 @@ async fn health_comes_back_without_traffic_once_the_disk_recovers() {
 
 #[tokio::test]
 async fn records_for_subject_pages_newest_first_and_survive_reopen() {
+    const A: &str = "001099000001";
+    const B: &str = "001099000002";
     let fx = Fixture::new();
     let log = fx.open(10).await;
     let mut expected = Vec::new();
     for i in 1..=25 {
-        let subject = if i % 3 == 0 { "A" } else { "B" };
+        let subject = if i % 3 == 0 { A } else { B };
         let mut r = sample(i, subject);
         if i == 10 {
-            r.subjects.push("A".into());
+            r.subjects.push(A.into());
         }
-        if r.subjects.iter().any(|s| s == "A") {
+        if r.subjects.iter().any(|s| s == A) {
             expected.push((i, r.clone()));
         }
         log.append(r).await.unwrap();
@@ -512,7 +514,7 @@ async fn records_for_subject_pages_newest_first_and_survive_reopen() {
         let mut all = Vec::new();
         let mut before = None;
         loop {
-            let page = log.records_for_subject("A", before, 4).unwrap();
+            let page = log.records_for_subject(A, before, 4).unwrap();
             assert!(page.len() <= 4);
             let Some(last) = page.last() else { break };
             before = Some(last.0);
@@ -521,7 +523,7 @@ async fn records_for_subject_pages_newest_first_and_survive_reopen() {
         all
     };
     assert_eq!(pages(&log), expected);
-    assert_eq!(log.records_for_subject("A", Some(12), 2).unwrap()[0].0, 10);
+    assert_eq!(log.records_for_subject(A, Some(12), 2).unwrap()[0].0, 10);
     assert!(log
         .records_for_subject("nobody", None, 4)
         .unwrap()

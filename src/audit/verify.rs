@@ -24,11 +24,13 @@ pub struct VerifyReport {
     pub checkpoints: u64,
     /// Seq and time of the last checkpoint line.
     pub last_checkpoint: Option<(u64, i64)>,
-    /// Records after the last checkpoint: what a crash can leave unsealed.
-    /// The gateway seals them when it next opens the log.
+    /// Records after the last checkpoint, not yet sealed by one: normal on
+    /// a running gateway between checkpoints; after a crash, the gateway
+    /// seals them when it next opens the log.
     pub unsealed_tail: u64,
-    /// Bytes of a final line without its newline: a write the crash cut
-    /// short, never acknowledged. The gateway removes them when it next opens.
+    /// Bytes of a final line without its newline: a write in progress, or
+    /// one a crash cut short (never acknowledged; the gateway removes them
+    /// when it next opens the log).
     pub torn_tail_bytes: u64,
 }
 

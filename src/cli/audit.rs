@@ -76,11 +76,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
                         ),
                         None => println!("no checkpoint yet"),
                     }
-                    if report.unsealed_tail > 0 || report.torn_tail_bytes > 0 {
-                        println!(
-                            "unsealed tail: {} records after the last checkpoint, {} bytes of a torn line (left by a crash; sealed when the gateway next starts)",
-                            report.unsealed_tail, report.torn_tail_bytes
-                        );
+                    for line in tail_lines(report.unsealed_tail, report.torn_tail_bytes) {
+                        println!("{line}");
                     }
                     Ok(())
                 }
@@ -129,5 +126,43 @@ pub fn run(args: Args) -> Result<(), Failure> {
             print!("{pem}");
             Ok(())
         }
+    }
+}
+
+/// What `audit verify` says about the end of the log past its last
+/// checkpoint. On a running gateway that is the normal state between
+/// checkpoints, not damage; only after a crash is it left until the next
+/// start.
+fn tail_lines(unsealed: u64, torn_bytes: u64) -> Vec<String> {
+    let mut lines = Vec::new();
+    if unsealed > 0 {
+        lines.push(format!(
+            "{unsealed} records after the last checkpoint, not yet sealed by one: normal while \
+             the gateway runs (a checkpoint follows within [audit] checkpoint_every_seconds); \
+             if it stopped by crashing, its next start seals them"
+        ));
+    }
+    if torn_bytes > 0 {
+        lines.push(format!(
+            "{torn_bytes} bytes of an unfinished last line: a write in progress, or one a crash \
+             cut short (never acknowledged to a client; removed at the next start)"
+        ));
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tail_lines;
+
+    #[test]
+    fn a_tail_past_the_checkpoint_is_not_called_a_crash() {
+        assert!(tail_lines(0, 0).is_empty());
+        let lines = tail_lines(3, 0);
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].starts_with("3 records after the last checkpoint"));
+        assert!(lines[0].contains("normal while the gateway runs"));
+        assert!(!lines[0].contains("left by a crash"));
+        assert_eq!(tail_lines(1, 17).len(), 2);
     }
 }

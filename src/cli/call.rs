@@ -10,7 +10,7 @@ use super::{
     load_config, mask_paths, runtime, ConfigArg, Failure, TargetArgs, EXIT_CONFIG, EXIT_FAILED,
 };
 use crate::{
-    client::Client,
+    client::{error_chain, explain_failure, is_transport_failure, Client},
     error::code_name,
     policy::{self, METHODS},
 };
@@ -115,12 +115,12 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 ),
             )
         })?;
-    let (addr, identity) = args.target.resolve(Some(&config))?;
+    let (addr, identity, files) = args.target.resolve(Some(&config))?;
     let rt = runtime()?;
     let result = rt.block_on(async {
-        let mut client = Client::connect(&addr, &identity)
-            .await
-            .map_err(|e| Failure::new(EXIT_FAILED, e))?;
+        let mut client = Client::connect(&addr, &identity).await.map_err(|e| {
+            Failure::new(EXIT_FAILED, explain_failure(&e.to_string(), &addr, &files))
+        })?;
         let text = args.request.as_str();
         let answer = match method {
             m if m == policy::GET_CITIZEN => show(
@@ -179,6 +179,16 @@ pub fn run(args: Args) -> Result<(), Failure> {
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             Ok(())
         }
+        // No answer came: that is no gRPC status, so none is printed.
+        Err(status) if is_transport_failure(&status) => Err(Failure::new(
+            EXIT_FAILED,
+            explain_failure(
+                &std::error::Error::source(&status)
+                    .map_or_else(|| status.message().to_owned(), error_chain),
+                &addr,
+                &files,
+            ),
+        )),
         Err(status) => {
             println!(
                 "{}",

@@ -161,7 +161,7 @@ fn target(args: &Args) -> Result<(String, AgencyIdentity, Option<Config>), Failu
     } else {
         None
     };
-    let (addr, identity) = args.target.resolve(config.as_ref())?;
+    let (addr, identity, _) = args.target.resolve(config.as_ref())?;
     Ok((addr, identity, config))
 }
 

@@ -109,12 +109,20 @@ impl TargetArgs {
         self.addr.is_none() || self.ca.is_none() || self.cert.is_none()
     }
 
-    /// The address and the agency's credentials, from the flags, falling
-    /// back on `config` (its `listen`, its `tls.client_ca`, its dev PKI).
+    /// The address and the agency's credentials (and the files they came
+    /// from), from the flags, falling back on `config` (its `listen`, its
+    /// `tls.client_ca`, its dev PKI).
     pub fn resolve(
         &self,
         config: Option<&crate::config::Config>,
-    ) -> Result<(String, crate::client::AgencyIdentity), Failure> {
+    ) -> Result<
+        (
+            String,
+            crate::client::AgencyIdentity,
+            crate::client::IdentityFiles,
+        ),
+        Failure,
+    > {
         let usage = |m: &str| Failure::new(EXIT_CONFIG, m);
         let (cert, key) = match (&self.cert, &self.key, &self.agency, config) {
             (Some(c), Some(k), _, _) => (c.clone(), k.clone()),
@@ -139,7 +147,11 @@ impl TargetArgs {
             (None, Some(c)) => c.listen.to_string(),
             (None, None) => return Err(usage("give --addr")),
         };
-        Ok((addr, identity))
+        Ok((
+            addr,
+            identity,
+            crate::client::IdentityFiles { ca, cert, key },
+        ))
     }
 }
 

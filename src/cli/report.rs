@@ -69,7 +69,8 @@ pub struct ReuseRow {
     pub denials: u64,
     /// Other failed calls (invalid arguments, not found, unavailable).
     pub other_errors: u64,
-    /// Distinct dossiers that called at all.
+    /// Distinct dossiers that called at all (valid dossier ids only; a
+    /// refused call's invalid id is no dossier).
     pub dossiers: u64,
     /// Distinct dossiers served from re-used data (a lookup with data or a
     /// successful verification).
@@ -95,14 +96,29 @@ fn is_data_method(method: &str) -> bool {
         .any(|m| m.name == method && m.record.is_some())
 }
 
+/// The report: its rows, and the dossier totals over all of them.
+///
+/// A dossier is one dossier id, however many agencies and procedures used
+/// it: one dossier served by two agencies appears in both agencies' rows but
+/// once in the totals, so the totals are not the sums of the columns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reuse {
+    pub rows: Vec<ReuseRow>,
+    /// Distinct dossier ids in the period.
+    pub dossiers: u64,
+    /// Distinct dossier ids served from re-used data by any agency.
+    pub dossiers_served: u64,
+}
+
 /// Builds the report from log records, counting those within `[from, to]` days.
 pub fn reuse<I: IntoIterator<Item = AuditRecord>>(
     records: I,
     from: Option<(i32, u32, u32)>,
     to: Option<(i32, u32, u32)>,
     agency_name: impl Fn(&str) -> String,
-) -> Vec<ReuseRow> {
+) -> Reuse {
     let mut acc: BTreeMap<(String, String), Acc> = BTreeMap::new();
+    let mut all = Acc::default();
     for r in records {
         let day = vn_day(r.time_unix_ms);
         if from.is_some_and(|f| day < f) || to.is_some_and(|t| day > t) {
@@ -124,12 +140,18 @@ pub fn reuse<I: IntoIterator<Item = AuditRecord>>(
         } else if !ok {
             a.row.other_errors += 1;
         }
+        if crate::domain::agency::parse_dossier_id(&r.dossier_id).is_err() {
+            continue;
+        }
         a.dossiers.insert(r.dossier_id.clone());
+        all.dossiers.insert(r.dossier_id.clone());
         if served {
-            a.served.insert(r.dossier_id);
+            a.served.insert(r.dossier_id.clone());
+            all.served.insert(r.dossier_id);
         }
     }
-    acc.into_iter()
+    let rows = acc
+        .into_iter()
         .map(|((procedure_code, agency_code), a)| ReuseRow {
             agency_name: agency_name(&agency_code),
             procedure_code,
@@ -138,7 +160,12 @@ pub fn reuse<I: IntoIterator<Item = AuditRecord>>(
             dossiers_served: a.served.len() as u64,
             ..a.row
         })
-        .collect()
+        .collect();
+    Reuse {
+        rows,
+        dossiers: all.dossiers.len() as u64,
+        dossiers_served: all.served.len() as u64,
+    }
 }
 
 const HEADER: [&str; 9] = [
@@ -167,16 +194,43 @@ fn cells(r: &ReuseRow) -> [String; 9] {
     ]
 }
 
+/// A CSV cell that no spreadsheet runs as a formula: a value starting with
+/// `=`, `+`, `-`, `@`, tab or carriage return gets a leading `'` (OWASP's
+/// CSV-injection advice); control characters are shown as in a table cell;
+/// then the usual quoting.
 fn csv_cell(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{}", table_cell(s))
+    } else {
+        table_cell(s)
+    };
+    if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        s.to_owned()
+        s
     }
 }
 
+/// A table cell with every control character shown as `\u{..}`, so no
+/// value can move the cursor, clear the screen or recolour a terminal.
+fn table_cell(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Renders the rows in the chosen format.
-pub fn render(rows: &[ReuseRow], format: Format) -> String {
+pub fn render(report: &Reuse, format: Format) -> String {
+    let rows = &report.rows;
     if format == Format::Json {
         return serde_json::to_string_pretty(rows).unwrap_or_default() + "\n";
     }
@@ -185,11 +239,11 @@ pub fn render(rows: &[ReuseRow], format: Format) -> String {
         return csv(&HEADER, &body);
     }
     let mut out = table(&HEADER, &body, 3);
-    let served: u64 = rows.iter().map(|r| r.dossiers_served).sum();
-    let total: u64 = rows.iter().map(|r| r.dossiers).sum();
+    let (served, total) = (report.dossiers_served, report.dossiers);
     if total > 0 {
         out.push_str(&format!(
-            "\ndossiers served from re-used data: {served} of {total} ({:.1}%)\n",
+            "\ndossiers served from re-used data: {served} of {total} ({:.1}%)\n\
+             (each dossier id counted once, however many agencies and procedures used it)\n",
             served as f64 * 100.0 / total as f64
         ));
     }
@@ -208,10 +262,15 @@ fn csv(header: &[&str], body: &[Vec<String>]) -> String {
 }
 
 /// An aligned text table: the first `text_cols` columns left-aligned, the
-/// others (figures) right-aligned.
+/// others (figures) right-aligned; control characters in cells are shown
+/// escaped.
 fn table(header: &[&str], body: &[Vec<String>], text_cols: usize) -> String {
+    let body: Vec<Vec<String>> = body
+        .iter()
+        .map(|row| row.iter().map(|c| table_cell(c)).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in body {
+    for row in &body {
         for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.chars().count());
         }
@@ -300,4 +359,85 @@ fn read_log(config: &crate::config::Config) -> Result<Vec<AuditRecord>, Failure>
         }
     }
     Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::AuditRecord;
+
+    fn record(agency: &str, procedure: &str, dossier: &str, outcome: &str) -> AuditRecord {
+        AuditRecord {
+            time_unix_ms: 1_733_400_000_000,
+            request_id: "r".into(),
+            agency_code: agency.into(),
+            method: "interop.citizen.v1.CitizenRegistryService/GetCitizen".into(),
+            procedure_code: procedure.into(),
+            dossier_id: dossier.into(),
+            officer_id: String::new(),
+            subjects: vec![],
+            fields: vec!["full_name".into()],
+            outcome: outcome.into(),
+            latency_us: 1,
+            relay_agency_code: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_dossier_used_by_two_agencies_is_one_dossier() {
+        let dossier = "000.00.20.H13-241205-0001";
+        let report = reuse(
+            [
+                record("000.00.20.H13", "1.004227", dossier, "OK"),
+                record("000.00.21.H13", "1.004227", dossier, "OK"),
+                record(
+                    "000.00.21.H13",
+                    "1.004227",
+                    "invalid:0123abcd",
+                    "INVALID_ARGUMENT",
+                ),
+            ],
+            None,
+            None,
+            |_| String::new(),
+        );
+        assert_eq!(report.rows.len(), 2);
+        assert!(report.rows.iter().all(|r| r.dossiers == 1));
+        assert_eq!((report.dossiers, report.dossiers_served), (1, 1));
+        let table = render(&report, Format::Table);
+        assert!(
+            table.contains("served from re-used data: 1 of 1 (100.0%)"),
+            "{table}"
+        );
+        assert!(table.contains("counted once"), "{table}");
+    }
+
+    #[test]
+    fn cells_cannot_become_formulas_or_terminal_escapes() {
+        let report = reuse(
+            [record(
+                "000.00.20.H13",
+                "=HYPERLINK(\"http://evil.example/x\",\"1\")\u{1b}[2J",
+                "\u{1b}[2J\u{1b}[31mCALL\r",
+                "INVALID_ARGUMENT",
+            )],
+            None,
+            None,
+            |_| "@SUM(1)".into(),
+        );
+        let csv = render(&report, Format::Csv);
+        for cell in csv.lines().nth(1).unwrap().split(',') {
+            let cell = cell.trim_start_matches('"');
+            assert!(!cell.starts_with(['=', '+', '-', '@', '\t', '\r']), "{csv}");
+        }
+        assert!(csv.contains("\"'=HYPERLINK("), "{csv}");
+        assert_eq!(csv_cell("-1"), "'-1");
+        assert_eq!(csv_cell("\tx"), "'\\u{9}x");
+        let table = render(&report, Format::Table);
+        assert!(
+            !table.chars().any(|c| c.is_control() && c != '\n'),
+            "{table:?}"
+        );
+        assert!(table.contains("\\u{1b}[2J"), "{table}");
+    }
 }

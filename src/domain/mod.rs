@@ -144,6 +144,29 @@ pub(crate) fn all_digits(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// Whether `s` is a key the access log files records under: a personal id,
+/// an enterprise code, or a parcel as `commune/map_sheet/parcel_number`.
+/// Anything else is caller text that failed validation.
+pub fn is_subject_key(s: &str) -> bool {
+    if personal_id::parse(s).is_ok() || enterprise_code::parse(s).is_ok() {
+        return true;
+    }
+    let mut parts = s.split('/');
+    let (Some(commune), Some(sheet), Some(number), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let in_range = |text: &str, max: u32| {
+        !text.starts_with('0')
+            && text.bytes().all(|b| b.is_ascii_digit())
+            && text.parse::<u32>().is_ok_and(|n| (1..=max).contains(&n))
+    };
+    admin::parse_commune_code(commune).is_ok()
+        && in_range(sheet, land::MAX_MAP_SHEET)
+        && in_range(number, land::MAX_PARCEL_NUMBER)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,9 @@
 //! Latency-by-percentile charts as standalone SVG: one line per run, the
 //! percentile axis spaced by `1 / (1 - p)` so that the tail (99%, 99.9%,
-//! 99.99%) gets as much room as the median, as HdrHistogram plots do.
+//! 99.99%) gets as much room as the median, as HdrHistogram plots do. A run
+//! is drawn only as far into the tail as its sample size supports, and the
+//! axis ends there; the legend gives each run's load shape (concurrency or
+//! rate, connections), which is what makes two runs comparable.
 
 use super::stats::Summary;
 
@@ -14,13 +17,45 @@ const BOTTOM: f64 = 70.0;
 const COLOURS: &[&str] = &[
     "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442",
 ];
-/// The x axis ends at 99.999%.
+/// The x axis ends at 99.999% at most.
 const MAX_NINES: f64 = 5.0;
 
-fn x_of(percentile: f64) -> f64 {
-    let remaining = (1.0 - percentile / 100.0).max(10f64.powf(-MAX_NINES));
-    let nines = -remaining.log10();
-    LEFT + (WIDTH - LEFT - RIGHT) * (nines / MAX_NINES)
+/// How many nines of percentile `requests` samples support: a percentile
+/// is drawn only when at least one sample lies beyond it (99.9% needs 1,000
+/// samples); at least 90% (one nine) is always drawn.
+fn supported_nines(requests: u64) -> f64 {
+    (requests.max(1) as f64)
+        .log10()
+        .floor()
+        .clamp(1.0, MAX_NINES)
+}
+
+fn nines_of(percentile: f64) -> f64 {
+    -(1.0 - percentile / 100.0)
+        .max(10f64.powf(-MAX_NINES))
+        .log10()
+}
+
+fn x_of(percentile: f64, axis_nines: f64) -> f64 {
+    LEFT + (WIDTH - LEFT - RIGHT) * (nines_of(percentile) / axis_nines).min(1.0)
+}
+
+/// A run's load shape for the legend: what differs between two runs of
+/// the same gateway besides the gateway.
+fn load_shape(run: &Summary) -> String {
+    let offered = match (run.concurrency, run.rate_rps) {
+        (Some(c), _) => format!("concurrency {c}"),
+        (None, Some(r)) => format!("{} req/s offered", trim_float(r)),
+        (None, None) => run.model.clone(),
+    };
+    let connections = if run.new_connection_per_request {
+        "a new connection per request".to_owned()
+    } else if run.connections == 1 {
+        "1 connection".to_owned()
+    } else {
+        format!("{} connections", run.connections)
+    };
+    format!("{offered}, {connections}, n={}", run.requests)
 }
 
 fn escape(s: &str) -> String {
@@ -54,6 +89,10 @@ pub fn svg(title: &str, runs: &[Summary]) -> String {
         .flat_map(|r| r.percentiles.iter().map(|p| p.latency_ms))
         .filter(|v| *v > 0.0)
         .fold(f64::INFINITY, f64::min);
+    let axis_nines = runs
+        .iter()
+        .map(|r| supported_nines(r.requests))
+        .fold(1.0f64, f64::max);
     let plot_h = HEIGHT - TOP - BOTTOM;
     // Runs two orders of magnitude apart get a log axis, so the fast ones
     // are not flattened against zero by the slow.
@@ -110,7 +149,10 @@ pub fn svg(title: &str, runs: &[Summary]) -> String {
         (4.0, "99.99%"),
         (5.0, "99.999%"),
     ] {
-        let x = LEFT + (WIDTH - LEFT - RIGHT) * (nines / MAX_NINES);
+        if nines > axis_nines {
+            break;
+        }
+        let x = LEFT + (WIDTH - LEFT - RIGHT) * (nines / axis_nines);
         s.push_str(&format!(
             "<line x1=\"{x:.1}\" y1=\"{TOP}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/>\n\
              <text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{label}</text>\n",
@@ -130,10 +172,18 @@ pub fn svg(title: &str, runs: &[Summary]) -> String {
     // One polyline per run, and its legend entry.
     for (i, run) in runs.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
+        let supported = supported_nines(run.requests);
         let points: Vec<String> = run
             .percentiles
             .iter()
-            .map(|p| format!("{:.1},{:.1}", x_of(p.percentile), y_of(p.latency_ms)))
+            .filter(|p| nines_of(p.percentile) <= supported + 1e-9)
+            .map(|p| {
+                format!(
+                    "{:.1},{:.1}",
+                    x_of(p.percentile, axis_nines),
+                    y_of(p.latency_ms)
+                )
+            })
             .collect();
         s.push_str(&format!(
             "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>\n",
@@ -142,12 +192,13 @@ pub fn svg(title: &str, runs: &[Summary]) -> String {
         let ly = TOP + 16.0 + 18.0 * i as f64;
         s.push_str(&format!(
             "<line x1=\"{:.1}\" y1=\"{ly:.1}\" x2=\"{:.1}\" y2=\"{ly:.1}\" stroke=\"{colour}\" stroke-width=\"3\"/>\n\
-             <text x=\"{:.1}\" y=\"{:.1}\">{} (p50 {:.2} ms, p99 {:.2} ms, {:.0} req/s)</text>\n",
+             <text x=\"{:.1}\" y=\"{:.1}\">{} ({}; p50 {:.2} ms, p99 {:.2} ms, {:.0} req/s)</text>\n",
             LEFT + 12.0,
             LEFT + 36.0,
             LEFT + 42.0,
             ly + 4.0,
             escape(&run.label),
+            escape(&load_shape(run)),
             run.latency_ms.p50,
             run.latency_ms.p99,
             run.throughput_rps
@@ -178,7 +229,7 @@ mod tests {
             new_connection_per_request: false,
             mix: "GetCitizen=1".into(),
             distribution: "uniform".into(),
-            requests: 1,
+            requests: 1000,
             errors: 0,
             duration_s: 1.0,
             throughput_rps: 1.0,
@@ -213,9 +264,45 @@ mod tests {
         assert!(text.contains("a &lt;b&gt; &amp; c"));
         assert!(text.contains("nginx &quot;proxy&quot;"));
         assert!(text.contains("99.9%"));
-        // p0 sits on the left edge, p99 two fifths across.
-        assert!((x_of(0.0) - LEFT).abs() < 1e-9);
-        assert!((x_of(99.0) - (LEFT + (WIDTH - LEFT - RIGHT) * 0.4)).abs() < 1e-6);
+        // 1,000 samples each: the axis ends at 99.9%, not beyond.
+        assert!(!text.contains("99.99%"));
+        // p0 sits on the left edge, p99 two thirds across a 3-nines axis.
+        assert!((x_of(0.0, 3.0) - LEFT).abs() < 1e-9);
+        assert!((x_of(99.0, 3.0) - (LEFT + (WIDTH - LEFT - RIGHT) * 2.0 / 3.0)).abs() < 1e-6);
+        // The legend gives the load shape.
+        assert!(
+            text.contains("concurrency 1, 1 connection, n=1000"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_tail_is_drawn_only_as_far_as_the_samples_support_it() {
+        assert_eq!(supported_nines(0), 1.0);
+        assert_eq!(supported_nines(999), 2.0);
+        assert_eq!(supported_nines(1000), 3.0);
+        assert_eq!(supported_nines(10_000_000), MAX_NINES);
+        let mut small = run("small", 1.0);
+        small.requests = 150;
+        small.percentiles.push(CurvePoint {
+            percentile: 99.99,
+            latency_ms: 50.0,
+        });
+        let text = svg("t", &[small.clone()]);
+        // Two points drawn (p0, p99), the unsupported p99.99 left out.
+        let line = text.lines().find(|l| l.starts_with("<polyline")).unwrap();
+        assert_eq!(line.matches(',').count(), 2, "{line}");
+        assert!(text.contains(">99%<") && !text.contains(">99.9%<"));
+        let mut open = small;
+        open.concurrency = None;
+        open.rate_rps = Some(2000.0);
+        open.connections = 4;
+        assert_eq!(
+            load_shape(&open),
+            "2000 req/s offered, 4 connections, n=150"
+        );
+        open.new_connection_per_request = true;
+        assert!(load_shape(&open).contains("a new connection per request"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{loggable_id, page_token, Answer, Core, Scoped};
+use super::{loggable_id, page_token, recorded, Answer, Core, Scoped};
 use crate::{
     domain,
     error::RequestError,
@@ -116,8 +116,15 @@ impl AccessLogService for Core {
                             .unwrap_or_default(),
                         agency_code: r.agency_code,
                         method: r.method,
-                        procedure_code: r.procedure_code,
-                        dossier_id: r.dossier_id,
+                        // Records written before values were checked on
+                        // the way in may hold raw caller text: show only
+                        // what validates (a placeholder otherwise).
+                        procedure_code: recorded::kept_if(r.procedure_code, |s| {
+                            domain::agency::parse_procedure_code(s).is_ok()
+                        }),
+                        dossier_id: recorded::kept_if(r.dossier_id, |s| {
+                            domain::agency::parse_dossier_id(s).is_ok()
+                        }),
                         fields: r.fields,
                         outcome: r.outcome,
                         relay_agency_code: r.relay_agency_code,

@@ -58,6 +58,26 @@ fn parcel_subject(key: &ParcelKey) -> String {
     )
 }
 
+/// The mask keeping only `holders.holder_id` of a stored parcel. A field
+/// mask path may not pass through a repeated field, so this is built from the
+/// two field numbers directly; a schema without them is an error, never a
+/// mask that silently keeps everything.
+fn holder_id_mask() -> Result<MaskTree, String> {
+    let schema = Schema::gateway();
+    let number = |message: &str, field: &str| {
+        schema
+            .message(message)
+            .and_then(|m| m.fields.get(field))
+            .map(|f| f.number)
+            .ok_or_else(|| format!("{message} has no field {field:?}"))
+    };
+    let path = [
+        number("interop.land.v1.Parcel", "holders")?,
+        number("interop.land.v1.Holder", "holder_id")?,
+    ];
+    Ok(MaskTree::from_numbers([path.as_slice()]))
+}
+
 /// A parcel's subject and its holders: a holder sees reads of parcels it holds.
 /// Only `holders.holder_id` is decoded, from the stored bytes cut down to it.
 fn parcel_subjects(
@@ -65,13 +85,11 @@ fn parcel_subjects(
     record: &[u8],
     out: &mut Vec<String>,
 ) -> Result<(), RequestError> {
-    static HOLDER_IDS: std::sync::OnceLock<MaskTree> = std::sync::OnceLock::new();
-    let holder_ids = HOLDER_IDS.get_or_init(|| {
-        let path = Schema::gateway()
-            .resolve("interop.land.v1.Parcel", "holders.holder_id")
-            .unwrap_or_default();
-        MaskTree::from_numbers([path.as_slice()])
-    });
+    static HOLDER_IDS: std::sync::OnceLock<Result<MaskTree, String>> = std::sync::OnceLock::new();
+    let holder_ids = HOLDER_IDS
+        .get_or_init(holder_id_mask)
+        .as_ref()
+        .map_err(|e| RequestError::Internal(format!("holder id mask: {e}")))?;
     let internal = |e: String| RequestError::Internal(format!("stored record: {e}"));
     let pruned = holder_ids
         .apply(record)
@@ -364,6 +382,39 @@ mod tests {
             .step_by(2)
             .map(|i| u8::from_str_radix(&t[i..i + 2], 16).unwrap())
             .collect();
-        assert!(!String::from_utf8(raw).unwrap().contains("092085000123"));
+        let shown = String::from_utf8_lossy(&raw);
+        assert!(!shown.contains("092085000123") && !shown.contains("31117"));
+    }
+
+    #[test]
+    fn parcel_subjects_decode_holder_ids_only() {
+        let key = ParcelKey {
+            commune_code: "31117".into(),
+            map_sheet: 12,
+            parcel_number: 345,
+        };
+        let holder = |id: &str, name: &str| crate::proto::land::v1::Holder {
+            holder_id: id.into(),
+            name: name.into(),
+            kind: 1,
+        };
+        let parcel = Parcel {
+            area_m2: 120.5,
+            holders: vec![
+                holder("092085000123", "Nguyễn Văn A"),
+                holder("0300588569", "Công ty B"),
+            ],
+            ..Parcel::default()
+        };
+        let mask = holder_id_mask().unwrap();
+        let kept = Parcel::decode(mask.apply(&parcel.encode_to_vec()).unwrap().as_slice()).unwrap();
+        assert_eq!(kept.area_m2, 0.0);
+        assert!(kept
+            .holders
+            .iter()
+            .all(|h| h.name.is_empty() && h.kind == 0));
+        let mut out = Vec::new();
+        parcel_subjects(&key, &parcel.encode_to_vec(), &mut out).unwrap();
+        assert_eq!(out, ["31117/12/345", "092085000123", "0300588569"]);
     }
 }

@@ -28,6 +28,7 @@ pub mod business;
 pub mod citizen;
 pub mod land;
 pub mod page_token;
+pub mod recorded;
 
 /// Longest officer id accepted (it is free text from the caller's system).
 const MAX_OFFICER_ID: usize = 64;
@@ -168,10 +169,10 @@ fn check_context(ctx: Option<&AccessContext>) -> Result<(String, String), Reques
     } else if let Err(e) = domain::agency::parse_dossier_id(&ctx.dossier_id) {
         violations.push(Violation::new("context.dossier_id", e.to_string()));
     }
-    if ctx.officer_id.chars().count() > MAX_OFFICER_ID {
+    if !recorded::officer_id_ok(&ctx.officer_id, MAX_OFFICER_ID) {
         violations.push(Violation::new(
             "context.officer_id",
-            format!("at most {MAX_OFFICER_ID} characters"),
+            format!("at most {MAX_OFFICER_ID} characters, none of them control characters"),
         ));
     }
     if violations.is_empty() {
@@ -303,17 +304,15 @@ impl Core {
                     ),
                     Err(e) => (requested_subjects, Vec::new(), e.code()),
                 };
-                let mut subjects = subjects;
-                subjects.sort();
-                subjects.dedup();
+                let (context, subjects) = recordable(&context, subjects);
                 let record = AuditRecord {
                     time_unix_ms,
                     request_id: request_id.clone(),
                     agency_code: agency.to_string(),
                     method: method.name.to_owned(),
-                    procedure_code: truncated(context.procedure_code, 64),
-                    dossier_id: truncated(context.dossier_id, 64),
-                    officer_id: truncated(context.officer_id, MAX_OFFICER_ID),
+                    procedure_code: context.procedure_code,
+                    dossier_id: context.dossier_id,
+                    officer_id: context.officer_id,
                     subjects,
                     fields,
                     outcome: crate::error::code_name(code).to_owned(),
@@ -379,13 +378,16 @@ impl Core {
     }
 }
 
-/// At most `max` characters of `s` (without copying when it is short enough).
-fn truncated(s: String, max: usize) -> String {
-    if s.len() <= max {
-        s
-    } else {
-        s.chars().take(max).collect()
-    }
+/// What the access record keeps of a call's context and subjects: validated
+/// values as they are, anything else as a placeholder (see [`recorded`]).
+fn recordable(
+    context: &AccessContext,
+    subjects: Vec<String>,
+) -> (recorded::RecordedContext, Vec<String>) {
+    let mut subjects = recorded::subjects(subjects);
+    subjects.sort();
+    subjects.dedup();
+    (recorded::context(context, MAX_OFFICER_ID), subjects)
 }
 
 /// Decodes a stored record after applying the call's field mask.

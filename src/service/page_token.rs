@@ -1,5 +1,11 @@
-//! Paging: page sizes, and opaque page tokens (kind, position and an HMAC
-//! binding them to what is listed), hex-encoded.
+//! Paging: page sizes, and opaque page tokens, hex-encoded. A token is its
+//! position (where the next page starts) sealed with ChaCha20-Poly1305: the
+//! position is encrypted, so a token tells its holder nothing (not how many
+//! records the log holds before it), and the token kind and what is listed
+//! are bound in as associated data, so a token is refused for any other
+//! listing, and any change to it is refused.
+
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
 
 use crate::error::RequestError;
 
@@ -7,29 +13,53 @@ const SEP: char = '\u{1f}';
 /// Longest token accepted, in characters.
 const MAX_LEN: usize = 512;
 
-/// The key tokens are authenticated with: random per process, so a token is
-/// valid for the life of the gateway that issued it, and neither its binding
-/// nor its position can be forged or guessed from outside.
-fn key() -> &'static ring::hmac::Key {
-    static KEY: std::sync::OnceLock<ring::hmac::Key> = std::sync::OnceLock::new();
-    KEY.get_or_init(|| {
+/// The keys tokens are sealed with: random per process, so a token is valid
+/// for the life of the gateway that issued it and cannot be forged or read
+/// from outside. The second key makes nonces (see [`nonce`]).
+struct Keys {
+    aead: LessSafeKey,
+    nonces: ring::hmac::Key,
+}
+
+fn keys() -> &'static Keys {
+    static KEYS: std::sync::OnceLock<Keys> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
         let rng = ring::rand::SystemRandom::new();
-        ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng).unwrap_or_else(|_| {
-            // No system randomness: fall back to a key from the clock and
-            // address space, still unknown to callers.
+        let mut secret = [0u8; 64];
+        if ring::rand::SecureRandom::fill(&rng, &mut secret).is_err() {
+            // No system randomness: derive from the clock and address
+            // space, still unknown to callers.
             let seed = format!("{:?}{:p}", std::time::SystemTime::now(), &rng);
-            ring::hmac::Key::new(ring::hmac::HMAC_SHA256, seed.as_bytes())
-        })
+            let d = ring::digest::digest(&ring::digest::SHA512, seed.as_bytes());
+            secret.copy_from_slice(d.as_ref());
+        }
+        let (aead, nonces) = secret.split_at(32);
+        Keys {
+            // 32 bytes is ChaCha20-Poly1305's key length, so this cannot fail.
+            aead: LessSafeKey::new(
+                UnboundKey::new(&CHACHA20_POLY1305, aead).unwrap_or_else(|_| unreachable!()),
+            ),
+            nonces: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, nonces),
+        }
     })
 }
 
-fn message(kind: &str, bound_to: &str, position: &str) -> String {
-    format!("{kind}{SEP}{bound_to}{SEP}{position}")
+/// A fresh nonce: a keyed PRF (HMAC-SHA256) of a process-wide counter, cut
+/// to 96 bits. Unique for every token of this process's key (so the AEAD
+/// stays safe), unpredictable, and telling nothing of the counter; no
+/// system call, and nothing that can fail, per token.
+fn nonce() -> [u8; NONCE_LEN] {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tag = ring::hmac::sign(&keys().nonces, &n.to_be_bytes());
+    let mut out = [0u8; NONCE_LEN];
+    out.copy_from_slice(&tag.as_ref()[..NONCE_LEN]);
+    out
 }
 
-fn tag(kind: &str, bound_to: &str, position: &str) -> String {
-    let t = ring::hmac::sign(key(), message(kind, bound_to, position).as_bytes());
-    t.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+fn aad(kind: &str, bound_to: &str) -> Vec<u8> {
+    format!("{kind}{SEP}{bound_to}").into_bytes()
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
@@ -42,17 +72,26 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// A token of `kind` for the listing of `bound_to` at `position`. It carries
-/// the position and an HMAC over kind, binding and position; never the
-/// binding itself (a personal id must not travel in tokens that end up in
-/// client logs).
+/// A token of `kind` for the listing of `bound_to` at `position`: nonce and
+/// sealed position. Neither the position nor the binding can be read from it
+/// (a personal id must not travel in tokens that end up in client logs).
 pub fn seal(kind: &str, bound_to: &str, position: &[String]) -> String {
-    let position = position.join(&SEP.to_string());
-    let raw = format!(
-        "{kind}{SEP}{position}{SEP}{}",
-        tag(kind, bound_to, &position)
+    let nonce_bytes = nonce();
+    let mut body = position.join(&SEP.to_string()).into_bytes();
+    let sealed = keys().aead.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce_bytes),
+        Aad::from(aad(kind, bound_to)),
+        &mut body,
     );
-    raw.bytes().map(|b| format!("{b:02x}")).collect()
+    if sealed.is_err() {
+        // Only for inputs of gigabytes; positions are a few dozen bytes.
+        return String::new();
+    }
+    nonce_bytes
+        .iter()
+        .chain(body.iter())
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The position in a token of `kind` issued for `bound_to`, if it is one.
@@ -61,14 +100,17 @@ pub fn open(token: &str, kind: &str, bound_to: &str) -> Option<Vec<String>> {
         return None;
     }
     let bytes = unhex(token)?;
-    let raw = String::from_utf8(bytes).ok()?;
-    let (head, given_tag) = raw.rsplit_once(SEP)?;
-    let (given_kind, position) = head.split_once(SEP)?;
-    if given_kind != kind {
+    if bytes.len() < NONCE_LEN {
         return None;
     }
-    let given = unhex(given_tag)?;
-    ring::hmac::verify(key(), message(kind, bound_to, position).as_bytes(), &given).ok()?;
+    let (nonce_bytes, sealed) = bytes.split_at(NONCE_LEN);
+    let nonce = Nonce::try_assume_unique_for_key(nonce_bytes).ok()?;
+    let mut sealed = sealed.to_vec();
+    let plain = keys()
+        .aead
+        .open_in_place(nonce, Aad::from(aad(kind, bound_to)), &mut sealed)
+        .ok()?;
+    let position = std::str::from_utf8(plain).ok()?;
     Some(position.split(SEP).map(str::to_owned).collect())
 }
 
@@ -102,6 +144,10 @@ pub fn invalid(bound_field: &str) -> RequestError {
 mod tests {
     use super::*;
 
+    fn bytes(token: &str) -> Vec<u8> {
+        unhex(token).unwrap()
+    }
+
     #[test]
     fn round_trip_and_binding() {
         let t = seal("x1", "092085000123", &["a".into(), "42".into()]);
@@ -114,19 +160,43 @@ mod tests {
         assert_eq!(open("zz", "x1", "092085000123"), None);
         assert_eq!(open("abc", "x1", "092085000123"), None);
         assert_eq!(open("é1", "x1", "092085000123"), None);
-        // A changed position is refused, and the id is not in the token.
-        let forged = seal("x1", "092085000123", &["b".into(), "42".into()]);
-        assert_ne!(forged, t);
-        let raw = String::from_utf8(
-            (0..t.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&t[i..i + 2], 16).unwrap())
-                .collect(),
-        )
-        .unwrap();
-        assert!(!raw.contains("092085000123"));
-        let tampered = raw.replacen("42", "43", 1);
-        let hex: String = tampered.bytes().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(open(&hex, "x1", "092085000123"), None);
+        assert_eq!(open("", "x1", "092085000123"), None);
+    }
+
+    #[test]
+    fn tokens_reveal_neither_position_nor_binding() {
+        let position = "position-1234567890".to_owned();
+        let a = seal("x1", "092085000123", std::slice::from_ref(&position));
+        let b = seal("x1", "092085000123", std::slice::from_ref(&position));
+        // The same position seals differently every time...
+        assert_ne!(a, b);
+        for t in [&a, &b] {
+            let raw = bytes(t);
+            let shown = String::from_utf8_lossy(&raw);
+            // ...and neither it nor the binding appear in the token.
+            assert!(!shown.contains("1234567890") && !shown.contains("092085000123"));
+            assert!(!t.contains("1234567890"));
+            assert_eq!(open(t, "x1", "092085000123"), Some(vec![position.clone()]));
+        }
+        // Positions of the same length give tokens of the same length.
+        assert_eq!(
+            seal("x1", "s", &["1000".into()]).len(),
+            seal("x1", "s", &["9999".into()]).len()
+        );
+    }
+
+    #[test]
+    fn any_changed_byte_is_refused() {
+        let t = seal("x1", "092085000123", &["17".into()]);
+        let raw = bytes(&t);
+        for i in 0..raw.len() {
+            let mut changed = raw.clone();
+            changed[i] ^= 0x01;
+            let hex: String = changed.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(open(&hex, "x1", "092085000123"), None, "byte {i}");
+        }
+        // Cut short or extended: refused too.
+        assert_eq!(open(&t[..t.len() - 2], "x1", "092085000123"), None);
+        assert_eq!(open(&format!("{t}00"), "x1", "092085000123"), None);
     }
 }

@@ -515,14 +515,17 @@ def test_absent_personal_id_is_record_not_found(land_office):
 # --- UNAUTHENTICATED and the TLS handshake -------------------------------------------------------
 
 
-def test_unknown_agency_is_unauthenticated(gateway, unknown_agency, citizen):
+def test_unknown_agency_is_closed_after_the_handshake(gateway, unknown_agency, citizen):
+    # A certificate the CA signed that names no agency configured here: the gateway closes the
+    # connection right after the handshake (its log says why), so no gRPC status comes from it.
     with gateway.channel(unknown_agency) as channel:
         stub = citizen_pb2_grpc.CitizenRegistryServiceStub(channel)
-        details = call_error(
-            stub.GetCitizen, citizen_pb2.GetCitizenRequest(context=land_context(), personal_id=citizen.personal_id)
-        )
-    assert details.code == grpc.StatusCode.UNAUTHENTICATED
-    assert details.info.reason == "UNKNOWN_AGENCY"
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.GetCitizen(
+                citizen_pb2.GetCitizenRequest(context=land_context(), personal_id=citizen.personal_id),
+                timeout=TIMEOUT_S,
+            )
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def test_no_client_certificate_fails_the_handshake(gateway, citizen):

@@ -1,0 +1,496 @@
+//! What a client may hold of the gateway between TCP accept and its calls:
+//! admission (a cap on connections in total, handshakes per source address,
+//! connections per agency, and closing at once a connection whose certificate
+//! names no configured agency) and upkeep (a deadline for the HTTP/2 preface
+//! after the handshake, and an idle timeout for connections with no call in
+//! progress). HTTP/2-level bounds (keepalive pings, streams, header size,
+//! pending resets) are tonic's settings, applied in `server.rs` from the same
+//! [`ConnectionLimits`].
+//!
+//! Calls in progress are counted by [`CountStreams`], a tower layer that
+//! finds the connection of a request by its remote address; an admitted
+//! connection ([`Guarded`]) reads that count to tell idle from busy.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    future::Future,
+    hash::Hash,
+    io,
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::{Instant, Sleep},
+};
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
+
+use crate::{config::ConnectionLimits, identity::IdentityCache};
+
+/// Length of the HTTP/2 client connection preface.
+const PREFACE_LEN: usize = 24;
+
+/// How certificates map to agencies, for admission.
+pub struct Identify {
+    pub trust_domain: String,
+    pub agencies: BTreeSet<String>,
+    pub identities: Arc<IdentityCache>,
+}
+
+/// Admission state shared by the accept loop, the connections and the
+/// stream-counting layer.
+pub struct Admission {
+    limits: ConnectionLimits,
+    /// `None` admits any verified certificate (the benchmark baseline).
+    identify: Option<Identify>,
+    total: Arc<Semaphore>,
+    /// The cap actually applied: `max_connections`, lowered to fit the
+    /// open-file limit.
+    cap: usize,
+    handshakes: Mutex<HashMap<IpAddr, usize>>,
+    per_agency: Mutex<HashMap<String, usize>>,
+    live: Mutex<HashMap<SocketAddr, Arc<Streams>>>,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("{0}")]
+    NoAgency(String),
+    #[error("agency {agency} already holds {max} connections (limits.max_connections_per_agency)")]
+    AgencyFull { agency: String, max: usize },
+}
+
+/// Calls in progress on one connection, and since when it has had none.
+#[derive(Debug)]
+struct Streams {
+    state: Mutex<(usize, Instant)>,
+}
+
+impl Streams {
+    fn idle_since(&self) -> Option<Instant> {
+        let (open, since) = *lock(&self.state);
+        (open == 0).then_some(since)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The maps hold counts only; a panic elsewhere leaves them usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Takes one of at most `max` slots under `key`.
+fn take<K: Eq + Hash>(map: &Mutex<HashMap<K, usize>>, key: K, max: usize) -> bool {
+    let mut map = lock(map);
+    let n = map.entry(key).or_insert(0);
+    if *n >= max {
+        return false;
+    }
+    *n += 1;
+    true
+}
+
+fn give_back<K: Eq + Hash>(map: &Mutex<HashMap<K, usize>>, key: &K) {
+    let mut map = lock(map);
+    if let Some(n) = map.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
+}
+
+/// The soft limit on open files of this process, from `/proc/self/limits`.
+pub fn open_file_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `max_connections`, lowered so that connections never take the last
+/// `fd_reserve` descriptors of `open_files`.
+pub fn connection_cap(limits: &ConnectionLimits, open_files: Option<u64>) -> usize {
+    match open_files {
+        Some(files) => {
+            let room = files.saturating_sub(limits.fd_reserve).max(1);
+            limits.max_connections.min(room as usize)
+        }
+        None => limits.max_connections,
+    }
+}
+
+impl Admission {
+    pub fn new(limits: ConnectionLimits, identify: Option<Identify>) -> Arc<Admission> {
+        let files = open_file_limit();
+        let cap = connection_cap(&limits, files);
+        if cap < limits.max_connections {
+            tracing::warn!(
+                max_connections = limits.max_connections,
+                open_files = ?files,
+                fd_reserve = limits.fd_reserve,
+                cap,
+                "open-file limit lower than limits.max_connections; capping connections to keep the reserve free (raise `ulimit -n` to allow more)"
+            );
+        }
+        Arc::new(Admission {
+            total: Arc::new(Semaphore::new(cap)),
+            cap,
+            limits,
+            identify,
+            handshakes: Mutex::default(),
+            per_agency: Mutex::default(),
+            live: Mutex::default(),
+        })
+    }
+
+    pub fn limits(&self) -> &ConnectionLimits {
+        &self.limits
+    }
+
+    /// Connections open at once, at most.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// A slot for a freshly accepted connection, if the cap allows it.
+    pub fn connection(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.total).try_acquire_owned().ok()
+    }
+
+    /// A handshake slot for `ip`, released when the guard drops.
+    pub fn handshake(self: &Arc<Self>, ip: IpAddr) -> Option<HandshakeSlot> {
+        take(&self.handshakes, ip, self.limits.max_handshakes_per_address).then(|| HandshakeSlot {
+            admission: Arc::clone(self),
+            ip,
+        })
+    }
+
+    /// Admits a handshaken connection, or says why it is to be closed at
+    /// once (handing the stream back for a clean TLS close).
+    pub fn admit(
+        self: &Arc<Self>,
+        tls: TlsStream<TcpStream>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Guarded, (Refused, Box<TlsStream<TcpStream>>)> {
+        let agency = match self.agency(&tls) {
+            Ok(agency) => agency,
+            Err(why) => return Err((why, Box::new(tls))),
+        };
+        let remote = tls.get_ref().0.peer_addr().ok();
+        let streams = Arc::new(Streams {
+            state: Mutex::new((0, Instant::now())),
+        });
+        if let Some(addr) = remote {
+            lock(&self.live).insert(addr, Arc::clone(&streams));
+        }
+        let now = Instant::now();
+        Ok(Guarded {
+            io: tls,
+            streams,
+            preface_left: PREFACE_LEN,
+            preface_due: now + self.limits.preface_timeout,
+            idle_timeout: self.identify.as_ref().map(|_| self.limits.idle_timeout),
+            timer: Box::pin(tokio::time::sleep_until(now + self.limits.preface_timeout)),
+            _held: Held {
+                admission: Arc::clone(self),
+                agency,
+                remote,
+                _permit: permit,
+            },
+        })
+    }
+
+    /// The agency of a connection's certificate, with one of its connection
+    /// slots taken; `None` when agencies are not checked.
+    fn agency(&self, tls: &TlsStream<TcpStream>) -> Result<Option<String>, Refused> {
+        Ok(match &self.identify {
+            None => None,
+            Some(id) => {
+                let leaf = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .ok_or_else(|| Refused::NoAgency("no client certificate".into()))?;
+                let agency = id
+                    .identities
+                    .agency_of(leaf, &id.trust_domain, |code| id.agencies.contains(code))
+                    .map_err(|e| Refused::NoAgency(e.to_string()))?
+                    .to_string();
+                let max = self.limits.max_connections_per_agency;
+                if !take(&self.per_agency, agency.clone(), max) {
+                    return Err(Refused::AgencyFull { agency, max });
+                }
+                Some(agency)
+            }
+        })
+    }
+
+    fn stream_opened(&self, remote: SocketAddr) -> Option<StreamGuard> {
+        let streams = lock(&self.live).get(&remote).cloned()?;
+        lock(&streams.state).0 += 1;
+        Some(StreamGuard(streams))
+    }
+}
+
+/// A TLS handshake in progress from one address.
+pub struct HandshakeSlot {
+    admission: Arc<Admission>,
+    ip: IpAddr,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        give_back(&self.admission.handshakes, &self.ip);
+    }
+}
+
+/// What an admitted connection holds until it closes.
+struct Held {
+    admission: Arc<Admission>,
+    agency: Option<String>,
+    remote: Option<SocketAddr>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(agency) = &self.agency {
+            give_back(&self.admission.per_agency, agency);
+        }
+        if let Some(addr) = &self.remote {
+            lock(&self.admission.live).remove(addr);
+        }
+    }
+}
+
+/// An admitted connection: the TLS stream, ending (as if the client had
+/// closed it) when the preface is late or it has been idle too long.
+pub struct Guarded {
+    io: TlsStream<TcpStream>,
+    streams: Arc<Streams>,
+    preface_left: usize,
+    preface_due: Instant,
+    /// `None`: no idle timeout (calls are not counted on this server).
+    idle_timeout: Option<Duration>,
+    timer: Pin<Box<Sleep>>,
+    _held: Held,
+}
+
+impl Guarded {
+    /// Whether the connection is past a deadline; if not, arms the timer so
+    /// the reader is woken to look again.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<&'static str> {
+        loop {
+            let now = Instant::now();
+            let (due, why) = if self.preface_left > 0 {
+                (self.preface_due, "no HTTP/2 preface in time")
+            } else if let Some(idle) = self.idle_timeout {
+                match self.streams.idle_since() {
+                    Some(since) => (since + idle, "idle"),
+                    // Calls in progress: look again later (keeping a timer
+                    // already set for later, so busy reads cost no reset).
+                    None if self.timer.deadline() > now => (self.timer.deadline(), ""),
+                    None => (now + idle, ""),
+                }
+            } else {
+                return None;
+            };
+            if now >= due {
+                return Some(why);
+            }
+            if self.timer.deadline() != due {
+                self.timer.as_mut().reset(due);
+            }
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+        }
+    }
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(why) = this.expired(cx) {
+            tracing::info!(target: "interop_gateway::connection", remote = ?this._held.remote, agency = ?this._held.agency, why, "connection closed");
+            // End of stream: hyper closes the connection.
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if this.preface_left > 0 {
+            let read = buf.filled().len() - before;
+            this.preface_left = this.preface_left.saturating_sub(read);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+impl Connected for Guarded {
+    // The same connect info as a bare TLS stream, so handlers find the peer
+    // certificates where tonic puts them.
+    type ConnectInfo = TlsConnectInfo<TcpConnectInfo>;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+/// One call in progress; the connection is idle again once all have ended.
+struct StreamGuard(Arc<Streams>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let mut state = lock(&self.0.state);
+        state.0 = state.0.saturating_sub(1);
+        state.1 = Instant::now();
+    }
+}
+
+/// The tower layer counting calls in progress per connection.
+#[derive(Clone)]
+pub struct CountStreams(pub Arc<Admission>);
+
+impl<S> tower::Layer<S> for CountStreams {
+    type Service = Counted<S>;
+    fn layer(&self, inner: S) -> Counted<S> {
+        Counted {
+            inner,
+            admission: Arc::clone(&self.0),
+        }
+    }
+}
+
+/// See [`CountStreams`].
+#[derive(Clone)]
+pub struct Counted<S> {
+    inner: S,
+    admission: Arc<Admission>,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for Counted<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<CountedBody<R>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let guard = req
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|info| info.get_ref().remote_addr())
+            .and_then(|addr| self.admission.stream_opened(addr));
+        let call = self.inner.call(req);
+        Box::pin(async move {
+            let response = call.await?;
+            Ok(response.map(|body| CountedBody {
+                body,
+                _guard: guard,
+            }))
+        })
+    }
+}
+
+/// A response body that keeps its call counted until it is sent or dropped.
+pub struct CountedBody<B> {
+    body: B,
+    _guard: Option<StreamGuard>,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for CountedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_keeps_the_descriptor_reserve_free() {
+        let limits = ConnectionLimits {
+            max_connections: 4096,
+            fd_reserve: 64,
+            ..ConnectionLimits::default()
+        };
+        assert_eq!(connection_cap(&limits, Some(256)), 192);
+        assert_eq!(connection_cap(&limits, Some(1_048_576)), 4096);
+        assert_eq!(connection_cap(&limits, Some(10)), 1);
+        assert_eq!(connection_cap(&limits, None), 4096);
+        assert!(open_file_limit().is_some_and(|n| n > 0));
+    }
+
+    #[test]
+    fn slots_are_counted_per_key_and_given_back() {
+        let map: Mutex<HashMap<&str, usize>> = Mutex::default();
+        assert!(take(&map, "a", 2) && take(&map, "a", 2));
+        assert!(!take(&map, "a", 2));
+        assert!(take(&map, "b", 2));
+        give_back(&map, &"a");
+        assert!(take(&map, "a", 2));
+        give_back(&map, &"b");
+        assert!(!lock(&map).contains_key("b"));
+    }
+}
