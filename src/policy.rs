@@ -141,6 +141,9 @@ pub struct Disclosure {
     pub mask: MaskTree,
     /// `paths` as strings, as the access log records them.
     pub field_names: Vec<String>,
+    /// One mask per entry of `field_names`, to tell which of them a record
+    /// received from elsewhere (a registry owner) actually carries.
+    pub field_masks: Vec<MaskTree>,
 }
 
 impl Policy {
@@ -278,6 +281,7 @@ impl Authorization {
                 paths: PathSet::default(),
                 mask: MaskTree::default(),
                 field_names: Vec::new(),
+                field_masks: Vec::new(),
             });
         };
         if read_mask.len() > MAX_READ_MASK_PATHS {
@@ -353,7 +357,12 @@ impl Authorization {
             .collect::<Result<_, _>>()
             .map_err(|e| RequestError::Internal(format!("granted field does not resolve: {e}")))?;
         let mask = MaskTree::from_numbers(resolved.iter().map(Vec::as_slice));
+        let field_masks = resolved
+            .iter()
+            .map(|p| MaskTree::from_numbers([p.as_slice()]))
+            .collect();
         Ok(Disclosure {
+            field_masks,
             field_names: paths.to_strings(),
             paths,
             mask,

@@ -597,6 +597,12 @@ async fn an_owner_that_goes_down_fails_fast_and_is_followed_back_without_restart
     let took = started.elapsed();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert_eq!(reason(&status), "UPSTREAM_UNAVAILABLE");
+    // Addresses and socket errors are for the front's operator, not consumers.
+    assert!(
+        !status.message().contains("127.0.0.1") && !status.message().contains("tcp"),
+        "{}",
+        status.message()
+    );
     {
         use tonic_types::StatusExt;
         let info = status.get_error_details().error_info().cloned().unwrap();
@@ -630,9 +636,10 @@ async fn an_owner_that_goes_down_fails_fast_and_is_followed_back_without_restart
     assert!(pair.front.child.try_wait().unwrap().is_none());
 }
 
-/// An owner's gateway that does not keep the contract: it answers a citizen
-/// lookup with every field whatever the mask, and never answers a
-/// verification.
+/// An owner's gateway that does not keep the contract: for `CITIZEN_ID` it
+/// answers with every field whatever the mask; for any other id it answers
+/// within the mask but names another source and under-reports what it gave;
+/// it never answers a verification.
 #[derive(Clone)]
 struct Misbehaving;
 
@@ -642,17 +649,36 @@ impl interop_gateway::proto::citizen::v1::citizen_registry_service_server::Citiz
 {
     async fn get_citizen(
         &self,
-        _: tonic::Request<GetCitizenRequest>,
+        request: tonic::Request<GetCitizenRequest>,
     ) -> Result<
         tonic::Response<interop_gateway::proto::citizen::v1::GetCitizenResponse>,
         tonic::Status,
     > {
-        Ok(tonic::Response::new(
-            interop_gateway::proto::citizen::v1::GetCitizenResponse {
-                citizen: Some(citizen()),
-                provenance: None,
-            },
-        ))
+        let asked = request.into_inner().personal_id;
+        let mut citizen = citizen();
+        let mut answer =
+            tonic::Response::new(interop_gateway::proto::citizen::v1::GetCitizenResponse {
+                citizen: None,
+                provenance: Some(interop_gateway::proto::common::v1::Provenance {
+                    source_agency: "999.99.99.X99".into(),
+                    as_of: Some(pbjson_types::Timestamp {
+                        seconds: 1_790_000_000,
+                        nanos: 0,
+                    }),
+                }),
+            });
+        if asked != CITIZEN_ID {
+            citizen = interop_gateway::proto::citizen::v1::Citizen {
+                personal_id: asked,
+                full_name: citizen.full_name,
+                ..Default::default()
+            };
+            answer
+                .metadata_mut()
+                .insert("x-interop-disclosed-fields", "full_name".parse().unwrap());
+        }
+        answer.get_mut().citizen = Some(citizen);
+        Ok(answer)
     }
 
     async fn verify_citizen(
@@ -715,6 +741,24 @@ async fn an_owner_answering_beyond_the_mask_or_not_at_all_discloses_nothing() {
     assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
     assert!(!format!("{status:?}").contains("1985"), "{status:?}");
 
+    // Within the mask but under-reported, with another source named: the
+    // front records what it passed on and names the configured owner.
+    let answer = land
+        .citizen
+        .get_citizen(GetCitizenRequest {
+            context: context(PROCEDURE_LAND),
+            personal_id: "092085000124".into(),
+            read_mask: None,
+        })
+        .await
+        .unwrap();
+    let rid = request_id(&answer);
+    let answer = answer.into_inner();
+    assert_eq!(answer.citizen.unwrap().personal_id, "092085000124");
+    let provenance = answer.provenance.unwrap();
+    assert_eq!(provenance.source_agency, CITIZEN_OWNER);
+    assert_eq!(provenance.as_of.unwrap().seconds, 1_790_000_000);
+
     let started = Instant::now();
     let status = land
         .citizen
@@ -735,18 +779,21 @@ async fn an_owner_answering_beyond_the_mask_or_not_at_all_discloses_nothing() {
         started.elapsed()
     );
 
-    let outcomes: Vec<String> = export(&front_dir.path().join("gateway.toml"))
+    let front_log = export(&front_dir.path().join("gateway.toml"));
+    let outcomes: Vec<&str> = front_log
         .iter()
-        .map(|r| r["outcome"].as_str().unwrap().to_owned())
+        .map(|r| r["outcome"].as_str().unwrap())
         .collect();
-    assert_eq!(outcomes, ["INTERNAL", "UNAVAILABLE"]);
+    assert_eq!(outcomes, ["INTERNAL", "OK", "UNAVAILABLE"]);
+    let passed_on = record_with_id(&front_log, &rid);
+    assert_eq!(strings(&passed_on["fields"]), ["full_name", "personal_id"]);
     drop(front);
     let _ = stop.send(true);
     server.abort();
 }
 
-#[test]
-fn registry_entries_are_checked_naming_the_key() {
+#[tokio::test]
+async fn registry_entries_are_checked_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
     let path = dir.path().join("gateway.toml");
@@ -808,5 +855,16 @@ fn registry_entries_are_checked_naming_the_key() {
         .unwrap();
     assert_eq!(upstream.server_name, "localhost");
     assert_eq!(upstream.timeout, Duration::from_millis(2000));
+    assert!(interop_gateway::upstream::Upstreams::from_config(&config).is_ok());
+
+    // A key that is not the certificate's is named at start, as the key.
+    let other = pki.agency(LAND_OFFICE);
+    std::fs::write(pki.dir.join("other.key"), &other.key_pem).unwrap();
+    let mismatched = ok.replace("certs/gateway.key", "certs/other.key");
+    let config = interop_gateway::config::Config::parse(&mismatched, &path).unwrap();
+    let e = interop_gateway::upstream::Upstreams::from_config(&config)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("upstream.key") && e.contains("other.key"), "{e}");
     drop(pki);
 }

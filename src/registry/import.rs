@@ -78,6 +78,16 @@ fn split_as_of(line: &str) -> Result<(serde_json::Value, Option<i64>), String> {
                 .checked_mul(1000)
                 .and_then(|s| s.checked_add(i64::from(ts.nanos / 1_000_000)))
                 .ok_or_else(|| format!("{AS_OF_KEY}: out of range"))?;
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            // A day of slack for clocks; beyond that it is a typo, and data
+            // dated in the future would pass for current.
+            if ms > now_ms + 86_400_000 {
+                return Err(format!(
+                    "{AS_OF_KEY}: in the future; when was this record current at its source?"
+                ));
+            }
             Some(ms)
         }
     };

@@ -487,8 +487,13 @@ mod tests {
         let imported = store.enterprise("0100109106").await.unwrap().unwrap();
         assert!(imported.as_of_ms.unwrap() >= before);
 
-        std::fs::write(&file, line("0300588569", r#","asOf":"yesterday""#) + "\n").unwrap();
-        let err = import_file(&path, Registry::Business, &file).unwrap_err();
-        assert!(err.to_string().contains(":1: asOf"), "{err}");
+        for bad in [
+            r#","asOf":"yesterday""#,
+            r#","asOf":"2099-01-01T00:00:00Z""#,
+        ] {
+            std::fs::write(&file, line("0300588569", bad) + "\n").unwrap();
+            let err = import_file(&path, Registry::Business, &file).unwrap_err();
+            assert!(err.to_string().contains(":1: asOf"), "{err}");
+        }
     }
 }

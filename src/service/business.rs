@@ -47,11 +47,11 @@ impl BusinessRegistryService for Core {
                     read_mask: narrowed_mask(&call),
                     ..req
                 };
-                let (answer, fields): (GetEnterpriseResponse, _) = self
+                let (answer, mut fields): (GetEnterpriseResponse, _) = self
                     .forward(&owner, policy::GET_ENTERPRISE, &call, req)
                     .await?;
                 if let Some(enterprise) = &answer.enterprise {
-                    check_within(&call, &owner, enterprise)?;
+                    check_within(&call, &owner, enterprise, &mut fields)?;
                 }
                 return Ok(Answer {
                     response: GetEnterpriseResponse {

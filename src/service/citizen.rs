@@ -93,11 +93,11 @@ impl CitizenRegistryService for Core {
                     read_mask: narrowed_mask(&call),
                     ..req
                 };
-                let (answer, fields): (GetCitizenResponse, _) = self
+                let (answer, mut fields): (GetCitizenResponse, _) = self
                     .forward(&owner, policy::GET_CITIZEN, &call, req)
                     .await?;
                 if let Some(citizen) = &answer.citizen {
-                    check_within(&call, &owner, citizen)?;
+                    check_within(&call, &owner, citizen, &mut fields)?;
                 }
                 return Ok(Answer {
                     response: GetCitizenResponse {

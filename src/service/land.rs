@@ -237,11 +237,11 @@ impl LandRegistryService for Core {
                     read_mask: narrowed_mask(&call),
                     ..req
                 };
-                let (answer, fields): (GetParcelResponse, _) =
+                let (answer, mut fields): (GetParcelResponse, _) =
                     self.forward(&owner, policy::GET_PARCEL, &call, req).await?;
                 let mut subjects = Vec::new();
                 if let Some(parcel) = &answer.parcel {
-                    check_within(&call, &owner, parcel)?;
+                    check_within(&call, &owner, parcel, &mut fields)?;
                     forwarded_parcel_subjects(asked.as_ref(), parcel, &mut subjects);
                 }
                 return Ok(Answer {
@@ -295,12 +295,12 @@ impl LandRegistryService for Core {
                         read_mask: narrowed_mask(&call),
                         ..req
                     };
-                    let (answer, fields): (ListParcelsByHolderResponse, _) = self
+                    let (answer, mut fields): (ListParcelsByHolderResponse, _) = self
                         .forward(&owner, policy::LIST_PARCELS_BY_HOLDER, &call, req)
                         .await?;
                     let mut subjects = vec![holder];
                     for parcel in &answer.parcels {
-                        check_within(&call, &owner, parcel)?;
+                        check_within(&call, &owner, parcel, &mut fields)?;
                         forwarded_parcel_subjects(None, parcel, &mut subjects);
                     }
                     return Ok(Answer {

@@ -305,6 +305,9 @@ impl Core {
                     Err(e) => (requested_subjects, Vec::new(), e.code()),
                 };
                 let (context, subjects) = recordable(&context, subjects);
+                let mut fields = fields;
+                fields.sort();
+                fields.dedup();
                 let record = AuditRecord {
                     time_unix_ms,
                     request_id: request_id.clone(),
@@ -433,7 +436,8 @@ impl Core {
     /// Forwards `req` for `call` to the service's owner, on behalf of the
     /// calling agency. Returns the owner's answer and the fields it says it
     /// disclosed, each of which the call may disclose (else INTERNAL: an
-    /// owner answering beyond what was asked discloses nothing).
+    /// owner answering beyond what was asked discloses nothing). What the
+    /// answer actually carries is added by [`check_within`].
     pub async fn forward<Req, Resp>(
         &self,
         upstream: &Upstream,
@@ -448,29 +452,26 @@ impl Core {
         let (response, metadata) = upstream
             .unary(method.name, req, call.agency.as_str(), &call.request_id)
             .await?;
-        let fields = match metadata.get(crate::upstream::DISCLOSED_FIELDS_HEADER) {
-            None => call.disclosure.field_names.clone(),
-            Some(v) => {
-                let listed = v.to_str().map_err(|_| {
-                    owner_misbehaved(upstream, "its disclosed-fields header is not text")
-                })?;
-                let fields: Vec<String> = listed
-                    .split(',')
-                    .filter(|f| !f.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-                if let Some(extra) = fields
-                    .iter()
-                    .find(|f| !call.disclosure.field_names.contains(f))
-                {
-                    return Err(owner_misbehaved(
-                        upstream,
-                        &format!("it says it disclosed {extra}, which was not asked for"),
-                    ));
-                }
-                fields
-            }
+        let Some(listed) = metadata.get(crate::upstream::DISCLOSED_FIELDS_HEADER) else {
+            return Ok((response, Vec::new()));
         };
+        let listed = listed
+            .to_str()
+            .map_err(|_| owner_misbehaved(upstream, "its disclosed-fields header is not text"))?;
+        let fields: Vec<String> = listed
+            .split(',')
+            .filter(|f| !f.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if let Some(extra) = fields
+            .iter()
+            .find(|f| !call.disclosure.field_names.contains(f))
+        {
+            return Err(owner_misbehaved(
+                upstream,
+                &format!("it says it disclosed {extra}, which was not asked for"),
+            ));
+        }
         Ok((response, fields))
     }
 }
@@ -483,37 +484,44 @@ pub fn narrowed_mask(call: &Call) -> Option<pbjson_types::FieldMask> {
     })
 }
 
-/// A forwarded answer's provenance: what the owner reported, with the
-/// configured owner's code where it named none.
+/// A forwarded answer's provenance: the configured owner (whatever the
+/// answer names) and the time the owner reported its data current.
 pub fn forwarded_provenance(
     reported: Option<Provenance>,
     upstream: &Upstream,
 ) -> Option<Provenance> {
-    let mut p = reported.unwrap_or_default();
-    if p.source_agency.is_empty() {
-        p.source_agency = upstream.owner.clone();
-    }
-    Some(p)
+    Some(Provenance {
+        source_agency: upstream.owner.clone(),
+        as_of: reported.and_then(|p| p.as_of),
+    })
 }
 
 /// Refuses a forwarded record that carries any field outside the call's
-/// disclosure: masking it must change nothing.
+/// disclosure (masking it must change nothing), and adds to `disclosed` the
+/// disclosure's field paths the record does carry: what the access log
+/// records is what leaves, not what the owner says.
 pub fn check_within<T: prost::Message>(
     call: &Call,
     upstream: &Upstream,
     record: &T,
+    disclosed: &mut Vec<String>,
 ) -> Result<(), RequestError> {
     let bytes = record.encode_to_vec();
-    let kept = call
-        .disclosure
-        .mask
-        .apply(&bytes)
-        .map_err(|e| owner_misbehaved(upstream, &format!("its record does not parse: {e}")))?;
+    let unreadable = |e: crate::fieldmask::WireError| {
+        owner_misbehaved(upstream, &format!("its record does not parse: {e}"))
+    };
+    let kept = call.disclosure.mask.apply(&bytes).map_err(unreadable)?;
     if kept != bytes {
         return Err(owner_misbehaved(
             upstream,
             "its record carries fields outside what was asked",
         ));
+    }
+    let d = &call.disclosure;
+    for (name, mask) in d.field_names.iter().zip(&d.field_masks) {
+        if !disclosed.contains(name) && !mask.apply(&bytes).map_err(unreadable)?.is_empty() {
+            disclosed.push(name.clone());
+        }
     }
     Ok(())
 }

@@ -53,6 +53,8 @@ const PROBE_EVERY_DOWN: Duration = Duration::from_millis(500);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Attempts of one call at most (the first plus retries), budget permitting.
 const MAX_ATTEMPTS: u32 = 3;
+/// How much later than this gateway's own deadline the owner's expires.
+const DEADLINE_SLACK: Duration = Duration::from_millis(200);
 /// Pause before a retry, so a refused connection is not hammered.
 const RETRY_BACKOFF: Duration = Duration::from_millis(20);
 
@@ -67,7 +69,7 @@ pub struct UpstreamError {
 }
 
 /// Every forwarded service's owner, by service name.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Upstreams {
     by_service: BTreeMap<&'static str, Arc<Upstream>>,
 }
@@ -153,8 +155,19 @@ impl Upstream {
             .domain_name(s.server_name.clone());
         let uri = format!("https://{}", s.address);
         let endpoint = Endpoint::from_shared(uri)
-            .and_then(|e| e.tls_config(tls))
             .map_err(|e| fail("address", std::path::Path::new(&s.address), e.to_string()))?
+            .tls_config(tls)
+            .map_err(|e| {
+                fail(
+                    "key",
+                    &s.key,
+                    format!(
+                        "cannot be used with upstream.cert {} (does the key match the certificate?): {}",
+                        s.cert.display(),
+                        crate::client::error_chain(&e)
+                    ),
+                )
+            })?
             .connect_timeout(s.timeout.min(Duration::from_secs(5)))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
@@ -187,7 +200,8 @@ impl Upstream {
         *self.up.borrow()
     }
 
-    fn mark(&self, up: bool) {
+    /// Records whether the owner is up; `why` says what failed when it is not.
+    fn mark(&self, up: bool, why: &str) {
         let changed = self
             .up
             .send_if_modified(|now| std::mem::replace(now, up) != up);
@@ -195,7 +209,7 @@ impl Upstream {
             if up {
                 tracing::info!(target: "interop_gateway::upstream", service = self.service, owner = %self.owner, address = %self.address, "registry owner is back");
             } else {
-                tracing::warn!(target: "interop_gateway::upstream", service = self.service, owner = %self.owner, address = %self.address, "registry owner is down; calls fail fast until it answers health checks again");
+                tracing::warn!(target: "interop_gateway::upstream", service = self.service, owner = %self.owner, address = %self.address, error = %why, "registry owner is down; calls fail fast until it answers health checks again");
             }
         }
     }
@@ -248,7 +262,11 @@ impl Upstream {
                 .insert(ON_BEHALF_OF_HEADER, consumer.clone());
             req.metadata_mut()
                 .insert(crate::service::REQUEST_ID_HEADER, request_id.clone());
-            req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+            // The owner gets the deadline too (so it stops working for
+            // nobody), a little later than ours: tonic's client enforces it
+            // as CANCELLED, while this gateway's own deadline answers
+            // UPSTREAM_UNAVAILABLE.
+            req.set_timeout(deadline.saturating_duration_since(Instant::now()) + DEADLINE_SLACK);
             let mut grpc = self.grpc.clone();
             let path = path.clone();
             let sent = tokio::time::timeout_at(deadline, async move {
@@ -267,7 +285,7 @@ impl Upstream {
                     )))
                 }
                 Ok(Ok(response)) => {
-                    self.mark(true);
+                    self.mark(true, "");
                     let (metadata, message, _) = response.into_parts();
                     return Ok((message, metadata));
                 }
@@ -290,27 +308,49 @@ impl Upstream {
                 tokio::time::sleep(RETRY_BACKOFF).await;
                 continue;
             }
-            self.mark(false);
-            return Err(self.unavailable(format!("cannot be reached at {}: {why}", self.address)));
+            self.mark(false, &why);
+            // The detail (address, TLS or socket error) is for this gateway's
+            // operator, not for the consumer.
+            tracing::warn!(target: "interop_gateway::upstream", service = self.service, owner = %self.owner, address = %self.address, error = %why, "no answer from the registry owner");
+            return Err(self.unavailable("cannot be reached".into()));
         }
     }
 
-    /// Asks the owner's health service about the forwarded service.
-    async fn probe(&self) -> bool {
+    /// Asks the owner's health service about the forwarded service: `Ok`
+    /// when it is serving, else what went wrong (for the operator's log).
+    async fn probe(&self) -> Result<(), String> {
         let mut client = HealthClient::new(self.channel.clone());
         let request = HealthCheckRequest {
             service: self.service.to_owned(),
         };
-        match tokio::time::timeout(PROBE_TIMEOUT.min(self.timeout), client.check(request)).await {
-            Ok(Ok(answer)) => answer.into_inner().status == ServingStatus::Serving as i32,
-            _ => false,
+        let wait = PROBE_TIMEOUT.min(self.timeout);
+        match tokio::time::timeout(wait, client.check(request)).await {
+            Ok(Ok(answer)) => match answer.into_inner().status {
+                s if s == ServingStatus::Serving as i32 => Ok(()),
+                s => Err(format!(
+                    "its health check says {}",
+                    ServingStatus::try_from(s).map_or("an unknown status", |s| s.as_str_name())
+                )),
+            },
+            Ok(Err(status)) => Err(format!(
+                "health check failed: {}",
+                crate::client::error_chain(&status)
+            )),
+            Err(_) => Err(format!(
+                "health check unanswered after {} ms",
+                wait.as_millis()
+            )),
         }
     }
 
     async fn probe_loop(self: Arc<Self>) {
         loop {
-            let up = self.probe().await;
-            self.mark(up);
+            let probed = self.probe().await;
+            self.mark(
+                probed.is_ok(),
+                probed.as_ref().err().map_or("", String::as_str),
+            );
+            let up = probed.is_ok();
             tokio::time::sleep(if up { PROBE_EVERY_UP } else { PROBE_EVERY_DOWN }).await;
         }
     }
