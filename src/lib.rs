@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod cache;
+pub mod catalog;
 pub mod cli;
 pub mod client;
 pub mod clock;

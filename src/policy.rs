@@ -155,6 +155,16 @@ impl Policy {
         Policy { grants: index }
     }
 
+    /// The grants naming `agency`, in the order of [`METHODS`]; grants of
+    /// other agencies are not reachable from here.
+    pub fn grants_of(&self, agency: &str) -> Vec<&Grant> {
+        METHODS
+            .iter()
+            .filter_map(|m| self.grants.get(&(agency.to_owned(), m.name)))
+            .flatten()
+            .collect()
+    }
+
     /// Allows or denies `agency` calling `method` for `procedure`.
     pub fn authorize(
         &self,

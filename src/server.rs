@@ -21,6 +21,7 @@ use crate::{
     proto::{
         audit::v1::access_log_service_server::AccessLogServiceServer,
         business::v1::business_registry_service_server::BusinessRegistryServiceServer,
+        catalog::v1::catalog_service_server::CatalogServiceServer,
         citizen::v1::citizen_registry_service_server::CitizenRegistryServiceServer,
         land::v1::land_registry_service_server::LandRegistryServiceServer, FILE_DESCRIPTOR_SET,
     },
@@ -174,6 +175,9 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     health_reporter
         .set_serving::<AccessLogServiceServer<Core>>()
         .await;
+    health_reporter
+        .set_serving::<CatalogServiceServer<Core>>()
+        .await;
     // Data services are only as healthy as the access log (without it no
     // answer may leave) and, when forwarded, as their owner.
     let owners_health = upstreams.iter().map(|u| (u.service, u.health())).collect();
@@ -201,6 +205,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         .add_service(CitizenRegistryServiceServer::new(core.clone()))
         .add_service(LandRegistryServiceServer::new(core.clone()))
         .add_service(BusinessRegistryServiceServer::new(core.clone()))
+        .add_service(CatalogServiceServer::new(core.clone()))
         .add_service(AccessLogServiceServer::new(core))
         .add_service(health)
         .add_service(reflection_v1)

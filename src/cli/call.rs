@@ -24,7 +24,9 @@ pub struct Args {
     /// Full method name (`interop.citizen.v1.CitizenRegistryService/GetCitizen`) or
     /// just the method (`GetCitizen`).
     pub method: String,
-    /// The request as proto3 JSON, e.g. '{"context": {...}, "personalId": "..."}'.
+    /// The request as proto3 JSON, e.g. '{"context": {...}, "personalId": "..."}'
+    /// (`{}` or nothing for the catalogue's `ListServices` and `ListMyGrants`).
+    #[arg(default_value = "")]
     pub request: String,
 }
 
@@ -98,14 +100,71 @@ fn show<T: Serialize>(
     r.map(|resp| serde_json::to_value(resp.into_inner()).unwrap_or(Value::Null))
 }
 
+/// The catalogue's methods, which any configured agency may call without a
+/// grant (so they are not among the grantable [`METHODS`]).
+const CATALOG_METHODS: &[&str] = &[
+    "interop.catalog.v1.CatalogService/ListServices",
+    "interop.catalog.v1.CatalogService/ListMyGrants",
+];
+
+fn catalog_method(name: &str) -> Option<&'static str> {
+    CATALOG_METHODS
+        .iter()
+        .copied()
+        .find(|m| *m == name || m.rsplit('/').next() == Some(name))
+}
+
+/// Calls a catalogue method; the request may be `{}` or empty.
+async fn call_catalog(
+    client: &mut Client,
+    method: &'static str,
+    text: &str,
+) -> Result<Result<Value, tonic::Status>, Failure> {
+    let text = if text.trim().is_empty() { "{}" } else { text };
+    Ok(if method.ends_with("/ListServices") {
+        show(
+            client
+                .catalog
+                .list_services(parse::<crate::proto::catalog::v1::ListServicesRequest>(
+                    text, method,
+                )?)
+                .await,
+        )
+    } else {
+        show(
+            client
+                .catalog
+                .list_my_grants(parse::<crate::proto::catalog::v1::ListMyGrantsRequest>(
+                    text, method,
+                )?)
+                .await,
+        )
+    })
+}
+
 pub fn run(args: Args) -> Result<(), Failure> {
     let config = load_config(&args.config.config)?;
+    if let Some(method) = catalog_method(&args.method) {
+        let (addr, identity) = args.target.resolve(Some(&config))?;
+        let rt = runtime()?;
+        let result = rt.block_on(async {
+            let mut client = Client::connect(&addr, &identity)
+                .await
+                .map_err(|e| Failure::new(EXIT_FAILED, e))?;
+            call_catalog(&mut client, method, &args.request).await
+        })?;
+        return print_result(result);
+    }
     let method = METHODS
         .iter()
         .copied()
         .find(|m| m.name == args.method || m.name.rsplit('/').next() == Some(args.method.as_str()))
         .ok_or_else(|| {
-            let known: Vec<&str> = METHODS.iter().map(|m| m.name).collect();
+            let known: Vec<&str> = METHODS
+                .iter()
+                .map(|m| m.name)
+                .chain(CATALOG_METHODS.iter().copied())
+                .collect();
             Failure::new(
                 EXIT_CONFIG,
                 format!(
@@ -174,6 +233,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
         };
         Ok::<_, Failure>(answer)
     })?;
+    print_result(result)
+}
+
+/// Prints an answer, or a status with its details (and fails).
+fn print_result(result: Result<Value, tonic::Status>) -> Result<(), Failure> {
     match result {
         Ok(v) => {
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());

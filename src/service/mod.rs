@@ -25,6 +25,7 @@ use crate::{
 
 pub mod access_log;
 pub mod business;
+pub mod catalog;
 pub mod citizen;
 pub mod land;
 pub mod page_token;
@@ -229,17 +230,7 @@ impl Core {
         let mut agency_for_log = String::from("-");
 
         let result = async {
-            let leaf = certs.as_ref().and_then(|c| c.first()).ok_or_else(|| {
-                RequestError::Unauthenticated {
-                    reason: crate::error::reason::NO_AGENCY_IDENTITY,
-                    message: "no client certificate on this connection".into(),
-                }
-            })?;
-            let caller = self
-                .identities
-                .agency_of(leaf, &self.config.trust_domain, |code| {
-                    self.config.agencies.contains_key(code)
-                })?;
+            let caller = self.agency_of_peer(certs.as_deref().map(Vec::as_slice))?;
             agency_for_log = caller.to_string();
             audited_agency = Some(caller.clone());
             let principal = crate::identity::principal(
@@ -376,6 +367,26 @@ impl Core {
                 Err(status)
             }
         }
+    }
+}
+
+impl Core {
+    /// The configured agency the peer's client certificate (the leaf of
+    /// `certs`) names: the one identity rule of every call.
+    pub fn agency_of_peer(
+        &self,
+        certs: Option<&[tonic::transport::CertificateDer<'static>]>,
+    ) -> Result<AgencyId, RequestError> {
+        let leaf = certs
+            .and_then(|c| c.first())
+            .ok_or_else(|| RequestError::Unauthenticated {
+                reason: crate::error::reason::NO_AGENCY_IDENTITY,
+                message: "no client certificate on this connection".into(),
+            })?;
+        self.identities
+            .agency_of(leaf, &self.config.trust_domain, |code| {
+                self.config.agencies.contains_key(code)
+            })
     }
 }
 

@@ -54,12 +54,13 @@ before(async () => {
     enterprises: readJsonl(path.join(gateway.demoDir, 'enterprises.jsonl')),
   };
 
-  const { CitizenRegistryService, LandRegistryService, BusinessRegistryService } = loadServices();
+  const { CitizenRegistryService, LandRegistryService, BusinessRegistryService, CatalogService } = loadServices();
   const connectAs = (Service, agency) => connect(Service, gateway.addr, gateway.certsDir, agency, CHANNEL_OPTIONS);
   clients.citizensAsLandOffice = connectAs(CitizenRegistryService, LAND_OFFICE);
   clients.citizensAsPortal = connectAs(CitizenRegistryService, NATIONAL_PORTAL);
   clients.land = connectAs(LandRegistryService, LAND_OFFICE);
   clients.business = connectAs(BusinessRegistryService, BUSINESS_OFFICE);
+  clients.catalogAsLandOffice = connectAs(CatalogService, LAND_OFFICE);
 }, { timeout: 60_000 }); // a bound on a broken start, not a wait: readiness is the log line
 
 after(async () => {
@@ -274,5 +275,28 @@ describe('errors carry google.rpc details', () => {
     assert.equal(errorInfo.domain, ERROR_DOMAIN);
     assert.equal(resourceInfo?.resourceType, 'interop.citizen.v1.Citizen');
     assert.equal(resourceInfo?.resourceName, absent);
+  });
+});
+
+describe('CatalogService', () => {
+  test('ListServices describes every registry method and its field paths', async () => {
+    const { services } = await call(clients.catalogAsLandOffice, 'ListServices', {});
+    const citizen = services.find((s) => s.name === 'interop.citizen.v1.CitizenRegistryService');
+    assert.ok(citizen.description.startsWith('Read access to citizen records.'));
+    const get = citizen.methods.find((m) => m.name.endsWith('/GetCitizen'));
+    assert.equal(get.recordType, 'interop.citizen.v1.Citizen');
+    const province = get.fields.find((f) => f.path === 'permanent_address.province_code');
+    assert.equal(province.type, 'string');
+    assert.ok(province.description.length > 0);
+  });
+
+  test('ListMyGrants lists the calling agency\'s own grants only', async () => {
+    const mine = await call(clients.catalogAsLandOffice, 'ListMyGrants', {});
+    assert.equal(mine.agencyCode, LAND_OFFICE);
+    const get = mine.grants.find((g) => g.method === 'interop.citizen.v1.CitizenRegistryService/GetCitizen');
+    assert.deepEqual(get.procedures, [LAND_CONTEXT.procedureCode]);
+    assert.deepEqual([...get.fields].sort(), ['date_of_birth', 'full_name', 'permanent_address', 'personal_id']);
+    assert.ok(!mine.grants.some((g) => g.method.endsWith('/GetEnterprise')));
+    assert.ok(!mine.grants.some((g) => g.method.endsWith('/ListAccessRecords')));
   });
 });
