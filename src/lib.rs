@@ -26,6 +26,7 @@ pub mod logging;
 pub mod pki;
 pub mod policy;
 pub mod proto;
+pub mod receipt;
 pub mod registry;
 pub mod schema;
 pub mod server;

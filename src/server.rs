@@ -147,6 +147,14 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         )
         .await?,
     );
+    // Receipts are signed with the access log's key (which opening the log
+    // created if it was missing).
+    let receipts = match config.audit.receipts {
+        true => Some(crate::receipt::ReceiptLayer::new(Arc::new(
+            crate::receipt::ReceiptSigner::new(Signer::load_or_create(&config.audit.signing_key)?),
+        ))),
+        false => None,
+    };
     let verify_budget = Arc::new(VerifyBudget::open(
         &config.verify_budget_path(),
         &config.limits,
@@ -202,6 +210,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     let incoming = tls_incoming(listener, tls_config, shutdown_rx.clone());
 
     let router = tonic::transport::Server::builder()
+        .layer(tower::util::option_layer(receipts))
         .add_service(CitizenRegistryServiceServer::new(core.clone()))
         .add_service(LandRegistryServiceServer::new(core.clone()))
         .add_service(BusinessRegistryServiceServer::new(core.clone()))

@@ -11,6 +11,7 @@ pub mod certs;
 pub mod demo_data;
 pub mod import;
 pub mod load;
+pub mod receipt;
 pub mod report;
 pub mod serve;
 
@@ -40,6 +41,8 @@ pub enum Command {
     Load(Box<load::Args>),
     /// Reports from the access log (data re-use per procedure and agency).
     Report(report::Args),
+    /// Verify a signed receipt of an answer.
+    Receipt(receipt::Args),
 }
 
 /// `lowerCamelCase` -> `snake_case`, for one field-mask path segment.
@@ -172,6 +175,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Audit(a) => audit::run(a),
         Command::Report(a) => report::run(a),
         Command::Load(a) => load::run(*a),
+        Command::Receipt(a) => receipt::run(a),
     }
 }
 

@@ -282,6 +282,8 @@ impl Core {
             (Ok(answer), Some(_)) => MetadataValue::try_from(answer.fields.join(",")).ok(),
             _ => None,
         };
+        // What this call's receipt will assert, once it is answered OK.
+        let mut receipt: Option<crate::receipt::Claims> = None;
         let result = match audited_agency {
             None => result,
             Some(agency) => {
@@ -314,6 +316,9 @@ impl Core {
                         .map(ToString::to_string)
                         .unwrap_or_default(),
                 };
+                if code == tonic::Code::Ok && self.config.audit.receipts {
+                    receipt = Some(crate::receipt::Claims::of(&record));
+                }
                 match self.audit.append(record).await {
                     Ok(_) => result,
                     Err(e) => {
@@ -356,6 +361,10 @@ impl Core {
                     response
                         .metadata_mut()
                         .insert(crate::upstream::DISCLOSED_FIELDS_HEADER, fields);
+                }
+                // Signed into the trailers by `receipt::ReceiptLayer`.
+                if let Some(claims) = receipt {
+                    response.extensions_mut().insert(claims);
                 }
                 Ok(response)
             }
