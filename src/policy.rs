@@ -47,6 +47,10 @@ pub const LIST_ACCESS_RECORDS: MethodSpec = MethodSpec {
     name: "interop.audit.v1.AccessLogService/ListAccessRecords",
     record: None,
 };
+pub const WATCH_ACCESS_RECORDS: MethodSpec = MethodSpec {
+    name: "interop.audit.v1.AccessLogService/WatchAccessRecords",
+    record: None,
+};
 
 /// Registry services: each may be owned by an agency and forwarded to it.
 pub const CITIZEN_SERVICE: &str = "interop.citizen.v1.CitizenRegistryService";
@@ -90,6 +94,7 @@ pub const METHODS: &[MethodSpec] = &[
     LIST_PARCELS_BY_HOLDER,
     GET_ENTERPRISE,
     LIST_ACCESS_RECORDS,
+    WATCH_ACCESS_RECORDS,
 ];
 
 pub fn method(name: &str) -> Option<MethodSpec> {

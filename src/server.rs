@@ -160,7 +160,9 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         &config.limits,
         options.clock,
     )?);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let core = Core {
+        stopping: shutdown_rx.clone(),
         config: Arc::new(config),
         store,
         verify_budget,
@@ -206,7 +208,6 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let incoming = tls_incoming(listener, tls_config, shutdown_rx.clone());
 
     let router = tonic::transport::Server::builder()

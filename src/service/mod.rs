@@ -50,6 +50,8 @@ pub struct Core {
     pub upstreams: Arc<crate::upstream::Upstreams>,
     /// Failed `VerifyCitizen` calls per agency and personal id.
     pub verify_budget: Arc<crate::verify_budget::VerifyBudget>,
+    /// Turns true when the server shuts down: long calls (watches) end.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A successful answer and what the access log must say about it.
