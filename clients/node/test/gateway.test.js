@@ -6,10 +6,13 @@
 // <repo>/target/release/interop-gateway).
 
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import grpc from '@grpc/grpc-js';
+import { compactVerify, importSPKI } from 'jose';
 
 import { call, connect, errorDetails, loadServices, pick, readJsonl, startGateway } from './support.js';
 
@@ -298,5 +301,44 @@ describe('CatalogService', () => {
     assert.deepEqual([...get.fields].sort(), ['date_of_birth', 'full_name', 'permanent_address', 'personal_id']);
     assert.ok(!mine.grants.some((g) => g.method.endsWith('/GetEnterprise')));
     assert.ok(!mine.grants.some((g) => g.method.endsWith('/ListAccessRecords')));
+  });
+});
+
+describe('signed receipts', () => {
+  test('an answer carries a receipt that jose verifies against the raw response bytes', async () => {
+    const { CitizenRegistryService } = loadServices();
+    const method = CitizenRegistryService.service.GetCitizen;
+    const personalId = demo.citizens[0].personalId;
+    // Identity deserializer: the response bytes exactly as received.
+    let status;
+    const bytes = await new Promise((resolve, reject) => {
+      const call = clients.citizensAsLandOffice.makeUnaryRequest(
+        method.path,
+        method.requestSerialize,
+        (b) => b,
+        { context: LAND_CONTEXT, personalId },
+        new grpc.Metadata(),
+        { deadline: Date.now() + 10_000 },
+        (err, response) => (err ? reject(err) : resolve(response)),
+      );
+      call.on('status', (s) => {
+        status = s;
+      });
+    });
+    await new Promise((resolve) => setImmediate(resolve)); // 'status' follows the callback
+    const [receipt] = status.metadata.get('x-interop-receipt');
+    assert.ok(receipt, 'no x-interop-receipt trailer');
+
+    const pem = fs.readFileSync(path.join(gateway.dir, 'data', 'audit', 'audit.pub'), 'utf8');
+    const { payload, protectedHeader } = await compactVerify(receipt, await importSPKI(pem, 'EdDSA'));
+    assert.equal(protectedHeader.alg, 'EdDSA');
+    const spki = crypto.createPublicKey(pem).export({ type: 'spki', format: 'der' });
+    assert.equal(protectedHeader.kid, crypto.createHash('sha256').update(spki).digest('hex'));
+    const claims = JSON.parse(new TextDecoder().decode(payload));
+    assert.equal(claims.sha256, crypto.createHash('sha256').update(bytes).digest('base64url'));
+    assert.equal(claims.agency, LAND_OFFICE);
+    assert.deepEqual(claims.subjects, [personalId]);
+    assert.deepEqual(claims.fields, ['date_of_birth', 'full_name', 'permanent_address', 'personal_id']);
+    assert.equal(claims.outcome, 'OK');
   });
 });
