@@ -142,6 +142,31 @@ async fn call_catalog(
     })
 }
 
+/// Follows `WatchAccessRecords`, printing each event as one line of JSON as
+/// it arrives, until the stream ends; returns the status it ended with.
+async fn watch(client: &mut Client, text: &str) -> Result<tonic::Status, Failure> {
+    use std::io::Write;
+    let method = policy::WATCH_ACCESS_RECORDS.name;
+    let request = parse::<crate::proto::audit::v1::WatchAccessRecordsRequest>(text, method)?;
+    let mut stream = match client.access_log.watch_access_records(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return Ok(status),
+    };
+    let mut out = std::io::stdout().lock();
+    loop {
+        match stream.message().await {
+            Ok(Some(event)) => {
+                let line = serde_json::to_string(&event).unwrap_or_default();
+                writeln!(out, "{line}")
+                    .and_then(|()| out.flush())
+                    .map_err(|e| Failure::new(EXIT_FAILED, format!("stdout: {e}")))?;
+            }
+            Ok(None) => return Ok(tonic::Status::ok("the stream ended")),
+            Err(status) => return Ok(status),
+        }
+    }
+}
+
 pub fn run(args: Args) -> Result<(), Failure> {
     let config = load_config(&args.config.config)?;
     if let Some(method) = catalog_method(&args.method) {
@@ -176,6 +201,18 @@ pub fn run(args: Args) -> Result<(), Failure> {
         })?;
     let (addr, identity) = args.target.resolve(Some(&config))?;
     let rt = runtime()?;
+    if method == policy::WATCH_ACCESS_RECORDS {
+        let ended = rt.block_on(async {
+            let mut client = Client::connect(&addr, &identity)
+                .await
+                .map_err(|e| Failure::new(EXIT_FAILED, e))?;
+            watch(&mut client, &args.request).await
+        })?;
+        if ended.code() == tonic::Code::Ok {
+            return Ok(());
+        }
+        return print_result(Err(ended));
+    }
     let result = rt.block_on(async {
         let mut client = Client::connect(&addr, &identity)
             .await
@@ -222,6 +259,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
                     >(text, m.name)?)
                     .await,
             ),
+            // (WatchAccessRecords streams: handled above.)
             m => show(
                 client
                     .business
