@@ -4,7 +4,8 @@
 //! A call arrives over TLS ([`server`], [`tls`]), is given an identity
 //! ([`identity`]), is checked against grants ([`policy`], [`fieldmask`]), is
 //! answered from a registry ([`registry`]) through a thin service adapter
-//! ([`service`]), and is logged.
+//! ([`service`]), and is logged ([`audit`]); its answer carries a signed
+//! receipt ([`receipt`]). [`catalog`] describes what the gateway serves.
 
 #![forbid(unsafe_code)]
 

@@ -1,8 +1,9 @@
 //! The listener and the service stack: TCP accept, the rustls handshake (off
 //! the accept loop, with a deadline), then tonic serving the registry services,
-//! health and reflection on the same port. Shutdown is one explicit mechanism:
-//! a watch signal stops the accept loop and tells tonic to drain in-flight
-//! calls before `serve` returns.
+//! the access log and catalogue services, health and reflection on the same
+//! port, behind the receipt layer. Shutdown is one explicit mechanism: a watch
+//! signal stops the accept loop, ends open watches and tells tonic to drain
+//! in-flight calls before `serve` returns.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
