@@ -209,6 +209,17 @@ impl BusinessRegistryService for Bare {
 
 #[tonic::async_trait]
 impl AccessLogService for Bare {
+    type WatchAccessRecordsStream = tokio_stream::Empty<
+        Result<interop_gateway::proto::audit::v1::WatchAccessRecordsResponse, Status>,
+    >;
+
+    async fn watch_access_records(
+        &self,
+        _request: Request<interop_gateway::proto::audit::v1::WatchAccessRecordsRequest>,
+    ) -> Result<Response<Self::WatchAccessRecordsStream>, Status> {
+        Err(Status::unimplemented("the baseline keeps no access log"))
+    }
+
     async fn list_access_records(
         &self,
         _request: Request<ListAccessRecordsRequest>,

@@ -14,6 +14,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use crate::proto::{
     audit::v1::access_log_service_client::AccessLogServiceClient,
     business::v1::business_registry_service_client::BusinessRegistryServiceClient,
+    catalog::v1::catalog_service_client::CatalogServiceClient,
     citizen::v1::citizen_registry_service_client::CitizenRegistryServiceClient,
     land::v1::land_registry_service_client::LandRegistryServiceClient,
 };
@@ -218,6 +219,7 @@ pub struct Client {
     pub land: LandRegistryServiceClient<Channel>,
     pub business: BusinessRegistryServiceClient<Channel>,
     pub access_log: AccessLogServiceClient<Channel>,
+    pub catalog: CatalogServiceClient<Channel>,
 }
 
 /// Builds an endpoint (`https://host:port` or `host:port`) with mTLS.
@@ -254,6 +256,7 @@ impl Client {
             land: LandRegistryServiceClient::new(channel.clone()),
             business: BusinessRegistryServiceClient::new(channel.clone()),
             access_log: AccessLogServiceClient::new(channel.clone()),
+            catalog: CatalogServiceClient::new(channel.clone()),
             channel,
         }
     }

@@ -72,6 +72,7 @@ struct RawAudit {
     signing_key: Option<PathBuf>,
     checkpoint_every_records: Option<u64>,
     checkpoint_every_seconds: Option<u64>,
+    receipts: Option<bool>,
 }
 
 /// `[limits]`: every key optional, each with its default in [`Limits`].
@@ -171,6 +172,9 @@ pub struct AuditSettings {
     pub checkpoint_every_records: std::num::NonZeroU64,
     /// ...and at least this often while records are written.
     pub checkpoint_every: std::time::Duration,
+    /// Answered data calls carry a signed receipt (trailer
+    /// `x-interop-receipt`); on unless turned off.
+    pub receipts: bool,
 }
 
 /// Bounds on connections, from `[limits]`: what a slow, idle or hostile
@@ -611,6 +615,7 @@ impl Config {
             signing_key,
             checkpoint_every_records,
             checkpoint_every: std::time::Duration::from_secs(every_seconds),
+            receipts: raw.audit.receipts.unwrap_or(true),
         };
 
         let limits = raw.limits.validate().map_err(err)?;

@@ -25,6 +25,8 @@ pub mod reason {
     pub const INTERNAL: &str = "INTERNAL";
     pub const RELAY_NOT_ALLOWED: &str = "RELAY_NOT_ALLOWED";
     pub const UPSTREAM_UNAVAILABLE: &str = "UPSTREAM_UNAVAILABLE";
+    pub const WATCH_OVERFLOW: &str = "WATCH_OVERFLOW";
+    pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
 }
 
 /// One field violation: the request field path and what is wrong with it.
@@ -79,6 +81,9 @@ pub enum RequestError {
     Unavailable(String),
     #[error("{0}")]
     AuditUnavailable(String),
+    /// The gateway is shutting down: a long call (a watch) ends early.
+    #[error("{0}")]
+    ShuttingDown(String),
     #[error("{0}")]
     Internal(String),
     /// The registry's owner could not be reached, failed its handshake or
@@ -118,7 +123,9 @@ impl RequestError {
             RequestError::PermissionDenied { .. } => Code::PermissionDenied,
             RequestError::NotFound { .. } => Code::NotFound,
             RequestError::ResourceExhausted { .. } => Code::ResourceExhausted,
-            RequestError::Unavailable(_) | RequestError::AuditUnavailable(_) => Code::Unavailable,
+            RequestError::Unavailable(_)
+            | RequestError::AuditUnavailable(_)
+            | RequestError::ShuttingDown(_) => Code::Unavailable,
             RequestError::Internal(_) => Code::Internal,
             RequestError::UpstreamUnavailable { .. } => Code::Unavailable,
             RequestError::Upstream(status) => status.code(),
@@ -134,6 +141,7 @@ impl RequestError {
             RequestError::NotFound { .. } => reason::RECORD_NOT_FOUND,
             RequestError::Unavailable(_) => reason::STORE_UNAVAILABLE,
             RequestError::AuditUnavailable(_) => reason::AUDIT_UNAVAILABLE,
+            RequestError::ShuttingDown(_) => reason::SHUTTING_DOWN,
             RequestError::Internal(_) => reason::INTERNAL,
             RequestError::UpstreamUnavailable { .. } => reason::UPSTREAM_UNAVAILABLE,
             // Not used: an owner's status keeps its own details.

@@ -4,12 +4,14 @@
 //! A call arrives over TLS ([`server`], [`tls`], [`connections`]), is given an identity
 //! ([`identity`]), is checked against grants ([`policy`], [`fieldmask`]), is
 //! answered from a registry ([`registry`]) through a thin service adapter
-//! ([`service`]), and is logged.
+//! ([`service`]), and is logged ([`audit`]); its answer carries a signed
+//! receipt ([`receipt`]). [`catalog`] describes what the gateway serves.
 
 #![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod cache;
+pub mod catalog;
 pub mod cli;
 pub mod client;
 pub mod clock;
@@ -26,6 +28,7 @@ pub mod logging;
 pub mod pki;
 pub mod policy;
 pub mod proto;
+pub mod receipt;
 pub mod registry;
 pub mod schema;
 pub mod server;

@@ -47,6 +47,10 @@ pub const LIST_ACCESS_RECORDS: MethodSpec = MethodSpec {
     name: "interop.audit.v1.AccessLogService/ListAccessRecords",
     record: None,
 };
+pub const WATCH_ACCESS_RECORDS: MethodSpec = MethodSpec {
+    name: "interop.audit.v1.AccessLogService/WatchAccessRecords",
+    record: None,
+};
 
 /// Registry services: each may be owned by an agency and forwarded to it.
 pub const CITIZEN_SERVICE: &str = "interop.citizen.v1.CitizenRegistryService";
@@ -90,6 +94,7 @@ pub const METHODS: &[MethodSpec] = &[
     LIST_PARCELS_BY_HOLDER,
     GET_ENTERPRISE,
     LIST_ACCESS_RECORDS,
+    WATCH_ACCESS_RECORDS,
 ];
 
 pub fn method(name: &str) -> Option<MethodSpec> {
@@ -156,6 +161,16 @@ impl Policy {
                 .push(g);
         }
         Policy { grants: index }
+    }
+
+    /// The grants naming `agency`, in the order of [`METHODS`]; grants of
+    /// other agencies are not reachable from here.
+    pub fn grants_of(&self, agency: &str) -> Vec<&Grant> {
+        METHODS
+            .iter()
+            .filter_map(|m| self.grants.get(&(agency.to_owned(), m.name)))
+            .flatten()
+            .collect()
     }
 
     /// Allows or denies `agency` calling `method` for `procedure`.

@@ -43,3 +43,9 @@ pub mod audit {
         include!(concat!(env!("OUT_DIR"), "/interop.audit.v1.serde.rs"));
     }
 }
+pub mod catalog {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/interop.catalog.v1.rs"));
+        include!(concat!(env!("OUT_DIR"), "/interop.catalog.v1.serde.rs"));
+    }
+}

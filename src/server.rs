@@ -1,8 +1,9 @@
 //! The listener and the service stack: TCP accept, the rustls handshake (off
 //! the accept loop, with a deadline), then tonic serving the registry services,
-//! health and reflection on the same port. Shutdown is one explicit mechanism:
-//! a watch signal stops the accept loop and tells tonic to drain in-flight
-//! calls before `serve` returns.
+//! the access log and catalogue services, health and reflection on the same
+//! port, behind the receipt layer. Shutdown is one explicit mechanism: a watch
+//! signal stops the accept loop, ends open watches and tells tonic to drain
+//! in-flight calls before `serve` returns.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -22,6 +23,7 @@ use crate::{
     proto::{
         audit::v1::access_log_service_server::AccessLogServiceServer,
         business::v1::business_registry_service_server::BusinessRegistryServiceServer,
+        catalog::v1::catalog_service_server::CatalogServiceServer,
         citizen::v1::citizen_registry_service_server::CitizenRegistryServiceServer,
         land::v1::land_registry_service_server::LandRegistryServiceServer, FILE_DESCRIPTOR_SET,
     },
@@ -141,12 +143,22 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         )
         .await?,
     );
+    // Receipts are signed with the access log's key (which opening the log
+    // created if it was missing).
+    let receipts = match config.audit.receipts {
+        true => Some(crate::receipt::ReceiptLayer::new(Arc::new(
+            crate::receipt::ReceiptSigner::new(Signer::load_or_create(&config.audit.signing_key)?),
+        ))),
+        false => None,
+    };
     let verify_budget = Arc::new(VerifyBudget::open(
         &config.verify_budget_path(),
         &config.limits,
         options.clock,
     )?);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let core = Core {
+        stopping: shutdown_rx.clone(),
         config: Arc::new(config),
         store,
         verify_budget,
@@ -170,6 +182,9 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     health_reporter
         .set_serving::<AccessLogServiceServer<Core>>()
         .await;
+    health_reporter
+        .set_serving::<CatalogServiceServer<Core>>()
+        .await;
     // Data services are only as healthy as the access log (without it no
     // answer may leave) and, when forwarded, as their owner.
     let owners_health = upstreams.iter().map(|u| (u.service, u.health())).collect();
@@ -190,7 +205,6 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let incoming = tls_incoming(
         listener,
         tls_config,
@@ -200,9 +214,11 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
 
     let router = http2_limits(tonic::transport::Server::builder(), admission.limits())
         .layer(CountStreams(admission))
+        .layer(tower::util::option_layer(receipts))
         .add_service(CitizenRegistryServiceServer::new(core.clone()))
         .add_service(LandRegistryServiceServer::new(core.clone()))
         .add_service(BusinessRegistryServiceServer::new(core.clone()))
+        .add_service(CatalogServiceServer::new(core.clone()))
         .add_service(AccessLogServiceServer::new(core))
         .add_service(health)
         .add_service(reflection_v1)

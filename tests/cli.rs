@@ -208,6 +208,46 @@ fn dev_config_bootstraps_serves_calls_and_exits_zero_on_sigterm() {
     assert_eq!(err["code"], "PERMISSION_DENIED");
     assert_eq!(err["details"]["errorInfo"]["reason"], "METHOD_NOT_GRANTED");
 
+    // The catalogue needs no request body and no grant.
+    let out = Command::new(BIN)
+        .args(["call", "--config"])
+        .arg(&config)
+        .args(["--addr", &addr, "--agency", PORTAL, "ListMyGrants"])
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let grants: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(grants["agencyCode"], PORTAL);
+    assert_eq!(
+        grants["grants"][0]["method"],
+        "interop.audit.v1.AccessLogService/ListAccessRecords"
+    );
+
+    // The live stream is a method of its own, refused here for want of a grant.
+    let watch = format!(
+        r#"{{"context": {{"procedureCode": "{PROCEDURE_PORTAL}", "dossierId": "{DOSSIER}"}}}}"#
+    );
+    let out = Command::new(BIN)
+        .args(["call", "--config"])
+        .arg(&config)
+        .args([
+            "--addr",
+            &addr,
+            "--agency",
+            PORTAL,
+            "WatchAccessRecords",
+            &watch,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(err["details"]["errorInfo"]["reason"], "METHOD_NOT_GRANTED");
+    assert_eq!(
+        err["details"]["errorInfo"]["metadata"]["method"],
+        "interop.audit.v1.AccessLogService/WatchAccessRecords"
+    );
+
     let (status, log) = serve.terminate_with_log();
     assert!(status.success(), "exit {status:?}; log:\n{log}");
     assert!(log.contains("stopped"), "{log}");

@@ -88,6 +88,7 @@ fn export_writes_the_repository_protos_and_a_descriptor_set_naming_every_service
         [
             "interop.audit.v1.AccessLogService",
             "interop.business.v1.BusinessRegistryService",
+            "interop.catalog.v1.CatalogService",
             "interop.citizen.v1.CitizenRegistryService",
             "interop.land.v1.LandRegistryService",
         ]

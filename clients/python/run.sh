@@ -32,7 +32,8 @@ mkdir -p "$GEN"
   "$REPO/proto/interop/citizen/v1/citizen.proto" \
   "$REPO/proto/interop/land/v1/land.proto" \
   "$REPO/proto/interop/business/v1/business.proto" \
-  "$REPO/proto/interop/audit/v1/access_log.proto"
+  "$REPO/proto/interop/audit/v1/access_log.proto" \
+  "$REPO/proto/interop/catalog/v1/catalog.proto"
 
 export INTEROP_GATEWAY_BIN="${INTEROP_GATEWAY_BIN:-$REPO/target/release/interop-gateway}"
 export PYTHONPATH="$GEN${PYTHONPATH:+:$PYTHONPATH}"

@@ -6,7 +6,7 @@
 //! - [`chain`]: the hash chain and signed checkpoints
 //! - [`signer`]: the Ed25519 signing key
 //! - [`writer`]: the live log ([`AuditLog`]): recovery on open, group commit,
-//!   fail-closed writes, the subject index
+//!   fail-closed writes, the subject index, committed records for live readers
 //! - [`verify`]: [`verify_file`] and [`export`]
 //!
 //! # Files
@@ -82,7 +82,7 @@ pub use files::{fsync_latencies, HEAD_FILE, LOG_FILE, PUB_FILE};
 pub use record::AuditRecord;
 pub use signer::{parse_public_key_pem, verify_signature, Signer};
 pub use verify::{export, verify_file, VerifyFailure, VerifyReport};
-pub use writer::{AuditLog, AuditOptions};
+pub use writer::{AuditLog, AuditOptions, LiveRecord, LIVE_BUFFER};
 
 /// Everything that can go wrong opening, writing or reading the audit log.
 #[derive(Debug, thiserror::Error)]

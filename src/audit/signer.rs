@@ -110,10 +110,23 @@ pub fn verify_signature(public_key: &[u8], msg: &[u8], sig: &[u8]) -> bool {
         .is_ok()
 }
 
-/// Encodes a raw Ed25519 public key as an SPKI PEM.
-pub fn public_key_pem(public_key: &[u8; 32]) -> String {
+/// The DER SubjectPublicKeyInfo of a raw Ed25519 public key (RFC 8410).
+fn spki_der(public_key: &[u8; 32]) -> Vec<u8> {
     let mut der = ED25519_SPKI_PREFIX.to_vec();
     der.extend_from_slice(public_key);
+    der
+}
+
+/// The key's SHA-256 fingerprint: lowercase hex SHA-256 of its DER
+/// SubjectPublicKeyInfo (what `openssl pkey -pubin -outform DER | sha256sum`
+/// prints for `audit.pub`).
+pub fn fingerprint(public_key: &[u8; 32]) -> String {
+    super::line::hex(ring::digest::digest(&ring::digest::SHA256, &spki_der(public_key)).as_ref())
+}
+
+/// Encodes a raw Ed25519 public key as an SPKI PEM.
+pub fn public_key_pem(public_key: &[u8; 32]) -> String {
+    let der = spki_der(public_key);
     let b64 = base64(&der);
     let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
     // 60 base64 characters: the whole key fits on one line.

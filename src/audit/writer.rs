@@ -9,6 +9,12 @@
 //! the batch counts as written. Before writing again the writer cuts the file
 //! back to the last length known good, so a half-written or unsynced batch
 //! never becomes part of the chain; the first success reports healthy again.
+//!
+//! Live readers: each committed record is also published, after its fsync,
+//! on a bounded broadcast ([`AuditLog::subscribe`]); with a per-seq offset
+//! table ([`AuditLog::records_after`]) a reader that missed some reads them
+//! back from the file. Publishing never waits: a reader that falls more than
+//! [`LIVE_BUFFER`] records behind is told it lagged.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -21,7 +27,7 @@ use std::{
 };
 
 use tokio::{
-    sync::{mpsc, oneshot, watch},
+    sync::{broadcast, mpsc, oneshot, watch},
     task::JoinHandle,
     time::{Instant, MissedTickBehavior},
 };
@@ -61,6 +67,17 @@ impl Default for AuditOptions {
     }
 }
 
+/// Committed records a live reader may fall behind by before it is told it
+/// lagged (and must read the rest back with [`AuditLog::records_after`]).
+pub const LIVE_BUFFER: usize = 1024;
+
+/// A record as committed: durable, with its seq.
+#[derive(Clone, Debug)]
+pub struct LiveRecord {
+    pub seq: u64,
+    pub record: AuditRecord,
+}
+
 /// An open audit log. Appends go to the single writer task through a
 /// channel; queries read committed lines back from the file.
 pub struct AuditLog {
@@ -77,6 +94,10 @@ struct Shared {
     /// A read-only handle for positioned reads of committed lines.
     reader: File,
     index: RwLock<SubjectIndex>,
+    /// File offset of every committed record: seq `s` at `s - 1`.
+    offsets: RwLock<Vec<u64>>,
+    /// Committed records, for live readers.
+    live: broadcast::Sender<Arc<LiveRecord>>,
 }
 
 #[expect(
@@ -186,11 +207,56 @@ impl AuditLog {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .page(subject, before_seq, limit);
+        self.read_records(page)
+    }
+
+    /// Committed records from now on, in seq order. A receiver more than
+    /// [`LIVE_BUFFER`] records behind gets `RecvError::Lagged`.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveRecord>> {
+        self.shared.live.subscribe()
+    }
+
+    /// Seq of the last committed record (0 for an empty log).
+    pub fn last_seq(&self) -> u64 {
+        self.shared
+            .offsets
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len() as u64
+    }
+
+    /// Up to `limit` committed records with seq strictly above `after_seq`,
+    /// oldest first, read back from the file. Blocking.
+    pub fn records_after(
+        &self,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, AuditRecord)>, AuditError> {
+        let wanted: Vec<(u64, u64)> = {
+            let offsets = self
+                .shared
+                .offsets
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let start = usize::try_from(after_seq).unwrap_or(usize::MAX);
+            offsets
+                .iter()
+                .enumerate()
+                .skip(start)
+                .take(limit)
+                .map(|(i, offset)| (i as u64 + 1, *offset))
+                .collect()
+        };
+        self.read_records(wanted)
+    }
+
+    /// Reads the records at the given (seq, offset) pairs back from the file.
+    fn read_records(&self, at: Vec<(u64, u64)>) -> Result<Vec<(u64, AuditRecord)>, AuditError> {
         let corrupt = |what: String| AuditError::Corrupt {
             path: self.shared.path.clone(),
             what,
         };
-        page.into_iter()
+        at.into_iter()
             .map(|(seq, offset)| {
                 let bytes = index::read_line_at(&self.shared.reader, offset).map_err(|source| {
                     AuditError::Io {
@@ -351,10 +417,14 @@ impl Writer {
             .map_err(io_at(&path))?;
         let reader = File::open(&path).map_err(io_at(&path))?;
         let mut index = SubjectIndex::default();
+        let mut offsets = Vec::new();
         let scan = verify::scan(
             BufReader::new(&reader),
             &public_key,
-            |seq, offset, record| index.insert(seq, offset, record),
+            |seq, offset, record| {
+                offsets.push(offset);
+                index.insert(seq, offset, record)
+            },
         )
         .map_err(|e| match e {
             ScanError::Io { source, .. } => AuditError::Io {
@@ -386,6 +456,8 @@ impl Writer {
                 path: path.clone(),
                 reader,
                 index: RwLock::new(index),
+                offsets: RwLock::new(offsets),
+                live: broadcast::channel(LIVE_BUFFER).0,
             }),
             every_records,
             next_seq: scan.records + 1,
@@ -501,6 +573,11 @@ impl Writer {
                 index.insert(first_seq + i as u64, offsets[i], record);
             }
         }
+        self.shared
+            .offsets
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .extend_from_slice(&offsets);
         self.next_seq = seq + 1;
         self.head = head;
         self.len += buf.len() as u64;
@@ -604,6 +681,14 @@ async fn run(
                 for (i, reply) in replies.into_iter().enumerate() {
                     // A caller that stopped waiting still has its record written.
                     let _ = reply.send(Ok(committed.first_seq + i as u64));
+                }
+                let live = &writer.shared.live;
+                if live.receiver_count() > 0 {
+                    for (i, record) in records.into_iter().enumerate() {
+                        let seq = committed.first_seq + i as u64;
+                        // No receiver left is not an error.
+                        let _ = live.send(Arc::new(LiveRecord { seq, record }));
+                    }
                 }
             }
             Err(e) => {

@@ -10,7 +10,7 @@ use super::{
     load_config, mask_paths, runtime, ConfigArg, Failure, TargetArgs, EXIT_CONFIG, EXIT_FAILED,
 };
 use crate::{
-    client::{error_chain, explain_failure, is_transport_failure, Client},
+    client::{error_chain, explain_failure, is_transport_failure, Client, IdentityFiles},
     error::code_name,
     policy::{self, METHODS},
 };
@@ -24,7 +24,9 @@ pub struct Args {
     /// Full method name (`interop.citizen.v1.CitizenRegistryService/GetCitizen`) or
     /// just the method (`GetCitizen`).
     pub method: String,
-    /// The request as proto3 JSON, e.g. '{"context": {...}, "personalId": "..."}'.
+    /// The request as proto3 JSON, e.g. '{"context": {...}, "personalId": "..."}'
+    /// (`{}` or nothing for the catalogue's `ListServices` and `ListMyGrants`).
+    #[arg(default_value = "")]
     pub request: String,
 }
 
@@ -98,14 +100,96 @@ fn show<T: Serialize>(
     r.map(|resp| serde_json::to_value(resp.into_inner()).unwrap_or(Value::Null))
 }
 
+/// The catalogue's methods, which any configured agency may call without a
+/// grant (so they are not among the grantable [`METHODS`]).
+const CATALOG_METHODS: &[&str] = &[
+    "interop.catalog.v1.CatalogService/ListServices",
+    "interop.catalog.v1.CatalogService/ListMyGrants",
+];
+
+fn catalog_method(name: &str) -> Option<&'static str> {
+    CATALOG_METHODS
+        .iter()
+        .copied()
+        .find(|m| *m == name || m.rsplit('/').next() == Some(name))
+}
+
+/// Calls a catalogue method; the request may be `{}` or empty.
+async fn call_catalog(
+    client: &mut Client,
+    method: &'static str,
+    text: &str,
+) -> Result<Result<Value, tonic::Status>, Failure> {
+    let text = if text.trim().is_empty() { "{}" } else { text };
+    Ok(if method.ends_with("/ListServices") {
+        show(
+            client
+                .catalog
+                .list_services(parse::<crate::proto::catalog::v1::ListServicesRequest>(
+                    text, method,
+                )?)
+                .await,
+        )
+    } else {
+        show(
+            client
+                .catalog
+                .list_my_grants(parse::<crate::proto::catalog::v1::ListMyGrantsRequest>(
+                    text, method,
+                )?)
+                .await,
+        )
+    })
+}
+
+/// Follows `WatchAccessRecords`, printing each event as one line of JSON as
+/// it arrives, until the stream ends; returns the status it ended with.
+async fn watch(client: &mut Client, text: &str) -> Result<tonic::Status, Failure> {
+    use std::io::Write;
+    let method = policy::WATCH_ACCESS_RECORDS.name;
+    let request = parse::<crate::proto::audit::v1::WatchAccessRecordsRequest>(text, method)?;
+    let mut stream = match client.access_log.watch_access_records(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return Ok(status),
+    };
+    let mut out = std::io::stdout().lock();
+    loop {
+        match stream.message().await {
+            Ok(Some(event)) => {
+                let line = serde_json::to_string(&event).unwrap_or_default();
+                writeln!(out, "{line}")
+                    .and_then(|()| out.flush())
+                    .map_err(|e| Failure::new(EXIT_FAILED, format!("stdout: {e}")))?;
+            }
+            Ok(None) => return Ok(tonic::Status::ok("the stream ended")),
+            Err(status) => return Ok(status),
+        }
+    }
+}
+
 pub fn run(args: Args) -> Result<(), Failure> {
     let config = load_config(&args.config.config)?;
+    if let Some(method) = catalog_method(&args.method) {
+        let (addr, identity, files) = args.target.resolve(Some(&config))?;
+        let rt = runtime()?;
+        let result = rt.block_on(async {
+            let mut client = Client::connect(&addr, &identity).await.map_err(|e| {
+                Failure::new(EXIT_FAILED, explain_failure(&e.to_string(), &addr, &files))
+            })?;
+            call_catalog(&mut client, method, &args.request).await
+        })?;
+        return print_result(result, &addr, &files);
+    }
     let method = METHODS
         .iter()
         .copied()
         .find(|m| m.name == args.method || m.name.rsplit('/').next() == Some(args.method.as_str()))
         .ok_or_else(|| {
-            let known: Vec<&str> = METHODS.iter().map(|m| m.name).collect();
+            let known: Vec<&str> = METHODS
+                .iter()
+                .map(|m| m.name)
+                .chain(CATALOG_METHODS.iter().copied())
+                .collect();
             Failure::new(
                 EXIT_CONFIG,
                 format!(
@@ -117,6 +201,18 @@ pub fn run(args: Args) -> Result<(), Failure> {
         })?;
     let (addr, identity, files) = args.target.resolve(Some(&config))?;
     let rt = runtime()?;
+    if method == policy::WATCH_ACCESS_RECORDS {
+        let ended = rt.block_on(async {
+            let mut client = Client::connect(&addr, &identity).await.map_err(|e| {
+                Failure::new(EXIT_FAILED, explain_failure(&e.to_string(), &addr, &files))
+            })?;
+            watch(&mut client, &args.request).await
+        })?;
+        if ended.code() == tonic::Code::Ok {
+            return Ok(());
+        }
+        return print_result(Err(ended), &addr, &files);
+    }
     let result = rt.block_on(async {
         let mut client = Client::connect(&addr, &identity).await.map_err(|e| {
             Failure::new(EXIT_FAILED, explain_failure(&e.to_string(), &addr, &files))
@@ -163,6 +259,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
                     >(text, m.name)?)
                     .await,
             ),
+            // (WatchAccessRecords streams: handled above.)
             m => show(
                 client
                     .business
@@ -174,6 +271,16 @@ pub fn run(args: Args) -> Result<(), Failure> {
         };
         Ok::<_, Failure>(answer)
     })?;
+    print_result(result, &addr, &files)
+}
+
+/// Prints an answer, or a status with its details (and fails); a failure
+/// before any answer is explained in terms of `addr` and `files`.
+fn print_result(
+    result: Result<Value, tonic::Status>,
+    addr: &str,
+    files: &IdentityFiles,
+) -> Result<(), Failure> {
     match result {
         Ok(v) => {
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -185,8 +292,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
             explain_failure(
                 &std::error::Error::source(&status)
                     .map_or_else(|| status.message().to_owned(), error_chain),
-                &addr,
-                &files,
+                addr,
+                files,
             ),
         )),
         Err(status) => {

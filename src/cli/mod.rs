@@ -12,6 +12,7 @@ pub mod demo_data;
 pub mod import;
 pub mod load;
 pub mod proto;
+pub mod receipt;
 pub mod report;
 pub mod serve;
 
@@ -43,6 +44,8 @@ pub enum Command {
     Report(report::Args),
     /// The contract this binary speaks: export its .proto files and descriptor set.
     Proto(proto::Args),
+    /// Verify a signed receipt of an answer.
+    Receipt(receipt::Args),
 }
 
 /// `lowerCamelCase` -> `snake_case`, for one field-mask path segment.
@@ -188,6 +191,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Report(a) => report::run(a),
         Command::Load(a) => load::run(*a),
         Command::Proto(a) => proto::run(a),
+        Command::Receipt(a) => receipt::run(a),
     }
 }
 

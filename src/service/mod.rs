@@ -25,6 +25,7 @@ use crate::{
 
 pub mod access_log;
 pub mod business;
+pub mod catalog;
 pub mod citizen;
 pub mod land;
 pub mod page_token;
@@ -50,6 +51,8 @@ pub struct Core {
     pub upstreams: Arc<crate::upstream::Upstreams>,
     /// Failed `VerifyCitizen` calls per agency and personal id.
     pub verify_budget: Arc<crate::verify_budget::VerifyBudget>,
+    /// Turns true when the server shuts down: long calls (watches) end.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A successful answer and what the access log must say about it.
@@ -230,17 +233,7 @@ impl Core {
         let mut agency_for_log = String::from("-");
 
         let result = async {
-            let leaf = certs.as_ref().and_then(|c| c.first()).ok_or_else(|| {
-                RequestError::Unauthenticated {
-                    reason: crate::error::reason::NO_AGENCY_IDENTITY,
-                    message: "no client certificate on this connection".into(),
-                }
-            })?;
-            let caller = self
-                .identities
-                .agency_of(leaf, &self.config.trust_domain, |code| {
-                    self.config.agencies.contains_key(code)
-                })?;
+            let caller = self.agency_of_peer(certs.as_deref().map(Vec::as_slice))?;
             agency_for_log = caller.to_string();
             audited_agency = Some(caller.clone());
             let principal = crate::identity::principal(
@@ -292,6 +285,8 @@ impl Core {
             (Ok(answer), Some(_)) => MetadataValue::try_from(answer.fields.join(",")).ok(),
             _ => None,
         };
+        // What this call's receipt will assert, once it is answered OK.
+        let mut receipt: Option<crate::receipt::Claims> = None;
         let result = match audited_agency {
             None => result,
             Some(agency) => {
@@ -325,6 +320,9 @@ impl Core {
                         .map(ToString::to_string)
                         .unwrap_or_default(),
                 };
+                if code == tonic::Code::Ok && self.config.audit.receipts {
+                    receipt = Some(crate::receipt::Claims::of(&record));
+                }
                 match self.audit.append(record).await {
                     Ok(_) => result,
                     Err(e) => {
@@ -368,6 +366,10 @@ impl Core {
                         .metadata_mut()
                         .insert(crate::upstream::DISCLOSED_FIELDS_HEADER, fields);
                 }
+                // Signed into the trailers by `receipt::ReceiptLayer`.
+                if let Some(claims) = receipt {
+                    response.extensions_mut().insert(claims);
+                }
                 Ok(response)
             }
             Err(e) => {
@@ -391,6 +393,26 @@ fn recordable(
     subjects.sort();
     subjects.dedup();
     (recorded::context(context, MAX_OFFICER_ID), subjects)
+}
+
+impl Core {
+    /// The configured agency the peer's client certificate (the leaf of
+    /// `certs`) names: the one identity rule of every call.
+    pub fn agency_of_peer(
+        &self,
+        certs: Option<&[tonic::transport::CertificateDer<'static>]>,
+    ) -> Result<AgencyId, RequestError> {
+        let leaf = certs
+            .and_then(|c| c.first())
+            .ok_or_else(|| RequestError::Unauthenticated {
+                reason: crate::error::reason::NO_AGENCY_IDENTITY,
+                message: "no client certificate on this connection".into(),
+            })?;
+        self.identities
+            .agency_of(leaf, &self.config.trust_domain, |code| {
+                self.config.agencies.contains_key(code)
+            })
+    }
 }
 
 /// Decodes a stored record after applying the call's field mask.

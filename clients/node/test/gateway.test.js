@@ -6,10 +6,13 @@
 // <repo>/target/release/interop-gateway).
 
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import grpc from '@grpc/grpc-js';
+import { compactVerify, importSPKI } from 'jose';
 
 import { call, connect, errorDetails, loadServices, pick, readJsonl, startGateway } from './support.js';
 
@@ -54,12 +57,13 @@ before(async () => {
     enterprises: readJsonl(path.join(gateway.demoDir, 'enterprises.jsonl')),
   };
 
-  const { CitizenRegistryService, LandRegistryService, BusinessRegistryService } = loadServices();
+  const { CitizenRegistryService, LandRegistryService, BusinessRegistryService, CatalogService } = loadServices();
   const connectAs = (Service, agency) => connect(Service, gateway.addr, gateway.certsDir, agency, CHANNEL_OPTIONS);
   clients.citizensAsLandOffice = connectAs(CitizenRegistryService, LAND_OFFICE);
   clients.citizensAsPortal = connectAs(CitizenRegistryService, NATIONAL_PORTAL);
   clients.land = connectAs(LandRegistryService, LAND_OFFICE);
   clients.business = connectAs(BusinessRegistryService, BUSINESS_OFFICE);
+  clients.catalogAsLandOffice = connectAs(CatalogService, LAND_OFFICE);
 }, { timeout: 60_000 }); // a bound on a broken start, not a wait: readiness is the log line
 
 after(async () => {
@@ -274,5 +278,67 @@ describe('errors carry google.rpc details', () => {
     assert.equal(errorInfo.domain, ERROR_DOMAIN);
     assert.equal(resourceInfo?.resourceType, 'interop.citizen.v1.Citizen');
     assert.equal(resourceInfo?.resourceName, absent);
+  });
+});
+
+describe('CatalogService', () => {
+  test('ListServices describes every registry method and its field paths', async () => {
+    const { services } = await call(clients.catalogAsLandOffice, 'ListServices', {});
+    const citizen = services.find((s) => s.name === 'interop.citizen.v1.CitizenRegistryService');
+    assert.ok(citizen.description.startsWith('Read access to citizen records.'));
+    const get = citizen.methods.find((m) => m.name.endsWith('/GetCitizen'));
+    assert.equal(get.recordType, 'interop.citizen.v1.Citizen');
+    const province = get.fields.find((f) => f.path === 'permanent_address.province_code');
+    assert.equal(province.type, 'string');
+    assert.ok(province.description.length > 0);
+  });
+
+  test('ListMyGrants lists the calling agency\'s own grants only', async () => {
+    const mine = await call(clients.catalogAsLandOffice, 'ListMyGrants', {});
+    assert.equal(mine.agencyCode, LAND_OFFICE);
+    const get = mine.grants.find((g) => g.method === 'interop.citizen.v1.CitizenRegistryService/GetCitizen');
+    assert.deepEqual(get.procedures, [LAND_CONTEXT.procedureCode]);
+    assert.deepEqual([...get.fields].sort(), ['date_of_birth', 'full_name', 'permanent_address', 'personal_id']);
+    assert.ok(!mine.grants.some((g) => g.method.endsWith('/GetEnterprise')));
+    assert.ok(!mine.grants.some((g) => g.method.endsWith('/ListAccessRecords')));
+  });
+});
+
+describe('signed receipts', () => {
+  test('an answer carries a receipt that jose verifies against the raw response bytes', async () => {
+    const { CitizenRegistryService } = loadServices();
+    const method = CitizenRegistryService.service.GetCitizen;
+    const personalId = demo.citizens[0].personalId;
+    // Identity deserializer: the response bytes exactly as received.
+    let status;
+    const bytes = await new Promise((resolve, reject) => {
+      const call = clients.citizensAsLandOffice.makeUnaryRequest(
+        method.path,
+        method.requestSerialize,
+        (b) => b,
+        { context: LAND_CONTEXT, personalId },
+        new grpc.Metadata(),
+        { deadline: Date.now() + 10_000 },
+        (err, response) => (err ? reject(err) : resolve(response)),
+      );
+      call.on('status', (s) => {
+        status = s;
+      });
+    });
+    await new Promise((resolve) => setImmediate(resolve)); // 'status' follows the callback
+    const [receipt] = status.metadata.get('x-interop-receipt');
+    assert.ok(receipt, 'no x-interop-receipt trailer');
+
+    const pem = fs.readFileSync(path.join(gateway.dir, 'data', 'audit', 'audit.pub'), 'utf8');
+    const { payload, protectedHeader } = await compactVerify(receipt, await importSPKI(pem, 'EdDSA'));
+    assert.equal(protectedHeader.alg, 'EdDSA');
+    const spki = crypto.createPublicKey(pem).export({ type: 'spki', format: 'der' });
+    assert.equal(protectedHeader.kid, crypto.createHash('sha256').update(spki).digest('hex'));
+    const claims = JSON.parse(new TextDecoder().decode(payload));
+    assert.equal(claims.sha256, crypto.createHash('sha256').update(bytes).digest('base64url'));
+    assert.equal(claims.agency, LAND_OFFICE);
+    assert.deepEqual(claims.subjects, [personalId]);
+    assert.deepEqual(claims.fields, ['date_of_birth', 'full_name', 'permanent_address', 'personal_id']);
+    assert.equal(claims.outcome, 'OK');
   });
 });

@@ -43,13 +43,14 @@ export const LOADER_OPTIONS = {
   includeDirs: [PROTO_DIR], // google/protobuf/field_mask.proto comes bundled with proto-loader
 };
 
-/** Loads the three registry services from proto/ and returns their client constructors. */
+/** Loads the three registry services and the catalogue from proto/ and returns their client constructors. */
 export function loadServices() {
   const definition = protoLoader.loadSync(
     [
       'interop/citizen/v1/citizen.proto',
       'interop/land/v1/land.proto',
       'interop/business/v1/business.proto',
+      'interop/catalog/v1/catalog.proto',
     ],
     LOADER_OPTIONS,
   );
@@ -58,6 +59,7 @@ export function loadServices() {
     CitizenRegistryService: pkg.interop.citizen.v1.CitizenRegistryService,
     LandRegistryService: pkg.interop.land.v1.LandRegistryService,
     BusinessRegistryService: pkg.interop.business.v1.BusinessRegistryService,
+    CatalogService: pkg.interop.catalog.v1.CatalogService,
   };
 }
 
