@@ -173,7 +173,8 @@ pub struct AuditSettings {
     /// ...and at least this often while records are written.
     pub checkpoint_every: std::time::Duration,
     /// Answered data calls carry a signed receipt (trailer
-    /// `x-interop-receipt`); on unless turned off.
+    /// `x-interop-receipt`); off unless turned on, while a receipt costs a
+    /// signature per call.
     pub receipts: bool,
 }
 
@@ -615,7 +616,7 @@ impl Config {
             signing_key,
             checkpoint_every_records,
             checkpoint_every: std::time::Duration::from_secs(every_seconds),
-            receipts: raw.audit.receipts.unwrap_or(true),
+            receipts: raw.audit.receipts.unwrap_or(false),
         };
 
         let limits = raw.limits.validate().map_err(err)?;

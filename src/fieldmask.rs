@@ -124,41 +124,34 @@ impl MaskTree {
         Ok(out)
     }
 
+    /// Whether `record` holds any field this mask keeps (a sub-message
+    /// counts only if it holds a kept field), without copying anything.
+    pub fn keeps_any(&self, mut record: &[u8]) -> Result<bool, WireError> {
+        if self.whole {
+            return Ok(!record.is_empty());
+        }
+        while !record.is_empty() {
+            let field = next_field(record)?;
+            if let Some(child) = self.children.get(&field.number) {
+                if child.whole || field.wire_type != 2 || child.keeps_any(field.payload()?)? {
+                    return Ok(true);
+                }
+            }
+            record = record.get(field.end..).ok_or(WireError)?;
+        }
+        Ok(false)
+    }
+
     fn prune(&self, mut buf: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
         while !buf.is_empty() {
-            let start = buf;
-            let key = read_varint(&mut buf)?;
-            let number = (key >> 3) as u32;
-            let wire_type = (key & 7) as u8;
-            let header_len = start.len() - buf.len();
-            let value_len = match wire_type {
-                0 => {
-                    let mut probe = buf;
-                    read_varint(&mut probe)?;
-                    buf.len() - probe.len()
-                }
-                1 => 8,
-                2 => {
-                    let mut probe = buf;
-                    let len = usize::try_from(read_varint(&mut probe)?).map_err(|_| WireError)?;
-                    (buf.len() - probe.len())
-                        .checked_add(len)
-                        .ok_or(WireError)?
-                }
-                5 => 4,
-                _ => return Err(WireError),
-            };
-            let end = header_len.checked_add(value_len).ok_or(WireError)?;
-            let value = start.get(header_len..end).ok_or(WireError)?;
-            if let Some(child) = self.children.get(&number) {
-                if child.whole || wire_type != 2 {
+            let field = next_field(buf)?;
+            let (start, header_len, end) = (buf, field.header_len, field.end);
+            if let Some(child) = self.children.get(&field.number) {
+                if child.whole || field.wire_type != 2 {
                     out.extend_from_slice(&start[..end]);
                 } else {
-                    let mut payload = value;
-                    let len = usize::try_from(read_varint(&mut payload)?).map_err(|_| WireError)?;
-                    let payload = payload.get(..len).ok_or(WireError)?;
                     let mut inner = Vec::new();
-                    child.prune(payload, &mut inner)?;
+                    child.prune(field.payload()?, &mut inner)?;
                     // A sub-message with nothing left to disclose is left out
                     // entirely, so presence reveals nothing either.
                     if inner.is_empty() {
@@ -174,6 +167,62 @@ impl MaskTree {
         }
         Ok(())
     }
+}
+
+/// One field at the start of an encoded message.
+struct Field<'a> {
+    number: u32,
+    wire_type: u8,
+    /// Length of the key.
+    header_len: usize,
+    /// Length of key and value: where the next field starts.
+    end: usize,
+    /// The key and value.
+    bytes: &'a [u8],
+}
+
+impl<'a> Field<'a> {
+    /// The contents of a length-delimited value (without its length).
+    fn payload(&self) -> Result<&'a [u8], WireError> {
+        let mut value = self.bytes.get(self.header_len..).ok_or(WireError)?;
+        let len = usize::try_from(read_varint(&mut value)?).map_err(|_| WireError)?;
+        value.get(..len).ok_or(WireError)
+    }
+}
+
+/// Reads the key of the first field of `start` and measures its value.
+fn next_field(start: &[u8]) -> Result<Field<'_>, WireError> {
+    let mut buf = start;
+    let key = read_varint(&mut buf)?;
+    let number = (key >> 3) as u32;
+    let wire_type = (key & 7) as u8;
+    let header_len = start.len() - buf.len();
+    let value_len = match wire_type {
+        0 => {
+            let mut probe = buf;
+            read_varint(&mut probe)?;
+            buf.len() - probe.len()
+        }
+        1 => 8,
+        2 => {
+            let mut probe = buf;
+            let len = usize::try_from(read_varint(&mut probe)?).map_err(|_| WireError)?;
+            (buf.len() - probe.len())
+                .checked_add(len)
+                .ok_or(WireError)?
+        }
+        5 => 4,
+        _ => return Err(WireError),
+    };
+    let end = header_len.checked_add(value_len).ok_or(WireError)?;
+    let bytes = start.get(..end).ok_or(WireError)?;
+    Ok(Field {
+        number,
+        wire_type,
+        header_len,
+        end,
+        bytes,
+    })
 }
 
 /// The stored record is not valid protobuf.
@@ -321,6 +370,22 @@ mod tests {
                 Citizen::decode(once.as_slice()).unwrap(),
                 Citizen::decode(twice.as_slice()).unwrap()
             );
+        }
+    }
+
+    proptest! {
+        /// `keeps_any` says whether `apply` would keep anything, for any mask
+        /// and any record, including partly disclosed sub-messages.
+        #[test]
+        fn keeps_any_agrees_with_apply(
+            m in proptest::sample::subsequence(FIELDS, 1..FIELDS.len()),
+            kept in proptest::sample::subsequence(FIELDS, 0..FIELDS.len()),
+        ) {
+            // A record holding only some fields: the full one cut by a mask.
+            let full = citizen().encode_to_vec();
+            let record = if kept.is_empty() { Vec::new() } else { mask(&kept).apply(&full).unwrap() };
+            let m = mask(&m);
+            prop_assert_eq!(m.keeps_any(&record).unwrap(), !m.apply(&record).unwrap().is_empty());
         }
     }
 

@@ -33,7 +33,7 @@ fn get_citizen() -> GetCitizenRequest {
 
 #[tokio::test]
 async fn an_answer_carries_a_receipt_naming_the_call_and_the_exact_response() {
-    let gw = Gateway::start().await;
+    let gw = receipting().await;
     let key = public_key(&gw);
     let mut c = gw.client(LAND_OFFICE).await;
     let response = c.citizen.get_citizen(get_citizen()).await.unwrap();
@@ -118,7 +118,7 @@ async fn an_answer_carries_a_receipt_naming_the_call_and_the_exact_response() {
 
 #[tokio::test]
 async fn refused_calls_carry_no_receipt() {
-    let gw = Gateway::start().await;
+    let gw = receipting().await;
     let mut c = gw.client(PORTAL).await;
     let err = c.citizen.get_citizen(get_citizen()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
@@ -134,7 +134,7 @@ async fn refused_calls_carry_no_receipt() {
 
 #[tokio::test]
 async fn receipt_verify_checks_the_signature_and_the_response_file() {
-    let gw = Gateway::start().await;
+    let gw = receipting().await;
     let mut c = gw.client(LAND_OFFICE).await;
     let response = c.citizen.get_citizen(get_citizen()).await.unwrap();
     let jws = response
@@ -178,13 +178,18 @@ async fn receipt_verify_checks_the_signature_and_the_response_file() {
     gw.stop().await;
 }
 
-#[tokio::test]
-async fn receipts_can_be_turned_off() {
-    let gw = Gateway::start_with(Options {
-        extra_config: "\n[audit]\nreceipts = false\n".into(),
+/// A gateway configured to give receipts (`[audit] receipts = true`).
+async fn receipting() -> Gateway {
+    Gateway::start_with(Options {
+        extra_config: "\n[audit]\nreceipts = true\n".into(),
         ..Options::default()
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn receipts_are_off_unless_configured() {
+    let gw = Gateway::start().await;
     let mut c = gw.client(LAND_OFFICE).await;
     let response = c.citizen.get_citizen(get_citizen()).await.unwrap();
     assert!(response.metadata().get("x-request-id").is_some());

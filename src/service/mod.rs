@@ -541,7 +541,7 @@ pub fn check_within<T: prost::Message>(
     }
     let d = &call.disclosure;
     for (name, mask) in d.field_names.iter().zip(&d.field_masks) {
-        if !disclosed.contains(name) && !mask.apply(&bytes).map_err(unreadable)?.is_empty() {
+        if !disclosed.contains(name) && mask.keeps_any(&bytes).map_err(unreadable)? {
             disclosed.push(name.clone());
         }
     }
