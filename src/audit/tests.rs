@@ -370,21 +370,19 @@ async fn a_torn_final_line_is_reported_and_cut_off_on_open() {
 #[test]
 fn records_left_unsealed_by_a_crash_are_sealed_on_open() {
     let fx = Fixture::new();
-    // A runtime dropped under the writer is a crash: no shutdown, no final
-    // checkpoint.
+    // A crash: the writer stops with no shutdown and no final checkpoint.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let log = rt.block_on(async {
+    rt.block_on(async {
         let log = fx.open(1000).await;
         for i in 1..=5 {
             log.append(record(i)).await.unwrap();
         }
-        log
+        log.crash().await;
     });
     drop(rt);
-    drop(log);
     let report = fx.verify().unwrap();
     assert_eq!((report.records, report.checkpoints), (5, 0));
     assert_eq!(report.unsealed_tail, 5);

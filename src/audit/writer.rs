@@ -1,5 +1,5 @@
 //! The live log: [`AuditLog::open`] checks and recovers the directory, then
-//! one writer task owns the file and commits records in groups. Every append
+//! one writer thread owns the file and commits records in groups. Every append
 //! waiting when the writer is free goes into one write and one fsync, and is
 //! acknowledged only after that fsync: throughput grows with concurrency
 //! while every acknowledged record is on disk.
@@ -106,7 +106,12 @@ struct Shared {
 )]
 enum Msg {
     Append(AuditRecord, oneshot::Sender<Result<u64, AuditError>>),
+    /// The checkpoint timer fired.
+    Tick,
     Shutdown,
+    /// Tests: stop at once, as a crash would, sealing nothing.
+    #[cfg(test)]
+    Crash,
 }
 
 impl AuditLog {
@@ -156,14 +161,26 @@ impl AuditLog {
         // A bounded queue: when the disk falls behind, callers wait here
         // instead of memory growing without limit.
         let (tx, rx) = mpsc::channel(max_batch.saturating_mul(2));
-        let task = tokio::spawn(run(
-            writer,
-            rx,
-            max_batch,
-            opts.checkpoint_every,
-            health_tx,
-            sealed_tx,
-        ));
+        // The writer is a thread of its own, blocked on the queue: an append
+        // wakes it directly, with no task and no blocking-pool hop between
+        // the queue and the fsync. The checkpoint timer is a task that queues
+        // a tick; it holds the queue weakly, so dropping the log still closes
+        // it.
+        let (done_tx, done_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || {
+                let _ = done_tx.send(run(writer, rx, max_batch, health_tx, sealed_tx));
+            })
+            .map_err(|e| AuditError::Unavailable(format!("cannot start the audit writer: {e}")))?;
+        tokio::spawn(tick(tx.downgrade(), opts.checkpoint_every));
+        let task = tokio::spawn(async move {
+            done_rx.await.unwrap_or_else(|_| {
+                Err(AuditError::Unavailable(
+                    "the audit writer stopped without a word".into(),
+                ))
+            })
+        });
         Ok(AuditLog {
             tx,
             shared,
@@ -296,6 +313,14 @@ impl AuditLog {
     /// The seq of the latest checkpoint on disk.
     pub fn sealed(&self) -> watch::Receiver<u64> {
         self.sealed.clone()
+    }
+
+    /// Tests: stops the writer as a crash would (what was acknowledged is on
+    /// disk; nothing is sealed), and waits for it.
+    #[cfg(test)]
+    pub(crate) async fn crash(self) {
+        let _ = self.tx.send(Msg::Crash).await;
+        let _ = self.task.await;
     }
 
     /// Commits everything queued before this call, seals the chain with a
@@ -598,71 +623,88 @@ impl Writer {
     }
 }
 
-/// The writer task: waits for appends or the checkpoint timer, and commits.
-///
-/// The file I/O of each commit runs on tokio's blocking pool
-/// (`spawn_blocking`) rather than on a dedicated thread: the timer then runs
-/// on tokio's clock and the task ends with the runtime, and since the task
-/// awaits each commit before taking the next batch, the writer state simply
-/// moves into the blocking closure and back. Appends arriving during a
-/// commit's fsync queue up and form the next group. The hop costs a few
-/// microseconds per batch, against an fsync's milliseconds.
-async fn run(
+/// Queues a [`Msg::Tick`] every `every`, while the log is open.
+async fn tick(queue: mpsc::WeakSender<Msg>, every: Duration) {
+    let mut ticker = tokio::time::interval_at(Instant::now() + every, every);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(queue) = queue.upgrade() else { return };
+        if queue.send(Msg::Tick).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The writer thread: waits for appends or a checkpoint tick, takes what is
+/// queued behind the first (at most `max_batch` appends), and commits it in
+/// one write and one fsync. Appends arriving during a commit queue up and form
+/// the next group.
+fn run(
     mut writer: Writer,
     mut rx: mpsc::Receiver<Msg>,
     max_batch: usize,
-    checkpoint_every: Duration,
     health: watch::Sender<bool>,
     sealed: watch::Sender<u64>,
 ) -> Result<(), AuditError> {
-    let mut ticker = tokio::time::interval_at(Instant::now() + checkpoint_every, checkpoint_every);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut msgs = Vec::with_capacity(max_batch);
     let mut stopping = false;
     loop {
         let mut records = Vec::new();
         let mut replies = Vec::new();
-        let seal = tokio::select! {
-            n = rx.recv_many(&mut msgs, max_batch) => {
-                stopping = n == 0;
-                for msg in msgs.drain(..) {
-                    match msg {
-                        // Appends queued behind a shutdown are dropped, and
-                        // their callers told the writer stopped.
-                        Msg::Append(..) if stopping => {}
-                        Msg::Append(record, reply) => {
-                            records.push(record);
-                            replies.push(reply);
-                        }
-                        Msg::Shutdown => stopping = true,
-                    }
-                }
-                stopping
+        let mut seal = false;
+        #[cfg(test)]
+        let mut crashed = false;
+        let mut take = |msg: Msg, stopping: &mut bool| match msg {
+            // Appends queued behind a shutdown are dropped, and their
+            // callers told the writer stopped.
+            Msg::Append(..) if *stopping => {}
+            Msg::Append(record, reply) => {
+                records.push(record);
+                replies.push(reply);
             }
-            _ = ticker.tick() => {
+            Msg::Tick => {
                 // While unhealthy, every tick probes the disk with a real
                 // write (a checkpoint of the current head), so health comes
                 // back even when no call arrives to try.
                 let healthy = *health.borrow();
-                if healthy && writer.since_checkpoint == 0 && !writer.dirty {
-                    continue;
+                if !healthy || writer.since_checkpoint > 0 || writer.dirty {
+                    writer.probe = !healthy;
+                    seal = true;
                 }
-                writer.probe = !healthy;
-                true
             }
+            Msg::Shutdown => *stopping = true,
+            #[cfg(test)]
+            Msg::Crash => crashed = true,
         };
+        match rx.blocking_recv() {
+            None => stopping = true,
+            Some(first) => {
+                take(first, &mut stopping);
+                let mut taken = 1;
+                while taken < max_batch {
+                    let Ok(msg) = rx.try_recv() else { break };
+                    take(msg, &mut stopping);
+                    taken += 1;
+                }
+            }
+        }
+        #[cfg(test)]
+        if crashed {
+            return Ok(());
+        }
+        let seal = seal || stopping;
+        if records.is_empty() && !seal {
+            continue;
+        }
 
-        let (back, records, result) = match tokio::task::spawn_blocking(move || {
-            let result = writer.commit(&records, seal);
-            (writer, records, result)
-        })
-        .await
-        {
-            Ok(done) => done,
-            Err(e) => {
-                // The commit panicked and took the writer with it.
+        let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            writer.commit(&records, seal)
+        })) {
+            Ok(result) => result,
+            Err(_) => {
+                // The commit panicked: its state cannot be trusted.
                 health.send_replace(false);
-                let err = format!("the audit writer failed: {e}");
+                let err = "the audit writer failed: a commit panicked".to_owned();
                 tracing::error!("{err}");
                 for reply in replies {
                     let _ = reply.send(Err(AuditError::Unavailable(err.clone())));
@@ -670,7 +712,6 @@ async fn run(
                 return Err(AuditError::Unavailable(err));
             }
         };
-        writer = back;
 
         match result {
             Ok(committed) => {
