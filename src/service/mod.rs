@@ -175,7 +175,7 @@ fn check_context(ctx: Option<&AccessContext>) -> Result<(String, String), Reques
     if !recorded::officer_id_ok(&ctx.officer_id, MAX_OFFICER_ID) {
         violations.push(Violation::new(
             "context.officer_id",
-            format!("at most {MAX_OFFICER_ID} characters, none of them control characters"),
+            format!("at most {MAX_OFFICER_ID} characters, none of them control characters or invisible formatting (bidirectional overrides, zero-width characters)"),
         ));
     }
     if violations.is_empty() {

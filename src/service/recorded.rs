@@ -48,9 +48,45 @@ pub fn kept_if(value: String, valid: impl FnOnce(&str) -> bool) -> String {
 }
 
 /// Whether an officer id is acceptable: at most `max` characters, none of
-/// them control characters.
+/// them control characters or invisible formatting that could make it read
+/// as something else (bidirectional overrides and isolates, zero-width
+/// characters, line and paragraph separators, the byte-order mark).
 pub fn officer_id_ok(id: &str, max: usize) -> bool {
-    id.chars().count() <= max && !id.chars().any(char::is_control)
+    id.chars().count() <= max && !id.chars().any(|c| c.is_control() || is_invisible_format(c))
+}
+
+/// Unicode format and separator characters that change how text displays
+/// without showing themselves.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}'
+        | '\u{200B}'..='\u{200F}'
+        | '\u{2028}'..='\u{202E}'
+        | '\u{2060}'..='\u{2069}'
+        | '\u{FEFF}'
+    )
+}
+
+#[cfg(test)]
+mod officer_id_tests {
+    use super::officer_id_ok;
+
+    #[test]
+    fn officer_ids_refuse_controls_and_invisible_formatting() {
+        assert!(officer_id_ok("cb-017", 64));
+        assert!(officer_id_ok("Nguyễn Văn An (phòng 2)", 64));
+        for bad in [
+            "cb\u{1b}[31m",
+            "cb\u{202E}710-bc",
+            "cb\u{200B}017",
+            "cb\u{2028}",
+            "\u{FEFF}cb",
+            "cb\u{2066}x",
+        ] {
+            assert!(!officer_id_ok(bad, 64), "{bad:?}");
+        }
+        assert!(!officer_id_ok(&"x".repeat(65), 64));
+    }
 }
 
 /// The recordable form of a call's context. An absent field stays empty.
