@@ -119,6 +119,17 @@ impl AgencyIdentity {
                     .into(),
             ));
         }
+        // clientAuth missing from an extended key usage that is there is
+        // refused by every gateway (a gateway may relax only its absence).
+        if let Ok(Some(eku)) = parsed.extended_key_usage() {
+            if !eku.value.client_auth && !eku.value.any {
+                return Err(fail(
+                    &files.cert,
+                    "its extended key usage does not include clientAuth, so the gateway refuses                      it as an agency certificate; have your CA issue one with clientAuth (see                      certs/README.md)"
+                        .into(),
+                ));
+            }
+        }
         let key = PrivateKeyDer::from_pem_slice(&self.key_pem).map_err(|e| {
             fail(
                 &files.key,
@@ -191,6 +202,13 @@ pub fn explain_failure(error: &str, addr: &str, files: &IdentityFiles) -> String
         format!("the gateway refused {cert} during the TLS handshake; its log says why")
     } else if has("Connection refused") {
         format!("nothing is listening at {addr}: is the gateway running, on that address?")
+    } else if lacks_eku(&files.cert) {
+        // TLS 1.3: the gateway checks the client certificate after the
+        // client's side of the handshake is done, so the refusal arrives
+        // as a closed connection, in varying words.
+        format!(
+            "the gateway most likely refused {cert}: it has no extended key usage, and gateways              require clientAuth unless their operator relaxes it (see certs/README.md)"
+        )
     } else if has("close_notify")
         || has("connection closed")
         || has("reset by peer")
@@ -209,6 +227,19 @@ pub fn explain_failure(error: &str, addr: &str, files: &IdentityFiles) -> String
         format!("cannot reach the gateway at {addr}")
     };
     format!("{cause} ({error})")
+}
+
+/// Whether the first certificate in the PEM file at `path` has no extended
+/// key usage extension at all.
+fn lacks_eku(path: &Path) -> bool {
+    let Ok(pem) = std::fs::read(path) else {
+        return false;
+    };
+    let Some(Ok(cert)) = CertificateDer::pem_slice_iter(&pem).next() else {
+        return false;
+    };
+    x509_parser::parse_x509_certificate(&cert)
+        .is_ok_and(|(_, c)| matches!(c.extended_key_usage(), Ok(None)))
 }
 
 /// Stubs for every registry service over one mTLS channel.
@@ -275,4 +306,57 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{Ca, Validity};
+    use rcgen::ExtendedKeyUsagePurpose as Eku;
+
+    /// Writes CA, certificate and key files for a certificate with `usages`.
+    fn files(dir: &Path, usages: Vec<Eku>) -> (AgencyIdentity, IdentityFiles) {
+        let ca = Ca::generate("test CA").unwrap();
+        let issued = ca
+            .issue_with_usages(
+                "x",
+                Some("spiffe://interop.example.vn/agency/000.00.20.H13"),
+                usages,
+                Validity::days_from_now(1),
+            )
+            .unwrap();
+        let f = IdentityFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("agency.pem"),
+            key: dir.join("agency.key"),
+        };
+        std::fs::write(&f.ca, ca.cert_pem()).unwrap();
+        std::fs::write(&f.cert, &issued.cert_pem).unwrap();
+        std::fs::write(&f.key, &issued.key_pem).unwrap();
+        let identity = AgencyIdentity {
+            ca_pem: ca.cert_pem().as_bytes().to_vec(),
+            cert_pem: issued.cert_pem.as_bytes().to_vec(),
+            key_pem: issued.key_pem.as_bytes().to_vec(),
+        };
+        (identity, f)
+    }
+
+    #[test]
+    fn a_certificate_without_client_auth_usage_is_named_before_connecting() {
+        let dir = tempfile::tempdir().unwrap();
+        let (identity, f) = files(dir.path(), vec![Eku::ServerAuth]);
+        let e = identity.check(&f).unwrap_err().to_string();
+        assert!(e.contains("agency.pem") && e.contains("clientAuth"), "{e}");
+
+        let (identity, f) = files(dir.path(), vec![Eku::ClientAuth]);
+        identity.check(&f).unwrap();
+        assert!(!lacks_eku(&f.cert));
+
+        // No extension at all: allowed here (a gateway may relax it), and
+        // named as the likely cause when the connection is then closed.
+        let (identity, f) = files(dir.path(), vec![]);
+        identity.check(&f).unwrap();
+        let why = explain_failure("connection was not ready", "localhost:1", &f);
+        assert!(why.contains("no extended key usage"), "{why}");
+    }
 }
