@@ -25,16 +25,7 @@ impl Core {
     /// (certificate, configured agency, relay header), without a grant.
     fn principal<T>(&self, request: &Request<T>) -> Result<Principal, RequestError> {
         let caller = self.agency_of_peer(request.peer_certs().as_deref().map(Vec::as_slice))?;
-        let on_behalf_of = request
-            .metadata()
-            .get(crate::upstream::ON_BEHALF_OF_HEADER)
-            .map(|v| v.to_str().map_err(|_| ()));
-        crate::identity::principal(
-            caller,
-            on_behalf_of,
-            |code| self.config.agencies.get(code).is_some_and(|a| a.relay),
-            |code| self.config.agencies.contains_key(code),
-        )
+        self.principal_of(caller, super::on_behalf_of(request.metadata()))
     }
 
     fn source_of(&self, service: &str) -> Option<ServiceSource> {

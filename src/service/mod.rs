@@ -206,10 +206,7 @@ impl Core {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or_default();
-        let on_behalf_of = request
-            .metadata()
-            .get(crate::upstream::ON_BEHALF_OF_HEADER)
-            .map(|v| v.to_str().map(str::to_owned).map_err(|_| ()));
+        let on_behalf_of = on_behalf_of(request.metadata()).map(|v| v.map(str::to_owned));
         // A relay's own request id is kept, so its log and this one join on
         // it; anyone else's is ignored.
         let relay_request_id = request
@@ -236,11 +233,9 @@ impl Core {
             let caller = self.agency_of_peer(certs.as_deref().map(Vec::as_slice))?;
             agency_for_log = caller.to_string();
             audited_agency = Some(caller.clone());
-            let principal = crate::identity::principal(
+            let principal = self.principal_of(
                 caller,
                 on_behalf_of.as_ref().map(|v| v.as_deref().map_err(|_| ())),
-                |code| self.config.agencies.get(code).is_some_and(|a| a.relay),
-                |code| self.config.agencies.contains_key(code),
             )?;
             let agency = principal.agency;
             if let Some(relay) = &principal.relay {
@@ -395,7 +390,30 @@ fn recordable(
     (recorded::context(context, MAX_OFFICER_ID), subjects)
 }
 
+/// The `x-interop-on-behalf-of` header of a request: absent, text, or not
+/// text (`Err`).
+pub fn on_behalf_of(metadata: &tonic::metadata::MetadataMap) -> Option<Result<&str, ()>> {
+    metadata
+        .get(crate::upstream::ON_BEHALF_OF_HEADER)
+        .map(|v| v.to_str().map_err(|_| ()))
+}
+
 impl Core {
+    /// Whom a call from `caller` is for, given its `x-interop-on-behalf-of`
+    /// header: [`crate::identity::principal`] over this gateway's agencies.
+    pub fn principal_of(
+        &self,
+        caller: AgencyId,
+        on_behalf_of: Option<Result<&str, ()>>,
+    ) -> Result<crate::identity::Principal, RequestError> {
+        crate::identity::principal(
+            caller,
+            on_behalf_of,
+            |code| self.config.agencies.get(code).is_some_and(|a| a.relay),
+            |code| self.config.agencies.contains_key(code),
+        )
+    }
+
     /// The configured agency the peer's client certificate (the leaf of
     /// `certs`) names: the one identity rule of every call.
     pub fn agency_of_peer(
