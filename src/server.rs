@@ -371,31 +371,19 @@ async fn follow_health(
     owners: Vec<(&'static str, watch::Receiver<bool>)>,
     reporter: tonic_health::server::HealthReporter,
 ) {
-    let changed = Arc::new(tokio::sync::Notify::new());
-    let mut watchers = Vec::new();
-    for mut rx in std::iter::once(audit.clone()).chain(owners.iter().map(|(_, rx)| rx.clone())) {
-        let changed = Arc::clone(&changed);
-        watchers.push(tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
-                changed.notify_one();
-            }
-        }));
+    use tokio_stream::{wrappers::WatchStream, StreamExt, StreamMap};
+    // Every receiver as a stream of its values (the current one first): one
+    // item from any of them means "look again".
+    let mut changes = StreamMap::new();
+    changes.insert(None, WatchStream::new(audit.clone()));
+    for (service, rx) in &owners {
+        changes.insert(Some(*service), WatchStream::new(rx.clone()));
     }
-    // Ends the watchers when this task is aborted at shutdown.
-    struct AbortOnDrop(Vec<JoinHandle<()>>);
-    impl Drop for AbortOnDrop {
-        fn drop(&mut self) {
-            for w in &self.0 {
-                w.abort();
-            }
-        }
-    }
-    let _watchers = AbortOnDrop(watchers);
-    let services = std::iter::once("")
+    let services: Vec<&str> = std::iter::once("")
         .chain(policy::REGISTRY_SERVICES.iter().copied())
-        .chain([policy::ACCESS_LOG_SERVICE]);
-    let services: Vec<&str> = services.collect();
-    loop {
+        .chain([policy::ACCESS_LOG_SERVICE])
+        .collect();
+    while changes.next().await.is_some() {
         let log_ok = *audit.borrow();
         for service in &services {
             let owner_ok = owners
@@ -409,7 +397,6 @@ async fn follow_health(
             };
             reporter.set_service_status(*service, status).await;
         }
-        changed.notified().await;
     }
 }
 
