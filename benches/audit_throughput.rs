@@ -192,6 +192,7 @@ fn record(n: u64) -> AuditRecord {
         outcome: "OK".into(),
         latency_us: 850,
         relay_agency_code: String::new(),
+        reason: String::new(),
     }
 }
 

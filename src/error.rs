@@ -132,6 +132,22 @@ impl RequestError {
         }
     }
 
+    /// The `ErrorInfo.reason` the caller receives (for an owner's status
+    /// passed on, the owner's own reason), as the access log records it.
+    pub fn reason_text(&self) -> String {
+        match self {
+            RequestError::Upstream(status) => {
+                use tonic_types::StatusExt;
+                status
+                    .get_error_details()
+                    .error_info()
+                    .map(|info| info.reason.clone())
+                    .unwrap_or_default()
+            }
+            other => other.reason().to_owned(),
+        }
+    }
+
     fn reason(&self) -> &'static str {
         match self {
             RequestError::Unauthenticated { reason, .. }

@@ -503,6 +503,25 @@ async fn owner_statuses_reach_the_consumer_unchanged() {
         outcomes,
         ["NOT_FOUND", "INVALID_ARGUMENT", "PERMISSION_DENIED"]
     );
+    // Both logs name each refusal's reason: the owner's, passed on.
+    let reasons = |log: &[serde_json::Value]| -> Vec<String> {
+        log.iter()
+            .map(|r| r["reason"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        reasons(&owner_log),
+        ["RECORD_NOT_FOUND", "INVALID_ARGUMENT", "METHOD_NOT_GRANTED"]
+    );
+    assert_eq!(
+        reasons(&export(&pair.front_config_path())),
+        [
+            "RECORD_NOT_FOUND",
+            "INVALID_ARGUMENT",
+            "METHOD_NOT_GRANTED",
+            "METHOD_NOT_GRANTED"
+        ]
+    );
 }
 
 #[tokio::test]

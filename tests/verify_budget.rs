@@ -318,6 +318,22 @@ async fn a_restart_does_not_reset_the_budget_and_refusals_are_logged_and_reporte
         ["RESOURCE_EXHAUSTED", "OK", "OK", "OK", "OK", "OK"]
     );
 
+    // The operator's export names the refusal's reason.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_interop-gateway"))
+        .args(["audit", "export", "--config"])
+        .arg(&gw.config.path)
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let reasons: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["record"].clone())
+        .filter(|r| r["outcome"] == "RESOURCE_EXHAUSTED")
+        .map(|r| r["reason"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(reasons, ["VERIFICATION_LIMIT"]);
+
     // And the operator sees the agency probing.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_interop-gateway"))
         .args(["report", "verifications", "--format", "json", "--config"])

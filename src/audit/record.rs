@@ -19,15 +19,18 @@
 //! | `fields`         | list                                            |
 //! | `outcome`        | string                                          |
 //! | `latency_us`     | u64, 8 bytes big-endian                         |
-//! | `relay_agency_code` | string, only when not empty                  |
+//! | `relay_agency_code` | string \ both only when either is not empty |
+//! | `reason`         | string /                                        |
 //!
 //! where a *string* is its UTF-8 byte length as u64 big-endian followed by the
 //! bytes, and a *list* is its element count as u64 big-endian followed by each
 //! element as a string. Every variable-length part carries its length, so two
-//! different records never encode to the same bytes. `relay_agency_code` came
-//! later: a record of a direct call (no relay) encodes exactly as before it
-//! existed, so older logs still verify, and a record with a relay is longer
-//! than any record without one that shares its other fields.
+//! different records never encode to the same bytes. `relay_agency_code` and
+//! `reason` came later: a record with neither (a direct call answered OK, or
+//! any record written before they existed) encodes exactly as before, so older
+//! logs still verify; a record with either carries both, each length-prefixed,
+//! so it is longer than any record without them that shares its other fields
+//! and the two can never be mistaken for each other.
 
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +63,10 @@ pub struct AuditRecord {
     /// for a direct call.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub relay_agency_code: String,
+    /// The `ErrorInfo.reason` of a refused or failed call (`METHOD_NOT_GRANTED`,
+    /// `VERIFICATION_LIMIT`, ...); empty for an answered call.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
 }
 
 impl AuditRecord {
@@ -81,8 +88,9 @@ impl AuditRecord {
         put_list(&mut out, &self.fields);
         put_str(&mut out, &self.outcome);
         out.extend_from_slice(&self.latency_us.to_be_bytes());
-        if !self.relay_agency_code.is_empty() {
+        if !self.relay_agency_code.is_empty() || !self.reason.is_empty() {
             put_str(&mut out, &self.relay_agency_code);
+            put_str(&mut out, &self.reason);
         }
         out
     }
@@ -115,6 +123,7 @@ pub(crate) fn sample(n: u64, subject: &str) -> AuditRecord {
         outcome: "OK".into(),
         latency_us: 850 + n,
         relay_agency_code: String::new(),
+        reason: String::new(),
     }
 }
 
@@ -164,6 +173,21 @@ mod tests {
         let back: AuditRecord =
             serde_json::from_value(serde_json::to_value(&relayed).unwrap()).unwrap();
         assert_eq!(back, relayed);
+    }
+
+    #[test]
+    fn a_relay_and_a_reason_never_encode_alike() {
+        let mut relayed = sample(1, "x");
+        relayed.relay_agency_code = "X".into();
+        let mut refused = sample(1, "x");
+        refused.reason = "X".into();
+        assert_ne!(relayed.canonical_bytes(), refused.canonical_bytes());
+        let json = serde_json::to_value(&refused).unwrap();
+        assert_eq!(json["reason"], "X");
+        assert_eq!(
+            serde_json::from_value::<AuditRecord>(json).unwrap(),
+            refused
+        );
     }
 
     #[test]

@@ -380,6 +380,7 @@ mod tests {
             outcome: outcome.into(),
             latency_us: 1,
             relay_agency_code: String::new(),
+            reason: String::new(),
         }
     }
 

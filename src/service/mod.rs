@@ -285,14 +285,15 @@ impl Core {
         let result = match audited_agency {
             None => result,
             Some(agency) => {
-                let (subjects, fields, code) = match &mut result {
+                let (subjects, fields, code, reason) = match &mut result {
                     // Only the response is needed after this: move, not copy.
                     Ok(a) => (
                         std::mem::take(&mut a.subjects),
                         std::mem::take(&mut a.fields),
                         tonic::Code::Ok,
+                        String::new(),
                     ),
-                    Err(e) => (requested_subjects, Vec::new(), e.code()),
+                    Err(e) => (requested_subjects, Vec::new(), e.code(), e.reason_text()),
                 };
                 let (context, subjects) = recordable(&context, subjects);
                 let mut fields = fields;
@@ -314,6 +315,7 @@ impl Core {
                         .as_ref()
                         .map(ToString::to_string)
                         .unwrap_or_default(),
+                    reason,
                 };
                 if code == tonic::Code::Ok && self.config.audit.receipts {
                     receipt = Some(crate::receipt::Claims::of(&record));
