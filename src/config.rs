@@ -104,6 +104,7 @@ struct RawAgency {
     name: String,
     #[serde(default)]
     relay: bool,
+    ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -386,6 +387,9 @@ pub struct Agency {
     /// `x-interop-on-behalf-of`): another gateway that forwards its
     /// consumers' calls to this one.
     pub relay: bool,
+    /// `[[agency]] ca`: the only CA (PEM, one or more certificates) that may
+    /// issue this agency's certificates. `None`: any CA of `tls.client_ca`.
+    pub ca: Option<PathBuf>,
 }
 
 /// Who owns a registry service and where it is answered from.
@@ -511,6 +515,7 @@ impl Config {
                         code: a.code.clone(),
                         name: a.name.clone(),
                         relay: a.relay,
+                        ca: a.ca.as_deref().map(&resolve),
                     },
                 )
                 .is_some()
@@ -686,6 +691,11 @@ impl Config {
         ];
         for crl in &self.tls.crls {
             files.push(("tls.crls", crl));
+        }
+        for agency in self.agencies.values() {
+            if let Some(ca) = &agency.ca {
+                files.push(("agency.ca", ca));
+            }
         }
         for (key, file) in files {
             if !file.is_file() {

@@ -12,7 +12,7 @@
 //! connection ([`Guarded`]) reads that count to tell idle from busy.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::HashMap,
     future::Future,
     hash::Hash,
     io,
@@ -32,16 +32,15 @@ use tokio::{
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 
-use crate::{config::ConnectionLimits, identity::IdentityCache};
+use crate::{config::ConnectionLimits, snapshot::Live};
 
 /// Length of the HTTP/2 client connection preface.
 const PREFACE_LEN: usize = 24;
 
-/// How certificates map to agencies, for admission.
+/// How certificates map to agencies, for admission: the snapshot in force
+/// at the handshake, with the same rule (and verdict cache) as calls.
 pub struct Identify {
-    pub trust_domain: String,
-    pub agencies: BTreeSet<String>,
-    pub identities: Arc<IdentityCache>,
+    pub live: Arc<Live>,
 }
 
 /// Admission state shared by the accept loop, the connections and the
@@ -217,15 +216,11 @@ impl Admission {
         Ok(match &self.identify {
             None => None,
             Some(id) => {
-                let leaf = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .ok_or_else(|| Refused::NoAgency("no client certificate".into()))?;
+                let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
                 let agency = id
-                    .identities
-                    .agency_of(leaf, &id.trust_domain, |code| id.agencies.contains(code))
+                    .live
+                    .snapshot()
+                    .authenticate(chain)
                     .map_err(|e| Refused::NoAgency(e.to_string()))?
                     .to_string();
                 let max = self.limits.max_connections_per_agency;

@@ -13,6 +13,14 @@ pub mod reason {
     pub const NO_AGENCY_IDENTITY: &str = "NO_AGENCY_IDENTITY";
     pub const WRONG_TRUST_DOMAIN: &str = "WRONG_TRUST_DOMAIN";
     pub const UNKNOWN_AGENCY: &str = "UNKNOWN_AGENCY";
+    /// A CRL in force lists the client certificate.
+    pub const CERTIFICATE_REVOKED: &str = "CERTIFICATE_REVOKED";
+    /// The certificate names an agency that has its own `ca`, and another
+    /// CA issued it (or it no longer chains to a trusted CA at all).
+    pub const WRONG_ISSUER: &str = "WRONG_ISSUER";
+    /// The certificate no longer verifies for another reason (expired
+    /// while its connection was open).
+    pub const CERTIFICATE_INVALID: &str = "CERTIFICATE_INVALID";
     pub const INVALID_ARGUMENT: &str = "INVALID_ARGUMENT";
     pub const INVALID_FIELD_MASK: &str = "INVALID_FIELD_MASK";
     pub const METHOD_NOT_GRANTED: &str = "METHOD_NOT_GRANTED";

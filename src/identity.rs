@@ -1,14 +1,13 @@
 //! Certificate -> agency. The rule lives here and nowhere else: an agency is
 //! the URI SAN `spiffe://<trust_domain>/agency/<agency_code>` of the client
 //! certificate that completed the mutual-TLS handshake, and the code must be
-//! one the config knows.
+//! one the config knows. Whether the certificate still verifies under the
+//! trust in force (CRLs, the agency's own CA), and the cache of verdicts, are
+//! the snapshot's (`snapshot.rs`).
 
 use x509_parser::{certificate::X509Certificate, extensions::GeneralName, prelude::FromDer};
 
-use crate::{
-    cache::BoundedCache,
-    error::{reason, RequestError},
-};
+use crate::error::{reason, RequestError};
 
 /// The calling agency's code, as proven by its certificate.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -103,45 +102,6 @@ pub fn agency_of(
         ));
     }
     Ok(AgencyId(code.to_owned()))
-}
-
-/// Certificates resolved to an agency, so that the calls on a connection
-/// (and on the next connections with the same certificate) do not parse the
-/// certificate again. Only successes are kept: the mapping from a certificate
-/// to its agency code never changes, and whether the code is configured is
-/// fixed for the life of the process. Validity and revocation are the
-/// handshake's business, before any call. Bounded: when full it starts over.
-#[derive(Debug)]
-pub struct IdentityCache {
-    known: BoundedCache<Vec<u8>, AgencyId>,
-}
-
-/// Distinct certificates remembered at most.
-const IDENTITY_CACHE_ENTRIES: usize = 4096;
-
-impl Default for IdentityCache {
-    fn default() -> Self {
-        IdentityCache {
-            known: BoundedCache::new(IDENTITY_CACHE_ENTRIES),
-        }
-    }
-}
-
-impl IdentityCache {
-    /// [`agency_of`], remembered.
-    pub fn agency_of(
-        &self,
-        cert_der: &[u8],
-        trust_domain: &str,
-        is_known: impl Fn(&str) -> bool,
-    ) -> Result<AgencyId, RequestError> {
-        if let Some(hit) = self.known.get(cert_der) {
-            return Ok(hit);
-        }
-        let agency = agency_of(cert_der, trust_domain, is_known)?;
-        self.known.insert(cert_der.to_vec(), agency.clone());
-        Ok(agency)
-    }
 }
 
 /// Whom a call is for: the calling agency itself, or, when a relay (another
@@ -257,32 +217,6 @@ mod tests {
                 ..
             }
         ));
-    }
-
-    #[test]
-    fn the_cache_remembers_successes_only() {
-        let ca = Ca::generate("test").unwrap();
-        let d = agency_der(&ca, "000.00.20.H13");
-        let cache = IdentityCache::default();
-        // A refusal is not remembered: the same certificate is read again.
-        assert!(cache
-            .agency_of(&d, "interop.example.vn", |_| false)
-            .is_err());
-        let id = cache.agency_of(&d, "interop.example.vn", |_| true).unwrap();
-        assert_eq!(id.as_str(), "000.00.20.H13");
-        // A success is: the certificate is not parsed again.
-        let again = cache
-            .agency_of(&d, "interop.example.vn", |_| panic!("parsed again"))
-            .unwrap();
-        assert_eq!(again, id);
-        let id2 = cache
-            .agency_of(
-                &agency_der(&ca, "000.00.12.H13"),
-                "interop.example.vn",
-                |_| true,
-            )
-            .unwrap();
-        assert_eq!(id2.as_str(), "000.00.12.H13");
     }
 
     #[test]

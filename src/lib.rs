@@ -33,6 +33,7 @@ pub mod registry;
 pub mod schema;
 pub mod server;
 pub mod service;
+pub mod snapshot;
 pub mod tls;
 pub mod upstream;
 pub mod verify_budget;

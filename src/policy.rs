@@ -163,6 +163,11 @@ impl Policy {
         Policy { grants: index }
     }
 
+    /// How many grants there are.
+    pub fn grant_count(&self) -> usize {
+        self.grants.values().map(Vec::len).sum()
+    }
+
     /// The grants naming `agency`, in the order of [`METHODS`]; grants of
     /// other agencies are not reachable from here.
     pub fn grants_of(&self, agency: &str) -> Vec<&Grant> {

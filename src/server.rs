@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::{
     audit::{AuditError, AuditLog, AuditOptions, Signer},
-    config::{Config, ConnectionLimits},
+    config::{Config, ConfigError, ConnectionLimits},
     connections::{Admission, CountStreams, Guarded, Identify},
     policy,
     proto::{
@@ -29,7 +29,8 @@ use crate::{
     },
     registry::{Store, StoreError},
     service::Core,
-    tls::{self, TlsError},
+    snapshot::{Live, ReloadSummary},
+    tls::TlsError,
     upstream::Upstreams,
     verify_budget::{BudgetError, VerifyBudget},
 };
@@ -59,6 +60,8 @@ pub enum ServeError {
     Upstream(#[from] crate::upstream::UpstreamError),
     #[error(transparent)]
     Budget(#[from] BudgetError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// What a program embedding the gateway may set beyond the config (which
@@ -83,6 +86,7 @@ pub struct Running {
     pub addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     handle: JoinHandle<Result<(), ServeError>>,
+    live: Arc<Live>,
 }
 
 impl Running {
@@ -99,10 +103,52 @@ impl Running {
             .map_err(|e| ServeError::Transport(e.to_string()))?
     }
 
-    /// A handle that can trigger shutdown from elsewhere.
+    /// A handle that can trigger shutdown from elsewhere. Sending `true`
+    /// starts the drain: it is the one stop signal (health and readiness
+    /// follow it at once, the listener stops, connections get GOAWAY).
     pub fn shutdown_handle(&self) -> watch::Sender<bool> {
         self.shutdown.clone()
     }
+
+    /// The config in force.
+    pub fn live(&self) -> Arc<Live> {
+        Arc::clone(&self.live)
+    }
+
+    /// Reloads the config ([`Live::reload`]) and logs the outcome: what
+    /// SIGHUP does, and the one place a reload's outcome is known.
+    pub fn reload(&self) -> Result<ReloadSummary, ConfigError> {
+        reload(&self.live)
+    }
+}
+
+/// [`Running::reload`], for a signal handler holding only the [`Live`].
+pub fn reload(live: &Live) -> Result<ReloadSummary, ConfigError> {
+    let outcome = live.reload();
+    match &outcome {
+        Ok(summary) => {
+            tracing::info!(
+                generation = summary.generation,
+                agencies = summary.agencies,
+                grants = summary.grants,
+                crl_files = summary.crl_files,
+                "config reloaded; the next call on every connection uses it"
+            );
+            for key in &summary.restart_needed {
+                tracing::warn!(
+                    key,
+                    "config reload: this key changed but only takes effect at the next start"
+                );
+            }
+            for warning in &summary.warnings {
+                tracing::warn!("config: {warning}");
+            }
+        }
+        Err(e) => {
+            tracing::error!(file = %e.file, error = %e.message, "config reload refused; the previous config stays in force");
+        }
+    }
+    outcome
 }
 
 /// Binds the configured address and starts serving in the background.
@@ -112,7 +158,12 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
 
 /// [`start`], with options the config does not hold.
 pub async fn start_with(config: Config, options: StartOptions) -> Result<Running, ServeError> {
-    let tls_config = tls::server_config(&config.tls)?;
+    let live = Live::new(config)?;
+    let snapshot = live.snapshot();
+    let config = &snapshot.config;
+    for warning in snapshot.warnings() {
+        tracing::warn!("config: {warning}");
+    }
     // A gateway that forwards every registry service holds no registry.
     let store = if config.forwards_every_registry() {
         Store::detached(&config.store_path())
@@ -129,7 +180,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         addr: config.listen,
         source,
     })?;
-    let upstreams = Arc::new(Upstreams::from_config(&config)?);
+    let upstreams = Arc::new(Upstreams::from_config(config)?);
     let signer = Signer::load_or_create(&config.audit.signing_key)?;
     let audit = Arc::new(
         AuditLog::open(
@@ -159,32 +210,18 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let core = Core {
         stopping: shutdown_rx.clone(),
-        config: Arc::new(config),
+        live: Arc::clone(&live),
+        receipts: config.audit.receipts,
         store,
         verify_budget,
         audit: Arc::clone(&audit),
-        identities: Arc::default(),
-        disclosures: Arc::default(),
         upstreams: Arc::clone(&upstreams),
     };
-    let admission = admission(&core);
+    let admission = admission(&live, config);
+    drop(snapshot);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<CitizenRegistryServiceServer<Core>>()
-        .await;
-    health_reporter
-        .set_serving::<LandRegistryServiceServer<Core>>()
-        .await;
-    health_reporter
-        .set_serving::<BusinessRegistryServiceServer<Core>>()
-        .await;
-    health_reporter
-        .set_serving::<AccessLogServiceServer<Core>>()
-        .await;
-    health_reporter
-        .set_serving::<CatalogServiceServer<Core>>()
-        .await;
+    set_health(&health_reporter, tonic_health::ServingStatus::Serving).await;
     // Data services are only as healthy as the access log (without it no
     // answer may leave) and, when forwarded, as their owner.
     let owners_health = upstreams.iter().map(|u| (u.service, u.health())).collect();
@@ -207,7 +244,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
 
     let incoming = tls_incoming(
         listener,
-        tls_config,
+        Arc::clone(&live),
         Arc::clone(&admission),
         shutdown_rx.clone(),
     );
@@ -248,18 +285,17 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         addr,
         shutdown: shutdown_tx,
         handle,
+        live,
     })
 }
 
 /// Connection admission for the gateway: its limits, and agencies resolved
-/// from certificates with the same identity cache as calls.
-fn admission(core: &Core) -> Arc<Admission> {
+/// from certificates by the snapshot in force, as calls resolve them.
+fn admission(live: &Arc<Live>, config: &Config) -> Arc<Admission> {
     let identify = Identify {
-        trust_domain: core.config.trust_domain.clone(),
-        agencies: core.config.agencies.keys().cloned().collect(),
-        identities: Arc::clone(&core.identities),
+        live: Arc::clone(live),
     };
-    let admission = Admission::new(core.config.connections.clone(), Some(identify));
+    let admission = Admission::new(config.connections.clone(), Some(identify));
     tracing::debug!(max_connections = admission.cap(), "connection limits");
     admission
 }
@@ -278,30 +314,45 @@ pub fn http2_limits(
         .http2_max_pending_accept_reset_streams(Some(limits.max_pending_reset_streams))
 }
 
+/// Where each handshake finds the TLS server config to use.
+pub trait TlsSource: Send + Sync + 'static {
+    /// The config for the next handshake.
+    fn current(&self) -> Arc<rustls::ServerConfig>;
+}
+
+/// A fixed config.
+impl TlsSource for Arc<rustls::ServerConfig> {
+    fn current(&self) -> Arc<rustls::ServerConfig> {
+        Arc::clone(self)
+    }
+}
+
+/// The snapshot in force: a reload's certificate, key, CAs and CRLs are
+/// what the next handshake uses.
+impl TlsSource for Arc<Live> {
+    fn current(&self) -> Arc<rustls::ServerConfig> {
+        Arc::clone(&self.snapshot().tls)
+    }
+}
+
 /// Accepts TCP connections on `listener` and yields those that complete the
-/// mutual-TLS handshake of `tls_config` and that `admission` admits, until
-/// `shutdown` turns true. For `serve_with_incoming*`: tonic then sees the
-/// peer certificates.
+/// mutual-TLS handshake of `tls` (read again for every handshake) and that
+/// `admission` admits, until `shutdown` turns true. For
+/// `serve_with_incoming*`: tonic then sees the peer certificates.
 pub fn tls_incoming(
     listener: TcpListener,
-    tls_config: Arc<rustls::ServerConfig>,
+    tls: impl TlsSource,
     admission: Arc<Admission>,
     shutdown: watch::Receiver<bool>,
 ) -> ReceiverStream<Result<Guarded, std::io::Error>> {
     let (conn_tx, conn_rx) = mpsc::channel(ACCEPT_BACKLOG);
-    tokio::spawn(accept_loop(
-        listener,
-        TlsAcceptor::from(tls_config),
-        admission,
-        conn_tx,
-        shutdown,
-    ));
+    tokio::spawn(accept_loop(listener, tls, admission, conn_tx, shutdown));
     ReceiverStream::new(conn_rx)
 }
 
 async fn accept_loop(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: impl TlsSource,
     admission: Arc<Admission>,
     conns: mpsc::Sender<Result<Guarded, std::io::Error>>,
     mut shutdown: watch::Receiver<bool>,
@@ -332,7 +383,7 @@ async fn accept_loop(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        let acceptor = TlsAcceptor::from(tls.current());
         let conns = conns.clone();
         let admission = Arc::clone(&admission);
         tokio::spawn(async move {
@@ -361,6 +412,22 @@ async fn accept_loop(
                 }
             }
         });
+    }
+}
+
+/// Sets the gRPC health of the server ("") and of every service it serves.
+async fn set_health(
+    reporter: &tonic_health::server::HealthReporter,
+    status: tonic_health::ServingStatus,
+) {
+    let services = std::iter::once("")
+        .chain(policy::REGISTRY_SERVICES.iter().copied())
+        .chain([
+            policy::ACCESS_LOG_SERVICE,
+            <CatalogServiceServer<Core> as tonic::server::NamedService>::NAME,
+        ]);
+    for service in services {
+        reporter.set_service_status(service, status).await;
     }
 }
 

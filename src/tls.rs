@@ -65,7 +65,8 @@ pub fn load_key(key: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>
         .map_err(|e| err(key, path, format!("no usable PEM private key: {e}")))
 }
 
-fn load_crls(
+/// Reads every CRL of the `[tls] crls` files.
+pub fn load_crls(
     paths: &[std::path::PathBuf],
 ) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
     let mut crls = Vec::new();
@@ -82,38 +83,68 @@ fn load_crls(
     Ok(crls)
 }
 
-/// Builds the server config from the configured files.
-pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+/// Trust anchors read from one PEM file (`key` names it in errors).
+pub struct Anchors<'a> {
+    pub key: &'static str,
+    pub path: &'a Path,
+    pub certs: Vec<CertificateDer<'static>>,
+}
+
+/// A client certificate verifier: chains to one of `anchors`, is not revoked
+/// by `crls`, and (with `require_client_auth_eku`) lists `clientAuth`. The
+/// handshake uses one over every trusted CA; each call uses the one of its
+/// agency (`snapshot.rs`).
+pub fn client_verifier(
+    anchors: &[Anchors<'_>],
+    crls: &[CertificateRevocationListDer<'static>],
+    require_client_auth_eku: bool,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
     let provider = Arc::new(ring::default_provider());
     let mut roots = RootCertStore::empty();
-    for cert in load_certs("tls.client_ca", &files.client_ca)? {
-        roots.add(cert).map_err(|e| {
-            err(
-                "tls.client_ca",
-                &files.client_ca,
-                format!("unusable CA certificate: {e}"),
-            )
-        })?;
+    for a in anchors {
+        for cert in &a.certs {
+            roots
+                .add(cert.clone())
+                .map_err(|e| err(a.key, a.path, format!("unusable CA certificate: {e}")))?;
+        }
     }
-    let crls = load_crls(&files.crls)?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .with_crls(crls)
+    let (key, path) = anchors
+        .first()
+        .map_or(("tls.client_ca", Path::new("")), |a| (a.key, a.path));
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .with_crls(crls.iter().cloned())
         // CRLs are per CA: a bundle may hold agencies' CAs that publish none,
         // so a chain no configured CRL speaks for is not refused for that.
         .allow_unknown_revocation_status()
         .build()
-        .map_err(|e| {
-            err(
-                "tls.client_ca",
-                &files.client_ca,
-                format!("cannot verify clients with it: {e}"),
-            )
-        })?;
-    let verifier: Arc<dyn ClientCertVerifier> = if files.require_client_auth_eku {
+        .map_err(|e| err(key, path, format!("cannot verify clients with it: {e}")))?;
+    Ok(if require_client_auth_eku {
         Arc::new(RequireClientAuthEku(verifier))
     } else {
         verifier
+    })
+}
+
+/// Builds the server config from the configured files (the client CA
+/// bundle and CRLs of `files`).
+pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let anchors = Anchors {
+        key: "tls.client_ca",
+        path: &files.client_ca,
+        certs: load_certs("tls.client_ca", &files.client_ca)?,
     };
+    let crls = load_crls(&files.crls)?;
+    let verifier = client_verifier(&[anchors], &crls, files.require_client_auth_eku)?;
+    server_config_with(files, verifier)
+}
+
+/// The server config: the gateway's certificate and key from `files`,
+/// TLS 1.3, ALPN `h2`, and client certificates checked by `verifier`.
+pub fn server_config_with(
+    files: &TlsFiles,
+    verifier: Arc<dyn ClientCertVerifier>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(ring::default_provider());
     let chain = load_certs("tls.cert", &files.cert)?;
     let key = load_key("tls.key", &files.key)?;
     let mut config = ServerConfig::builder_with_provider(provider)

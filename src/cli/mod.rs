@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 pub mod audit;
 pub mod call;
 pub mod certs;
+pub mod check_config;
 pub mod demo_data;
 pub mod import;
 pub mod load;
@@ -32,8 +33,10 @@ pub enum Command {
     Import(import::Args),
     /// Write a deterministic synthetic extract for all three registries.
     DemoData(demo_data::Args),
-    /// Create a development PKI (CA, gateway and agency certificates).
+    /// Create a development PKI (CA, gateway and agency certificates), revoke, issue CRLs.
     Certs(certs::Args),
+    /// Validate a config and every file it names, without serving (exit 0 or 1).
+    CheckConfig(check_config::Args),
     /// Call a gateway method as an agency and print the answer as JSON.
     Call(call::Args),
     /// Verify or export the access log.
@@ -186,6 +189,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Import(a) => import::run(a),
         Command::DemoData(a) => demo_data::run(a),
         Command::Certs(a) => certs::run(a),
+        Command::CheckConfig(a) => check_config::run(a),
         Command::Call(a) => call::run(a),
         Command::Audit(a) => audit::run(a),
         Command::Report(a) => report::run(a),

@@ -40,6 +40,9 @@ pub fn run(args: Args) -> Result<(), Failure> {
         let running = server::start(config)
             .await
             .map_err(|e| Failure::new(EXIT_FAILED, e))?;
+        // Before the line supervisors wait for: a SIGHUP right after it
+        // must find the handler.
+        reload_on_hangup(&running);
         tracing::info!(
             addr = %running.addr,
             %trust_domain,
@@ -52,8 +55,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
         tokio::spawn(async move {
             signal.await;
             tracing::info!("shutting down: no new connections; finishing calls in flight");
+            // The one stop signal: readiness and health turn at once, then
+            // the drain (server.rs).
             let _ = stop.send(true);
         });
+
         running
             .wait()
             .await
@@ -61,6 +67,31 @@ pub fn run(args: Args) -> Result<(), Failure> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Reloads the config on every SIGHUP ([`server::reload`]; a config that
+/// does not validate is refused and logged, the old one stays in force).
+fn reload_on_hangup(running: &server::Running) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let live = running.live();
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        tracing::info!("SIGHUP: reloading the config");
+                        let live = std::sync::Arc::clone(&live);
+                        // Reading files and building verifiers blocks.
+                        let _ = tokio::task::spawn_blocking(move || server::reload(&live)).await;
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP; config reload is off"),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = running;
 }
 
 /// With a file-size limit (`ulimit -f`) the kernel sends SIGXFSZ on a write

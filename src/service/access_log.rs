@@ -22,6 +22,7 @@ use crate::{
         },
         common::v1::AccessContext,
     },
+    snapshot::Snapshot,
 };
 
 /// Events read back from the file per step while a watcher catches up.
@@ -46,13 +47,13 @@ impl Scoped for WatchAccessRecordsRequest {
 
 impl Core {
     /// A log record as a data subject's portal may see it: no officer id.
-    fn access_record(&self, r: AuditRecord) -> AccessRecord {
+    fn access_record(snapshot: &Snapshot, r: AuditRecord) -> AccessRecord {
         AccessRecord {
             time: Some(pbjson_types::Timestamp {
                 seconds: r.time_unix_ms.div_euclid(1000),
                 nanos: (r.time_unix_ms.rem_euclid(1000) * 1_000_000) as i32,
             }),
-            agency_name: self
+            agency_name: snapshot
                 .config
                 .agencies
                 .get(&r.agency_code)
@@ -78,7 +79,8 @@ impl Core {
     fn watch_event(&self, seq: u64, mut record: AuditRecord) -> WatchAccessRecordsResponse {
         WatchAccessRecordsResponse {
             subject_ids: std::mem::take(&mut record.subjects),
-            record: Some(self.access_record(record)),
+            // Agency names as configured now: a watch outlives reloads.
+            record: Some(Core::access_record(&self.live.snapshot(), record)),
             cursor: seq.to_string(),
         }
     }
@@ -297,7 +299,7 @@ impl AccessLogService for Core {
         self.call(
             policy::LIST_ACCESS_RECORDS,
             request,
-            |_call, req| async move {
+            |call, req| async move {
                 check_subject(&req.subject_id)?;
                 let size = page_token::page_size(req.page_size)?;
                 let before = if req.page_token.is_empty() {
@@ -337,7 +339,7 @@ impl AccessLogService for Core {
                 };
                 let records = rows
                     .into_iter()
-                    .map(|(_, r)| self.access_record(r))
+                    .map(|(_, r)| Core::access_record(&call.snapshot, r))
                     .collect();
                 Ok(Answer {
                     response: ListAccessRecordsResponse {

@@ -77,7 +77,7 @@ impl BusinessRegistryService for Core {
             Ok(Answer {
                 response: GetEnterpriseResponse {
                     enterprise: Some(enterprise),
-                    provenance: self.stored_provenance(policy::GET_ENTERPRISE, stored.as_of_ms),
+                    provenance: call.stored_provenance(policy::GET_ENTERPRISE, stored.as_of_ms),
                 },
                 subjects: vec![code.as_str().to_owned()],
                 fields: call.disclosure.field_names.clone(),

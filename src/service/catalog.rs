@@ -18,16 +18,17 @@ use crate::{
         MethodGrant, ServiceDescription, ServiceSource,
     },
     service::page_token::MAX_PAGE_SIZE,
+    snapshot::Snapshot,
 };
 
-impl Core {
-    /// Whom a call is for: the same identity rules as every data call
-    /// (certificate, configured agency, relay header), without a grant.
-    fn principal<T>(&self, request: &Request<T>) -> Result<Principal, RequestError> {
-        let caller = self.agency_of_peer(request.peer_certs().as_deref().map(Vec::as_slice))?;
-        self.principal_of(caller, super::on_behalf_of(request.metadata()))
-    }
+/// Whom a call is for: the same identity rules as every data call
+/// (certificate, configured agency, relay header), without a grant.
+fn principal<T>(snapshot: &Snapshot, request: &Request<T>) -> Result<Principal, RequestError> {
+    let caller = snapshot.agency_of_peer(request.peer_certs().as_deref().map(Vec::as_slice))?;
+    snapshot.principal_of(caller, super::on_behalf_of(request.metadata()))
+}
 
+impl Snapshot {
     fn source_of(&self, service: &str) -> Option<ServiceSource> {
         let entry = self.config.registry(service);
         Some(ServiceSource {
@@ -93,7 +94,8 @@ impl CatalogService for Core {
         &self,
         request: Request<ListServicesRequest>,
     ) -> Result<Response<ListServicesResponse>, Status> {
-        let who = self.principal(&request);
+        let snapshot = self.live.snapshot();
+        let who = principal(&snapshot, &request);
         log_catalog_call("interop.catalog.v1.CatalogService/ListServices", &who);
         who?;
         let services = catalog::gateway()
@@ -101,7 +103,7 @@ impl CatalogService for Core {
             .map(|s| ServiceDescription {
                 name: s.name.to_owned(),
                 description: s.description.clone(),
-                source: self.source_of(s.name),
+                source: snapshot.source_of(s.name),
                 methods: s
                     .methods
                     .iter()
@@ -132,10 +134,11 @@ impl CatalogService for Core {
         &self,
         request: Request<ListMyGrantsRequest>,
     ) -> Result<Response<ListMyGrantsResponse>, Status> {
-        let who = self.principal(&request);
+        let snapshot = self.live.snapshot();
+        let who = principal(&snapshot, &request);
         log_catalog_call("interop.catalog.v1.CatalogService/ListMyGrants", &who);
         let agency = who?.agency;
-        let grants = self
+        let grants = snapshot
             .config
             .policy
             .grants_of(agency.as_str())
@@ -144,12 +147,12 @@ impl CatalogService for Core {
                 method: g.method.name.to_owned(),
                 procedures: g.procedures.clone(),
                 fields: g.fields.to_strings(),
-                limits: self.limits_of(g.method),
-                source: self.source_of(g.method.service()),
+                limits: snapshot.limits_of(g.method),
+                source: snapshot.source_of(g.method.service()),
             })
             .collect();
         Ok(Response::new(ListMyGrantsResponse {
-            agency_name: self
+            agency_name: snapshot
                 .config
                 .agencies
                 .get(agency.as_str())

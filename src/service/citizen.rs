@@ -115,7 +115,7 @@ impl CitizenRegistryService for Core {
             Ok(Answer {
                 response: GetCitizenResponse {
                     citizen: Some(citizen),
-                    provenance: self.stored_provenance(policy::GET_CITIZEN, stored.as_of_ms),
+                    provenance: call.stored_provenance(policy::GET_CITIZEN, stored.as_of_ms),
                 },
                 subjects: vec![id.as_str().to_owned()],
                 fields: call.disclosure.field_names.clone(),

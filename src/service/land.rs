@@ -272,7 +272,7 @@ impl LandRegistryService for Core {
             Ok(Answer {
                 response: GetParcelResponse {
                     parcel: Some(parcel),
-                    provenance: self.stored_provenance(policy::GET_PARCEL, stored.as_of_ms),
+                    provenance: call.stored_provenance(policy::GET_PARCEL, stored.as_of_ms),
                 },
                 subjects,
                 fields: call.disclosure.field_names.clone(),
@@ -351,7 +351,7 @@ impl LandRegistryService for Core {
                     response: ListParcelsByHolderResponse {
                         parcels,
                         next_page_token,
-                        provenance: self.stored_provenance(policy::LIST_PARCELS_BY_HOLDER, as_of),
+                        provenance: call.stored_provenance(policy::LIST_PARCELS_BY_HOLDER, as_of),
                     },
                     subjects,
                     fields,

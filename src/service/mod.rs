@@ -13,13 +13,13 @@ use tonic::{metadata::MetadataValue, Request, Response, Status};
 
 use crate::{
     audit::{AuditLog, AuditRecord},
-    config::Config,
     domain,
     error::{RequestError, Violation},
     identity::AgencyId,
     policy::{Disclosure, MethodSpec},
     proto::common::v1::{AccessContext, Provenance},
     registry::Store,
+    snapshot::{Live, Snapshot},
     upstream::Upstream,
 };
 
@@ -37,16 +37,17 @@ const MAX_OFFICER_ID: usize = 64;
 /// Response header carrying the id under which the call was audited.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-/// What every service shares: the validated config, the store, the access log.
+/// What every service shares: the config in force, the store, the access log.
 #[derive(Clone)]
 pub struct Core {
-    pub config: Arc<Config>,
+    /// The config in force. A call takes one snapshot of it when it starts
+    /// and uses only that (`Call::snapshot`), whatever reloads meanwhile.
+    pub live: Arc<Live>,
+    /// Answered data calls carry a signed receipt. Fixed at start, as the
+    /// receipt layer is built then.
+    pub receipts: bool,
     pub store: Store,
     pub audit: Arc<AuditLog>,
-    /// Client certificates already resolved to an agency.
-    pub identities: Arc<crate::identity::IdentityCache>,
-    /// Grant decisions already made.
-    pub disclosures: Arc<crate::policy::DisclosureCache>,
     /// Owners' gateways of the forwarded services.
     pub upstreams: Arc<crate::upstream::Upstreams>,
     /// Failed `VerifyCitizen` calls per agency and personal id.
@@ -75,6 +76,8 @@ pub struct Call {
     pub procedure_code: String,
     pub dossier_id: String,
     pub disclosure: Arc<Disclosure>,
+    /// The config this call was decided under, for the rest of it.
+    pub snapshot: Arc<Snapshot>,
 }
 
 /// The parts of a request every data call has.
@@ -202,6 +205,7 @@ impl Core {
         Fut: Future<Output = Result<Answer<Resp>, RequestError>>,
     {
         let started = Instant::now();
+        let snapshot = self.live.snapshot();
         let time_unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
@@ -230,10 +234,10 @@ impl Core {
         let mut agency_for_log = String::from("-");
 
         let result = async {
-            let caller = self.agency_of_peer(certs.as_deref().map(Vec::as_slice))?;
+            let caller = snapshot.agency_of_peer(certs.as_deref().map(Vec::as_slice))?;
             agency_for_log = caller.to_string();
             audited_agency = Some(caller.clone());
-            let principal = self.principal_of(
+            let principal = snapshot.principal_of(
                 caller,
                 on_behalf_of.as_ref().map(|v| v.as_deref().map_err(|_| ())),
             )?;
@@ -252,8 +256,8 @@ impl Core {
             } else {
                 crate::policy::MaskMode::Strict
             };
-            let disclosure = self.disclosures.disclose(
-                &self.config.policy,
+            let disclosure = snapshot.disclosures.disclose(
+                &snapshot.config.policy,
                 agency.as_str(),
                 method,
                 &procedure_code,
@@ -267,6 +271,7 @@ impl Core {
                 procedure_code,
                 dossier_id,
                 disclosure,
+                snapshot: Arc::clone(&snapshot),
             };
             f(call, req).await
         }
@@ -317,7 +322,7 @@ impl Core {
                         .unwrap_or_default(),
                     reason,
                 };
-                if code == tonic::Code::Ok && self.config.audit.receipts {
+                if code == tonic::Code::Ok && self.receipts {
                     receipt = Some(crate::receipt::Claims::of(&record));
                 }
                 match self.audit.append(record).await {
@@ -400,41 +405,6 @@ pub fn on_behalf_of(metadata: &tonic::metadata::MetadataMap) -> Option<Result<&s
         .map(|v| v.to_str().map_err(|_| ()))
 }
 
-impl Core {
-    /// Whom a call from `caller` is for, given its `x-interop-on-behalf-of`
-    /// header: [`crate::identity::principal`] over this gateway's agencies.
-    pub fn principal_of(
-        &self,
-        caller: AgencyId,
-        on_behalf_of: Option<Result<&str, ()>>,
-    ) -> Result<crate::identity::Principal, RequestError> {
-        crate::identity::principal(
-            caller,
-            on_behalf_of,
-            |code| self.config.agencies.get(code).is_some_and(|a| a.relay),
-            |code| self.config.agencies.contains_key(code),
-        )
-    }
-
-    /// The configured agency the peer's client certificate (the leaf of
-    /// `certs`) names: the one identity rule of every call.
-    pub fn agency_of_peer(
-        &self,
-        certs: Option<&[tonic::transport::CertificateDer<'static>]>,
-    ) -> Result<AgencyId, RequestError> {
-        let leaf = certs
-            .and_then(|c| c.first())
-            .ok_or_else(|| RequestError::Unauthenticated {
-                reason: crate::error::reason::NO_AGENCY_IDENTITY,
-                message: "no client certificate on this connection".into(),
-            })?;
-        self.identities
-            .agency_of(leaf, &self.config.trust_domain, |code| {
-                self.config.agencies.contains_key(code)
-            })
-    }
-}
-
 /// Decodes a stored record after applying the call's field mask.
 pub fn disclose<T: prost::Message + Default>(
     call: &Call,
@@ -453,7 +423,9 @@ impl Core {
     pub fn upstream(&self, method: MethodSpec) -> Option<Arc<Upstream>> {
         self.upstreams.get(method.service()).cloned()
     }
+}
 
+impl Call {
     /// Provenance of an answer from the embedded store: the service's
     /// configured owner (none when the service has no `[[registry]]` entry)
     /// and when the record was current.
@@ -464,6 +436,7 @@ impl Core {
     ) -> Option<Provenance> {
         Some(Provenance {
             source_agency: self
+                .snapshot
                 .config
                 .registry(method.service())
                 .map(|r| r.owner.clone())
@@ -474,7 +447,9 @@ impl Core {
             }),
         })
     }
+}
 
+impl Core {
     /// Forwards `req` for `call` to the service's owner, on behalf of the
     /// calling agency. Returns the owner's answer and the fields it says it
     /// disclosed, each of which the call may disclose (else INTERNAL: an

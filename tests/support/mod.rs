@@ -247,6 +247,8 @@ pub struct Gateway {
     pub dir: TempDir,
     pub pki: Pki,
     pub config: Config,
+    /// The config file's text as the gateway started with it.
+    pub text: String,
     pub addr: String,
     running: Option<Running>,
     clock: Option<std::sync::Arc<dyn interop_gateway::clock::Clock>>,
@@ -304,7 +306,7 @@ impl Gateway {
         };
         let path = dir.path().join("gateway.toml");
         let text = config_text(&[], client_ca) + &opts.extra_config;
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(&path, &text).unwrap();
         let config = Config::load(&path).unwrap();
         store_fixtures(dir.path(), &config.store_path());
         let running = start_server(&config, &opts.clock).await;
@@ -313,9 +315,38 @@ impl Gateway {
             dir,
             pki,
             config,
+            text,
             addr,
             running: Some(running),
             clock: opts.clock,
+        }
+    }
+
+    /// Writes `text` as the config file and reloads it, as SIGHUP does.
+    pub fn reload_with(
+        &mut self,
+        text: &str,
+    ) -> Result<interop_gateway::snapshot::ReloadSummary, interop_gateway::config::ConfigError>
+    {
+        std::fs::write(&self.config.path, text).unwrap();
+        let running = self.running.as_ref().expect("gateway running");
+        let summary = running.reload()?;
+        self.config = running.live().snapshot().config.clone();
+        Ok(summary)
+    }
+
+    /// The stop signal: sending `true` starts the drain.
+    pub fn shutdown_handle(&self) -> tokio::sync::watch::Sender<bool> {
+        self.running
+            .as_ref()
+            .expect("gateway running")
+            .shutdown_handle()
+    }
+
+    /// Waits until the server has stopped (after the stop signal).
+    pub async fn wait_stopped(mut self) {
+        if let Some(r) = self.running.take() {
+            r.wait().await.unwrap();
         }
     }
 
@@ -347,6 +378,39 @@ impl Gateway {
             r.shutdown().await.unwrap();
         }
     }
+}
+
+/// A bare TLS connection to the gateway with `issued`'s certificate (ALPN
+/// `h2`, nothing sent): for tests that speak raw HTTP/2, or none at all, or
+/// look at the handshake itself.
+pub async fn tls_connect(
+    gw: &Gateway,
+    issued: &IssuedCert,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(gw.pki.ca.cert_pem().as_bytes()).unwrap())
+        .unwrap();
+    let chain = vec![CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let port: u16 = gw.addr.rsplit(':').next().unwrap().parse().unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap()
 }
 
 /// The `ErrorInfo.reason` of a status.
@@ -434,6 +498,33 @@ impl ServeProcess {
             addr: format!("https://{addr}"),
             log,
             drain: Some(drain),
+        }
+    }
+
+    /// Sends a signal (`HUP`, `TERM`) to the process.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits until a log line contains `needle` (lines are read as the
+    /// process writes them); panics with the log after 30 s.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no log line with {needle:?}: {}",
+                self.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
 
