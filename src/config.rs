@@ -95,6 +95,7 @@ struct RawLimits {
     max_header_list_bytes: Option<u64>,
     max_pending_reset_streams: Option<u64>,
     fd_reserve: Option<u64>,
+    drain_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -210,6 +211,9 @@ pub struct ConnectionLimits {
     /// File descriptors kept free for the store, the access log and
     /// checkpoints, whatever clients do. Default 64.
     pub fd_reserve: u64,
+    /// On SIGTERM, calls in flight may finish for this long before the
+    /// remaining connections are closed. Default 10 s.
+    pub drain_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -227,6 +231,7 @@ impl Default for ConnectionLimits {
             max_header_list_bytes: 16 * 1024,
             max_pending_reset_streams: 20,
             fd_reserve: 64,
+            drain_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -309,6 +314,7 @@ impl RawLimits {
                 Some(n) if (16..=65_536).contains(&n) => n,
                 Some(n) => return Err(format!("limits.fd_reserve: must be 16 to 65536, got {n}")),
             },
+            drain_timeout: millis("drain_timeout_ms", self.drain_timeout_ms, d.drain_timeout)?,
         };
         Ok(limits)
     }

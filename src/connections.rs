@@ -435,6 +435,63 @@ where
     }
 }
 
+/// The tower layer that refuses, with UNAVAILABLE (`SHUTTING_DOWN`), every
+/// call arriving once the drain has begun (`stopping` true), on a
+/// connection that has not yet acted on its GOAWAY. Calls that arrived
+/// before finish; a refused call has read nothing, so nothing is
+/// half-served. Health checks still pass, so a probe on an open connection
+/// reads NOT_SERVING rather than an error.
+#[derive(Clone)]
+pub struct RefuseWhenDraining(pub tokio::sync::watch::Receiver<bool>);
+
+impl<S> tower::Layer<S> for RefuseWhenDraining {
+    type Service = Draining<S>;
+    fn layer(&self, inner: S) -> Draining<S> {
+        Draining {
+            inner,
+            stopping: self.0.clone(),
+        }
+    }
+}
+
+/// See [`RefuseWhenDraining`].
+#[derive(Clone)]
+pub struct Draining<S> {
+    inner: S,
+    stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The path prefix of `grpc.health.v1` calls.
+const HEALTH_PATH: &str = "/grpc.health.v1.Health/";
+
+impl<S, B, R> tower::Service<http::Request<B>> for Draining<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Default + Send + 'static,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let draining = *self.stopping.borrow();
+        if draining && !req.uri().path().starts_with(HEALTH_PATH) {
+            let status = tonic::Status::from(crate::error::RequestError::ShuttingDown(
+                "the gateway is shutting down; retry on another instance or after it restarts"
+                    .into(),
+            ));
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        }
+        Box::pin(self.inner.call(req))
+    }
+}
+
 /// A response body that keeps its call counted until it is sent or dropped.
 pub struct CountedBody<B> {
     body: B,
@@ -475,6 +532,30 @@ mod tests {
         assert_eq!(connection_cap(&limits, Some(10)), 1);
         assert_eq!(connection_cap(&limits, None), 4096);
         assert!(open_file_limit().is_some_and(|n| n > 0));
+    }
+
+    #[tokio::test]
+    async fn calls_arriving_during_the_drain_are_refused_but_health_is_answered() {
+        use tower::{Layer, ServiceExt};
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let inner = tower::service_fn(|_req: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(String::from("served")))
+        });
+        let service = RefuseWhenDraining(stopping).layer(inner);
+        let call = |path: &str| {
+            let request = http::Request::builder().uri(path).body(()).unwrap();
+            service.clone().oneshot(request)
+        };
+        let data = "/interop.citizen.v1.CitizenRegistryService/GetCitizen";
+        assert_eq!(call(data).await.unwrap().body(), "served");
+        stop.send(true).unwrap();
+        let refused = call(data).await.unwrap();
+        assert!(refused.body().is_empty());
+        assert_eq!(refused.headers()["grpc-status"], "14");
+        let status = tonic::Status::from_header_map(refused.headers()).unwrap();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        let health = call("/grpc.health.v1.Health/Check").await.unwrap();
+        assert_eq!(health.body(), "served");
     }
 
     #[test]

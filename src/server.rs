@@ -18,7 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::{
     audit::{AuditError, AuditLog, AuditOptions, Signer},
     config::{Config, ConfigError, ConnectionLimits},
-    connections::{Admission, CountStreams, Guarded, Identify},
+    connections::{Admission, CountStreams, Guarded, Identify, RefuseWhenDraining},
     policy,
     proto::{
         audit::v1::access_log_service_server::AccessLogServiceServer,
@@ -252,6 +252,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     let router = http2_limits(tonic::transport::Server::builder(), admission.limits())
         .layer(CountStreams(admission))
         .layer(tower::util::option_layer(receipts))
+        .layer(RefuseWhenDraining(shutdown_rx.clone()))
         .add_service(CitizenRegistryServiceServer::new(core.clone()))
         .add_service(LandRegistryServiceServer::new(core.clone()))
         .add_service(BusinessRegistryServiceServer::new(core.clone()))
@@ -261,23 +262,47 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
     let mut stop = shutdown_rx;
+    let drain_live = Arc::clone(&live);
     let handle = tokio::spawn(async move {
-        router
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-            .map_err(|e| ServeError::Transport(e.to_string()))?;
+        let mut serving_stop = stop.clone();
+        let serve = router.serve_with_incoming_shutdown(incoming, async move {
+            let _ = serving_stop.wait_for(|s| *s).await;
+        });
+        tokio::pin!(serve);
+        let served = tokio::select! {
+            // The stop signal first: once it is sent, the drain below runs
+            // even when serving has already wound down.
+            biased;
+            _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {
+                // The drain: the stop signal has already ended the accept
+                // loop and told tonic to send GOAWAY on every connection;
+                // health says NOT_SERVING at once, and calls in flight get
+                // until the drain timeout to finish.
+                follower.abort();
+                set_health(&health_reporter, tonic_health::ServingStatus::NotServing).await;
+                let timeout = drain_live.snapshot().config.connections.drain_timeout;
+                tracing::info!(timeout_ms = timeout.as_millis() as u64, "draining: no new connections or calls; finishing calls in flight");
+                match tokio::time::timeout(timeout, &mut serve).await {
+                    Ok(served) => served,
+                    Err(_) => {
+                        tracing::warn!(timeout_ms = timeout.as_millis() as u64, "drain timeout (limits.drain_timeout_ms) reached; closing the remaining connections (their calls fail closed: the access log is sealed)");
+                        Ok(())
+                    }
+                }
+            }
+            served = &mut serve => served,
+        };
+        served.map_err(|e| ServeError::Transport(e.to_string()))?;
         for task in probers {
             task.abort();
         }
         follower.abort();
-        // Every call has finished and dropped its handle: seal the log.
+        // Every call has finished and dropped its handle: seal the log. A
+        // call cut off by the drain timeout may still hold it; it is sealed
+        // all the same, and that call's append fails closed.
         match Arc::try_unwrap(audit) {
             Ok(log) => log.shutdown().await?,
-            Err(_) => tracing::warn!(
-                "access log still in use at shutdown; its tail is sealed on next start"
-            ),
+            Err(log) => log.close().await,
         }
         Ok(())
     });
@@ -360,6 +385,8 @@ async fn accept_loop(
     let handshake_timeout = admission.limits().handshake_timeout;
     loop {
         let accepted = tokio::select! {
+            // Once stopping, never one more connection.
+            biased;
             _ = shutdown.wait_for(|s| *s) => break,
             accepted = listener.accept() => accepted,
         };

@@ -313,7 +313,9 @@ impl ReloadSummary {
             format!("{:?}", old.registries) != format!("{:?}", c.registries),
         );
         changed("limits.verify_*", old.limits != c.limits);
-        changed("limits (connections)", old.connections != c.connections);
+        let mut connections = old.connections.clone();
+        connections.drain_timeout = c.connections.drain_timeout;
+        changed("limits (connections)", connections != c.connections);
         ReloadSummary {
             generation: new.generation,
             agencies: c.agencies.len(),

@@ -335,6 +335,17 @@ impl AuditLog {
     }
 }
 
+impl AuditLog {
+    /// [`AuditLog::shutdown`] for a log still shared (a call cut off by the
+    /// drain timeout holds it): commits what is queued, seals the chain with
+    /// a final checkpoint, and waits until the writer has stopped. Appends
+    /// after it fail closed. The writer logs its own failure, if any.
+    pub async fn close(&self) {
+        let _ = self.tx.send(Msg::Shutdown).await;
+        self.tx.closed().await;
+    }
+}
+
 /// Where the writer's bytes go. A `File` in production; tests wrap it to
 /// make writes or fsyncs fail on demand.
 pub(crate) trait Sink: Send + 'static {

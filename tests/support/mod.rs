@@ -343,11 +343,13 @@ impl Gateway {
             .shutdown_handle()
     }
 
-    /// Waits until the server has stopped (after the stop signal).
-    pub async fn wait_stopped(mut self) {
+    /// Waits until the server has stopped (after the stop signal); the
+    /// folder is handed back for a look at what it left.
+    pub async fn wait_stopped(mut self) -> TempDir {
         if let Some(r) = self.running.take() {
             r.wait().await.unwrap();
         }
+        self.dir
     }
 
     /// Stops the server and starts it again on the same folder (and clock),
