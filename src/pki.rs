@@ -213,16 +213,23 @@ impl Ca {
 
     /// A CRL revoking the given serial numbers, valid for a week.
     pub fn crl_pem(&self, revoked: &[u64]) -> Result<String, PkiError> {
+        let serials: Vec<Vec<u8>> = revoked.iter().map(|s| s.to_be_bytes().to_vec()).collect();
+        self.crl_pem_revoking(&serials)
+    }
+
+    /// A CRL revoking the given serial numbers (big-endian bytes), valid
+    /// for a week from now: re-issue it well before then.
+    pub fn crl_pem_revoking(&self, revoked: &[Vec<u8>]) -> Result<String, PkiError> {
         let now = OffsetDateTime::now_utc();
         let crl = CertificateRevocationListParams {
             this_update: now - Duration::hours(1),
-            next_update: now + Duration::days(7),
+            next_update: now + Duration::days(CRL_VALID_DAYS),
             crl_number: SerialNumber::from(serial()),
             issuing_distribution_point: None,
             revoked_certs: revoked
                 .iter()
                 .map(|s| RevokedCertParams {
-                    serial_number: SerialNumber::from(*s),
+                    serial_number: SerialNumber::from_slice(s),
                     revocation_time: now - Duration::minutes(5),
                     reason_code: Some(RevocationReason::KeyCompromise),
                     invalidity_date: None,
@@ -233,10 +240,84 @@ impl Ca {
         .signed_by(&self.issuer)?;
         Ok(crl.pem()?)
     }
+
+    /// Whether this CA issued `cert_pem` (its issuer is this CA's subject
+    /// and its signature verifies against this CA's key).
+    pub fn issued(&self, cert_pem: &str) -> bool {
+        use rustls_pki_types::{pem::PemObject, CertificateDer};
+        let (Ok(leaf), Ok(ca)) = (
+            CertificateDer::from_pem_slice(cert_pem.as_bytes()),
+            CertificateDer::from_pem_slice(self.cert_pem.as_bytes()),
+        ) else {
+            return false;
+        };
+        let (Ok((_, leaf)), Ok((_, ca))) = (
+            x509_parser::parse_x509_certificate(&leaf),
+            x509_parser::parse_x509_certificate(&ca),
+        ) else {
+            return false;
+        };
+        leaf.issuer() == ca.subject() && leaf.verify_signature(Some(ca.public_key())).is_ok()
+    }
+}
+
+/// Days a CRL from [`Ca::crl_pem_revoking`] is valid (its nextUpdate).
+pub const CRL_VALID_DAYS: i64 = 7;
+
+/// A certificate serial number as hexadecimal digits, as `openssl x509
+/// -noout -serial` prints it (colons and a `0x` prefix allowed), into its
+/// big-endian bytes without leading zero bytes.
+pub fn parse_serial(text: &str) -> Result<Vec<u8>, String> {
+    let digits: String = text
+        .trim()
+        .trim_start_matches("0x")
+        .trim_start_matches("0X")
+        .chars()
+        .filter(|c| *c != ':')
+        .collect();
+    if digits.is_empty() || digits.len() > 40 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{text:?} is not a serial number: hexadecimal digits, at most 20 bytes (as `openssl x509 -noout -serial` prints it)"
+        ));
+    }
+    let padded = if digits.len() % 2 == 1 {
+        format!("0{digits}")
+    } else {
+        digits
+    };
+    let bytes: Vec<u8> = (0..padded.len())
+        .step_by(2)
+        .filter_map(|i| u8::from_str_radix(&padded[i..i + 2], 16).ok())
+        .collect();
+    Ok(trim_serial(&bytes))
+}
+
+/// The serial number of a PEM certificate, big-endian, no leading zeros.
+pub fn serial_of(cert_pem: &str) -> Result<Vec<u8>, String> {
+    use rustls_pki_types::{pem::PemObject, CertificateDer};
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|e| format!("not a PEM certificate: {e}"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| format!("certificate could not be parsed: {e}"))?;
+    Ok(trim_serial(cert.raw_serial()))
+}
+
+fn trim_serial(bytes: &[u8]) -> Vec<u8> {
+    let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+    match &bytes[start..] {
+        [] => vec![0],
+        rest => rest.to_vec(),
+    }
+}
+
+/// A serial number as uppercase hexadecimal, as `openssl` prints it.
+pub fn serial_hex(serial: &[u8]) -> String {
+    serial.iter().map(|b| format!("{b:02X}")).collect()
 }
 
 /// Where the dev PKI lives: `<dir>/ca.pem`, `<dir>/ca.key`,
-/// `<dir>/agencies/<code>.pem` and `.key`.
+/// `<dir>/agencies/<code>.pem` and `.key`, and the revocation state
+/// `<dir>/revoked.txt` and `<dir>/crl.pem`.
 #[derive(Clone, Debug)]
 pub struct Layout {
     pub dir: PathBuf,
@@ -257,6 +338,15 @@ impl Layout {
     }
     pub fn agency_key(&self, code: &str) -> PathBuf {
         self.dir.join("agencies").join(format!("{code}.key"))
+    }
+    /// The dev CA's CRL, as `certs crl` and `certs revoke` write it.
+    pub fn crl(&self) -> PathBuf {
+        self.dir.join("crl.pem")
+    }
+    /// The serial numbers the dev CA has revoked, one (hex) per line: what
+    /// every CRL it issues lists.
+    pub fn revoked(&self) -> PathBuf {
+        self.dir.join("revoked.txt")
     }
 
     /// Loads the CA from `ca.pem`/`ca.key`.
@@ -304,4 +394,34 @@ pub fn write_issued(
 ) -> Result<(), PkiError> {
     write_file(key_path, &issued.key_pem, true)?;
     write_file(cert_path, &issued.cert_pem, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_read_as_openssl_prints_them() {
+        assert_eq!(parse_serial("1A2B").unwrap(), vec![0x1a, 0x2b]);
+        assert_eq!(parse_serial("0x01:a2:0b").unwrap(), vec![0x01, 0xa2, 0x0b]);
+        assert_eq!(parse_serial("00ff").unwrap(), vec![0xff]);
+        assert_eq!(parse_serial("abc").unwrap(), vec![0x0a, 0xbc]);
+        for bad in ["", "xyz", "12 34", &"f".repeat(41)] {
+            assert!(parse_serial(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(serial_hex(&[0x0a, 0xbc]), "0ABC");
+    }
+
+    #[test]
+    fn the_serial_of_a_certificate_is_the_one_it_was_issued_with() {
+        let ca = Ca::generate("test").unwrap();
+        let issued = ca.issue_server(&["localhost"]).unwrap();
+        let serial = serial_of(&issued.cert_pem).unwrap();
+        assert_eq!(
+            serial,
+            parse_serial(&format!("{:x}", issued.serial)).unwrap()
+        );
+        assert!(ca.issued(&issued.cert_pem));
+        assert!(!Ca::generate("other").unwrap().issued(&issued.cert_pem));
+    }
 }

@@ -1,6 +1,8 @@
-//! `interop-gateway certs init` and `certs issue`: the dev PKI, written where
-//! the config's `[tls]` section points (agency certificates under
-//! `<folder of tls.client_ca>/agencies/`).
+//! `interop-gateway certs init`, `certs issue`, `certs revoke` and `certs crl`:
+//! the dev PKI, written where the config's `[tls]` section points (agency
+//! certificates under `<folder of tls.client_ca>/agencies/`, the CRL as
+//! `crl.pem` beside the CA), so that rotation and revocation can be
+//! rehearsed end to end. Production CRLs come from the agencies' CAs.
 
 use super::{load_config, ConfigArg, Failure, EXIT_CONFIG, EXIT_FAILED};
 use crate::{
@@ -33,10 +35,76 @@ pub enum CertsCommand {
         #[arg(long, default_value_t = 365)]
         days: i64,
     },
+    /// Revoke a certificate of the dev CA and write a new CRL (crl.pem beside
+    /// the CA) listing it and every one revoked before.
+    Revoke {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Serial number, hexadecimal (as `openssl x509 -noout -serial` prints it).
+        #[arg(long, conflicts_with = "cert", required_unless_present = "cert")]
+        serial: Option<String>,
+        /// The certificate (PEM) to revoke.
+        #[arg(long)]
+        cert: Option<std::path::PathBuf>,
+    },
+    /// Issue a fresh CRL from the dev CA listing every certificate revoked so
+    /// far (a CRL is valid for a week: issue one before the last expires).
+    Crl {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 pub fn run(args: Args) -> Result<(), Failure> {
     match args.command {
+        CertsCommand::Revoke {
+            config,
+            serial,
+            cert,
+        } => {
+            let config = load_config(&config.config)?;
+            let layout = Layout::new(config.pki_dir());
+            let ca = load_ca(&layout)?;
+            let usage = |m: String| Failure::new(EXIT_CONFIG, m);
+            let serial = match (serial, cert) {
+                (Some(s), _) => {
+                    pki::parse_serial(&s).map_err(|e| usage(format!("--serial: {e}")))?
+                }
+                (None, Some(path)) => {
+                    let pem = std::fs::read_to_string(&path)
+                        .map_err(|e| usage(format!("--cert {}: {e}", path.display())))?;
+                    if !ca.issued(&pem) {
+                        return Err(usage(format!(
+                            "--cert {}: not issued by the dev CA {}; revoke it with the CA that issued it",
+                            path.display(),
+                            layout.ca_cert().display()
+                        )));
+                    }
+                    pki::serial_of(&pem)
+                        .map_err(|e| usage(format!("--cert {}: {e}", path.display())))?
+                }
+                (None, None) => return Err(usage("give --serial or --cert".into())),
+            };
+            let mut revoked = read_revoked(&layout)?;
+            let hex = pki::serial_hex(&serial);
+            if revoked.contains(&serial) {
+                println!("serial {hex} was already revoked");
+            } else {
+                revoked.push(serial);
+                let text: String = revoked.iter().map(|s| pki::serial_hex(s) + "\n").collect();
+                pki::write_file(&layout.revoked(), &text, false)
+                    .map_err(|e| Failure::new(EXIT_FAILED, e))?;
+                println!("revoked serial {hex}");
+            }
+            write_crl(&config, &layout, &ca, &revoked)
+        }
+        CertsCommand::Crl { config } => {
+            let config = load_config(&config.config)?;
+            let layout = Layout::new(config.pki_dir());
+            let ca = load_ca(&layout)?;
+            let revoked = read_revoked(&layout)?;
+            write_crl(&config, &layout, &ca, &revoked)
+        }
         CertsCommand::Init { config } => {
             let config = load_config(&config.config)?;
             let done = dev::ensure_pki(&config).map_err(|e| Failure::new(EXIT_FAILED, e))?;
@@ -66,12 +134,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 );
             }
             let layout = Layout::new(config.pki_dir());
-            let ca = layout.load_ca().map_err(|e| {
-                Failure::new(
-                    EXIT_FAILED,
-                    format!("{e} (run `interop-gateway certs init` first)"),
-                )
-            })?;
+            let ca = load_ca(&layout)?;
             let issued = ca
                 .issue_agency(&config.trust_domain, &agency, Validity::days_from_now(days))
                 .map_err(|e| Failure::new(EXIT_FAILED, e))?;
@@ -90,4 +153,66 @@ pub fn run(args: Args) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+fn load_ca(layout: &Layout) -> Result<pki::Ca, Failure> {
+    layout.load_ca().map_err(|e| {
+        Failure::new(
+            EXIT_FAILED,
+            format!("{e} (run `interop-gateway certs init` first)"),
+        )
+    })
+}
+
+/// The serial numbers revoked so far (none when the file does not exist).
+fn read_revoked(layout: &Layout) -> Result<Vec<Vec<u8>>, Failure> {
+    let path = layout.revoked();
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(Failure::new(
+                EXIT_FAILED,
+                format!("{}: {e}", path.display()),
+            ))
+        }
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            pki::parse_serial(l).map_err(|e| {
+                Failure::new(EXIT_FAILED, format!("{}:{}: {e}", path.display(), i + 1))
+            })
+        })
+        .collect()
+}
+
+/// Writes the CRL listing `revoked` and says how the gateway takes it.
+fn write_crl(
+    config: &crate::config::Config,
+    layout: &Layout,
+    ca: &pki::Ca,
+    revoked: &[Vec<u8>],
+) -> Result<(), Failure> {
+    let pem = ca
+        .crl_pem_revoking(revoked)
+        .map_err(|e| Failure::new(EXIT_FAILED, e))?;
+    let path = layout.crl();
+    pki::write_file(&path, &pem, false).map_err(|e| Failure::new(EXIT_FAILED, e))?;
+    println!(
+        "wrote {} ({} revoked, valid {} days)",
+        path.display(),
+        revoked.len(),
+        pki::CRL_VALID_DAYS
+    );
+    if config.tls.crls.contains(&path) {
+        println!("send SIGHUP to the gateway to apply it (`interop-gateway check-config` first)");
+    } else {
+        println!(
+            "add it to [tls] crls in {} and send SIGHUP to the gateway to apply it (`interop-gateway check-config` first)",
+            config.path.display()
+        );
+    }
+    Ok(())
 }
