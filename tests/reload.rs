@@ -307,3 +307,58 @@ fn sighup_reloads_the_running_binary_and_a_bad_file_is_refused() {
     assert!(status.success());
     drop(dir);
 }
+
+const PORTAL_WATCH_GRANT: &str = r#"
+[[grant]]
+agency = "000.00.00.G22"
+method = "interop.audit.v1.AccessLogService/WatchAccessRecords"
+procedures = ["2.002154"]
+"#;
+
+#[tokio::test]
+async fn an_open_watch_ends_when_a_reload_revokes_its_certificate() {
+    use interop_gateway::proto::audit::v1::WatchAccessRecordsRequest;
+    let mut gw = Gateway::start_with(Options {
+        extra_config: PORTAL_WATCH_GRANT.into(),
+        ..Options::default()
+    })
+    .await;
+    let revoked = gw.pki.agency(PORTAL);
+    let mut portal = gw.client_with(&revoked).await;
+    let mut events = portal
+        .access_log
+        .watch_access_records(WatchAccessRecordsRequest {
+            context: context(PROCEDURE_PORTAL),
+            cursor: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut land = gw.client(LAND_OFFICE).await;
+    get_citizen(&mut land, PROCEDURE_LAND).await.unwrap();
+    assert!(events.message().await.unwrap().is_some());
+
+    let crl = gw.dir.path().join("certs/crl.pem");
+    pki::write_file(&crl, &gw.pki.ca.crl_pem(&[revoked.serial]).unwrap(), false).unwrap();
+    let text = gw.text.replace("crls = []", "crls = [\"certs/crl.pem\"]");
+    gw.reload_with(&text).unwrap();
+    // Events of records made after the reload are not sent: the watch
+    // ends, saying why (those queued before it may still arrive).
+    get_citizen(&mut land, PROCEDURE_LAND).await.unwrap();
+    let ended = async {
+        loop {
+            match events.message().await {
+                Ok(Some(event)) => assert!(event.cursor.parse::<u64>().unwrap() <= 2, "{event:?}"),
+                Ok(None) => panic!("the watch ended without a status"),
+                Err(status) => break status,
+            }
+        }
+    };
+    // A bound for a failing gateway only: ending takes milliseconds.
+    let status = tokio::time::timeout(std::time::Duration::from_secs(30), ended)
+        .await
+        .expect("the watch went on after its certificate was revoked");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_eq!(reason(&status), "CERTIFICATE_REVOKED");
+    gw.stop().await;
+}

@@ -137,11 +137,25 @@ fn shutting_down() -> RequestError {
 /// sent are skipped, so none is sent twice.
 async fn run_watch(
     core: Core,
+    call: super::Call,
     mut after: u64,
     mut live: broadcast::Receiver<Arc<LiveRecord>>,
     tx: &WatchSender,
 ) {
     let mut stopping = core.stopping.clone();
+    let mut generation = call.snapshot.generation;
+    // A watch outlives reloads: before each event, a config newer than the
+    // last one checked must still allow it (revoked certificate, agency
+    // removed, grant withdrawn end it). Steady state: one load, no check.
+    let mut allowed = |core: &Core| {
+        let now = core.live.snapshot();
+        if now.generation == generation {
+            return Ok(());
+        }
+        call.still_allowed(&now, policy::WATCH_ACCESS_RECORDS)?;
+        generation = now.generation;
+        Ok::<(), RequestError>(())
+    };
     loop {
         // Catch up from the file.
         loop {
@@ -167,6 +181,10 @@ async fn run_watch(
                 break;
             }
             for (seq, record) in batch {
+                if let Err(e) = allowed(&core) {
+                    deliver(tx, Err(e), &mut stopping).await;
+                    return;
+                }
                 if !deliver(tx, Ok(core.watch_event(seq, record)), &mut stopping).await {
                     return;
                 }
@@ -206,6 +224,10 @@ async fn run_watch(
             if committed.seq > after + 1 {
                 // Never skip: read what is missing back from the file.
                 break;
+            }
+            if let Err(e) = allowed(&core) {
+                deliver(tx, Err(e), &mut stopping).await;
+                return;
             }
             let event = core.watch_event(committed.seq, committed.record.clone());
             if !deliver(tx, Ok(event), &mut stopping).await {
@@ -265,7 +287,7 @@ impl AccessLogService for Core {
             .call(
                 policy::WATCH_ACCESS_RECORDS,
                 request,
-                |_call, req| async move {
+                |call, req| async move {
                     let last = self.audit.last_seq();
                     let after = if req.cursor.is_empty() {
                         last
@@ -278,7 +300,7 @@ impl AccessLogService for Core {
                     let core = self.clone();
                     // `core` (and its hold on the log) is gone before the
                     // stream ends, so shutdown finds the log free to seal.
-                    tokio::spawn(async move { run_watch(core, after, live, &tx).await });
+                    tokio::spawn(async move { run_watch(core, call, after, live, &tx).await });
                     Ok(Answer {
                         response: ReceiverStream::new(rx),
                         subjects: Vec::new(),

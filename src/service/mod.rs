@@ -78,6 +78,38 @@ pub struct Call {
     pub disclosure: Arc<Disclosure>,
     /// The config this call was decided under, for the rest of it.
     pub snapshot: Arc<Snapshot>,
+    /// The caller's certificate chain, for a long call (a watch) to check
+    /// again under a later config.
+    pub peer_certs: Option<Arc<Vec<tonic::transport::CertificateDer<'static>>>>,
+}
+
+impl Call {
+    /// Whether this call would still be allowed under `snapshot` (a config
+    /// reloaded since it started): the caller's certificate still names a
+    /// configured agency and verifies (CRLs, the agency's CA), and the
+    /// agency the call is for still has a grant for `method` and the
+    /// procedure. A long call checks this when the config changes.
+    pub fn still_allowed(
+        &self,
+        snapshot: &Snapshot,
+        method: MethodSpec,
+    ) -> Result<(), RequestError> {
+        snapshot.agency_of_peer(self.peer_certs.as_deref().map(Vec::as_slice))?;
+        if !snapshot.config.agencies.contains_key(self.agency.as_str()) {
+            return Err(RequestError::Unauthenticated {
+                reason: crate::error::reason::UNKNOWN_AGENCY,
+                message: format!(
+                    "agency {} is no longer configured on this gateway",
+                    self.agency
+                ),
+            });
+        }
+        snapshot
+            .config
+            .policy
+            .authorize(self.agency.as_str(), method, &self.procedure_code)
+            .map(drop)
+    }
 }
 
 /// The parts of a request every data call has.
@@ -235,6 +267,7 @@ impl Core {
 
         let result = async {
             let caller = snapshot.agency_of_peer(certs.as_deref().map(Vec::as_slice))?;
+            let peer_certs = certs.clone();
             agency_for_log = caller.to_string();
             audited_agency = Some(caller.clone());
             let principal = snapshot.principal_of(
@@ -272,6 +305,7 @@ impl Core {
                 dossier_id,
                 disclosure,
                 snapshot: Arc::clone(&snapshot),
+                peer_certs,
             };
             f(call, req).await
         }
