@@ -362,3 +362,20 @@ async fn an_open_watch_ends_when_a_reload_revokes_its_certificate() {
     assert_eq!(reason(&status), "CERTIFICATE_REVOKED");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_dev_config_reload_creates_no_files() {
+    let mut gw = Gateway::start().await;
+    let certs = gw.dir.path().join("certs");
+    let dev = format!("dev = true\n{}", gw.text);
+    let text = format!("{dev}\n[[agency]]\ncode = \"000.00.00.H99\"\nname = \"Một cơ quan mới\"\n");
+    gw.reload_with(&text).unwrap();
+    // `serve` would have issued the new agency a certificate; a reload does not.
+    assert!(!certs.join("agencies/000.00.00.H99.pem").exists());
+    // Nor does it replace a missing file: the reload is refused instead.
+    std::fs::rename(certs.join("gateway.pem"), certs.join("gateway.old")).unwrap();
+    let e = gw.reload_with(&text).unwrap_err();
+    assert!(e.message.contains("tls.cert"), "{e}");
+    assert!(!certs.join("gateway.pem").exists());
+    gw.stop().await;
+}
