@@ -27,6 +27,16 @@ pub mod reason {
     pub const UPSTREAM_UNAVAILABLE: &str = "UPSTREAM_UNAVAILABLE";
     pub const WATCH_OVERFLOW: &str = "WATCH_OVERFLOW";
     pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
+    /// The agency is over its `rate_per_second` (RESOURCE_EXHAUSTED).
+    pub const RATE_LIMITED: &str = "RATE_LIMITED";
+    /// The agency already has `max_in_flight` calls being served.
+    pub const TOO_MANY_IN_FLIGHT: &str = "TOO_MANY_IN_FLIGHT";
+    /// The gateway as a whole is at `[limits] max_in_flight` (UNAVAILABLE).
+    pub const OVERLOADED: &str = "OVERLOADED";
+    /// The request is larger than `[limits] max_request_bytes`.
+    pub const REQUEST_TOO_LARGE: &str = "REQUEST_TOO_LARGE";
+    /// The call ran past its `grpc-timeout` or `[limits] max_call_ms`.
+    pub const DEADLINE_EXCEEDED: &str = "DEADLINE_EXCEEDED";
 }
 
 /// One field violation: the request field path and what is wrong with it.
@@ -77,8 +87,23 @@ pub enum RequestError {
         metadata: Vec<(String, String)>,
         retry_after: std::time::Duration,
     },
+    /// The request is larger than `[limits] max_request_bytes`: retrying
+    /// the same request cannot help, so no RetryInfo.
+    #[error("the request is larger than this gateway accepts ({max_bytes} bytes, limits.max_request_bytes); send a smaller request")]
+    RequestTooLarge { max_bytes: usize },
     #[error("{0}")]
     Unavailable(String),
+    /// The gateway is saturated: the call is shed before any work, to be
+    /// retried after `retry_after`.
+    #[error("{message}")]
+    Overloaded {
+        message: String,
+        retry_after: std::time::Duration,
+    },
+    /// The call's deadline (its `grpc-timeout`, capped by
+    /// `[limits] max_call_ms`) passed.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error("{0}")]
     AuditUnavailable(String),
     /// The gateway is shutting down: a long call (a watch) ends early.
@@ -122,11 +147,15 @@ impl RequestError {
             RequestError::InvalidArgument { .. } => Code::InvalidArgument,
             RequestError::PermissionDenied { .. } => Code::PermissionDenied,
             RequestError::NotFound { .. } => Code::NotFound,
-            RequestError::ResourceExhausted { .. } => Code::ResourceExhausted,
+            RequestError::ResourceExhausted { .. } | RequestError::RequestTooLarge { .. } => {
+                Code::ResourceExhausted
+            }
             RequestError::Unavailable(_)
+            | RequestError::Overloaded { .. }
             | RequestError::AuditUnavailable(_)
             | RequestError::ShuttingDown(_) => Code::Unavailable,
             RequestError::Internal(_) => Code::Internal,
+            RequestError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             RequestError::UpstreamUnavailable { .. } => Code::Unavailable,
             RequestError::Upstream(status) => status.code(),
         }
@@ -156,6 +185,9 @@ impl RequestError {
             | RequestError::ResourceExhausted { reason, .. } => reason,
             RequestError::NotFound { .. } => reason::RECORD_NOT_FOUND,
             RequestError::Unavailable(_) => reason::STORE_UNAVAILABLE,
+            RequestError::Overloaded { .. } => reason::OVERLOADED,
+            RequestError::RequestTooLarge { .. } => reason::REQUEST_TOO_LARGE,
+            RequestError::DeadlineExceeded(_) => reason::DEADLINE_EXCEEDED,
             RequestError::AuditUnavailable(_) => reason::AUDIT_UNAVAILABLE,
             RequestError::ShuttingDown(_) => reason::SHUTTING_DOWN,
             RequestError::Internal(_) => reason::INTERNAL,
@@ -203,6 +235,12 @@ impl From<RequestError> for Status {
             } => {
                 metadata.extend(m.iter().cloned());
                 details.set_retry_info(Some(*retry_after));
+            }
+            RequestError::Overloaded { retry_after, .. } => {
+                details.set_retry_info(Some(*retry_after));
+            }
+            RequestError::RequestTooLarge { max_bytes } => {
+                metadata.insert("max_request_bytes".to_owned(), max_bytes.to_string());
             }
             RequestError::NotFound {
                 resource_type,

@@ -23,6 +23,7 @@ pub mod domain;
 pub mod error;
 pub mod fieldmask;
 pub mod identity;
+pub mod limits;
 pub mod load;
 pub mod logging;
 pub mod pki;

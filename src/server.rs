@@ -19,7 +19,7 @@ use crate::{
     audit::{AuditError, AuditLog, AuditOptions, Signer},
     config::{Config, ConnectionLimits},
     connections::{Admission, CountStreams, Guarded, Identify},
-    policy,
+    limits, policy,
     proto::{
         audit::v1::access_log_service_server::AccessLogServiceServer,
         business::v1::business_registry_service_server::BusinessRegistryServiceServer,
@@ -166,8 +166,10 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         identities: Arc::default(),
         disclosures: Arc::default(),
         upstreams: Arc::clone(&upstreams),
+        agency_limits: Arc::default(),
     };
     let admission = admission(&core);
+    let settings = limits::layers::Settings::fixed(Arc::clone(&core.config));
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -212,9 +214,21 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         shutdown_rx.clone(),
     );
 
+    // Every call, top to bottom (per-agency limits are in `Core::call`,
+    // where whom a call is for is known and its refusal is recorded).
+    let stack = tower::ServiceBuilder::new()
+        // A connection with a call in progress is not idle.
+        .layer(CountStreams(admission.clone()))
+        // OK answers' trailers carry a signed receipt.
+        .option_layer(receipts)
+        // More than `max_in_flight` calls: UNAVAILABLE OVERLOADED at once.
+        .layer(limits::layers::ShedLayer::new(settings.clone()))
+        // The caller's grpc-timeout, at most `max_call_ms`.
+        .layer(limits::layers::DeadlineLayer::new(settings.clone()))
+        // Request bodies beyond `max_request_bytes`: RESOURCE_EXHAUSTED.
+        .layer(limits::layers::RequestBytesLayer::new(settings));
     let router = http2_limits(tonic::transport::Server::builder(), admission.limits())
-        .layer(CountStreams(admission))
-        .layer(tower::util::option_layer(receipts))
+        .layer(stack)
         .add_service(CitizenRegistryServiceServer::new(core.clone()))
         .add_service(LandRegistryServiceServer::new(core.clone()))
         .add_service(BusinessRegistryServiceServer::new(core.clone()))

@@ -53,6 +53,9 @@ pub struct Core {
     pub verify_budget: Arc<crate::verify_budget::VerifyBudget>,
     /// Turns true when the server shuts down: long calls (watches) end.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Each agency's token bucket and calls in flight; the limits
+    /// themselves are read from `config` per call.
+    pub agency_limits: Arc<crate::limits::AgencyLimiter>,
 }
 
 /// A successful answer and what the access log must say about it.
@@ -228,6 +231,9 @@ impl Core {
             .map(|c| c.procedure_code.chars().take(40).collect::<String>())
             .unwrap_or_default();
         let mut agency_for_log = String::from("-");
+        // Slots among the agencies' calls in flight, held until the call
+        // (its access record included) is done.
+        let mut in_flight = Vec::new();
 
         let result = async {
             let caller = self.agency_of_peer(certs.as_deref().map(Vec::as_slice))?;
@@ -245,6 +251,12 @@ impl Core {
                 if let Some(id) = relay_request_id {
                     request_id = id;
                 }
+            }
+            // Before anything else is looked at: a flood of malformed calls
+            // spends the agency's share like any other. A relayed call
+            // counts for the relay (everything it relays) and the consumer.
+            for charged in principal.relay.iter().chain([&agency]) {
+                in_flight.push(self.admit(charged)?);
             }
             let (procedure_code, dossier_id) = check_context(req.context())?;
             let mode = if principal.relay.is_some() {
@@ -401,6 +413,19 @@ pub fn on_behalf_of(metadata: &tonic::metadata::MetadataMap) -> Option<Result<&s
 }
 
 impl Core {
+    /// One call of `agency` under its configured share (`rate_per_second`,
+    /// `burst`, `max_in_flight`), as this call's config has it.
+    fn admit(&self, agency: &AgencyId) -> Result<crate::limits::InFlight, RequestError> {
+        let code = agency.as_str();
+        let limits = self
+            .config
+            .agencies
+            .get(code)
+            .map(|a| a.limits.clone())
+            .unwrap_or_default();
+        self.agency_limits.admit(code, &limits, Instant::now())
+    }
+
     /// Whom a call from `caller` is for, given its `x-interop-on-behalf-of`
     /// header: [`crate::identity::principal`] over this gateway's agencies.
     pub fn principal_of(

@@ -19,6 +19,8 @@ use interop_gateway::{
 };
 use tempfile::TempDir;
 
+pub mod stalled;
+
 pub const TRUST_DOMAIN: &str = "interop.example.vn";
 /// Land registration office: citizen lookups (some fields) and land.
 pub const LAND_OFFICE: &str = "000.00.20.H13";
@@ -346,6 +348,14 @@ impl Gateway {
         if let Some(r) = self.running.take() {
             r.shutdown().await.unwrap();
         }
+    }
+
+    /// Stops the server (sealing its access log) and hands back its folder.
+    pub async fn stop_and_keep(mut self) -> TempDir {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await.unwrap();
+        }
+        self.dir
     }
 }
 
