@@ -121,6 +121,12 @@ pub struct Args {
     /// Deadline of each request.
     #[arg(long, default_value = "10s")]
     pub timeout: String,
+    /// Send a request refused with a google.rpc.RetryInfo (RATE_LIMITED,
+    /// TOO_MANY_IN_FLIGHT, OVERLOADED) again after the delay it gives, as a
+    /// well-behaved client would, while --timeout allows; its latency runs
+    /// from its first send.
+    #[arg(long)]
+    pub respect_retry_info: bool,
     /// Seed of the key and method draws.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -276,6 +282,7 @@ fn plan(args: &Args, target: String) -> Result<Plan, Failure> {
         timeout,
         seed: args.seed,
         progress: !args.quiet,
+        respect_retry_info: args.respect_retry_info,
     })
 }
 

@@ -250,6 +250,7 @@ mod tests {
                 },
             ],
             interrupted: false,
+            ..Summary::default()
         }
     }
 
