@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use interop_gateway::proto::{business::v1::GetEnterpriseRequest, citizen::v1::GetCitizenRequest};
+use interop_gateway::proto::business::v1::GetEnterpriseRequest;
 use support::*;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -55,14 +55,6 @@ async fn gateway(limits: &str, extra: &str) -> Gateway {
     .await
 }
 
-fn citizen() -> GetCitizenRequest {
-    GetCitizenRequest {
-        context: context(PROCEDURE_LAND),
-        personal_id: CITIZEN_ID.into(),
-        read_mask: None,
-    }
-}
-
 fn enterprise() -> GetEnterpriseRequest {
     GetEnterpriseRequest {
         context: context(PROCEDURE_BUSINESS),
@@ -99,9 +91,17 @@ async fn an_agency_over_its_rate_is_refused_with_retry_info_and_recorded() {
     let mut flooder = gw.client(FLOODER).await;
     let mut land = gw.client(LAND_OFFICE).await;
     for _ in 0..2 {
-        flooder.citizen.get_citizen(citizen()).await.unwrap();
+        flooder
+            .citizen
+            .get_citizen(citizen_request())
+            .await
+            .unwrap();
     }
-    let refused = flooder.citizen.get_citizen(citizen()).await.unwrap_err();
+    let refused = flooder
+        .citizen
+        .get_citizen(citizen_request())
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert_eq!(reason(&refused), "RATE_LIMITED");
     let delay = retry_delay(&refused);
@@ -113,7 +113,7 @@ async fn an_agency_over_its_rate_is_refused_with_retry_info_and_recorded() {
     assert!(refused.metadata().get("x-request-id").is_some());
     // Another agency is not limited by the flooder's share.
     for _ in 0..10 {
-        land.citizen.get_citizen(citizen()).await.unwrap();
+        land.citizen.get_citizen(citizen_request()).await.unwrap();
     }
     let dir = gw.stop_and_keep().await;
     let records = records(dir.path());
@@ -143,7 +143,7 @@ async fn an_agency_past_its_max_in_flight_is_refused_while_others_are_served() {
     assert!(retry_delay(&refused) > Duration::ZERO);
     // Other agencies are served meanwhile.
     let mut land = gw.client(LAND_OFFICE).await;
-    land.citizen.get_citizen(citizen()).await.unwrap();
+    land.citizen.get_citizen(citizen_request()).await.unwrap();
     held.abort();
     gw.stop().await;
 }
@@ -167,7 +167,11 @@ async fn a_saturated_gateway_sheds_calls_at_once_and_serves_again_after() {
     }
     owner.holding(2).await;
     let mut land = gw.client(LAND_OFFICE).await;
-    let shed = land.citizen.get_citizen(citizen()).await.unwrap_err();
+    let shed = land
+        .citizen
+        .get_citizen(citizen_request())
+        .await
+        .unwrap_err();
     assert_eq!(shed.code(), Code::Unavailable, "{shed:?}");
     assert_eq!(reason(&shed), "OVERLOADED");
     assert!(retry_delay(&shed) > Duration::ZERO);
@@ -178,7 +182,7 @@ async fn a_saturated_gateway_sheds_calls_at_once_and_serves_again_after() {
         assert_eq!(reason(&status), "DEADLINE_EXCEEDED");
     }
     // ...and their slots are free again.
-    land.citizen.get_citizen(citizen()).await.unwrap();
+    land.citizen.get_citizen(citizen_request()).await.unwrap();
     gw.stop().await;
 }
 
@@ -186,7 +190,7 @@ async fn a_saturated_gateway_sheds_calls_at_once_and_serves_again_after() {
 async fn requests_over_max_request_bytes_are_refused() {
     let gw = gateway("max_request_bytes = 1024", "").await;
     let mut land = gw.client(LAND_OFFICE).await;
-    let mut big = citizen();
+    let mut big = citizen_request();
     big.personal_id = "9".repeat(4096);
     let refused = land.citizen.get_citizen(big).await.unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
@@ -194,10 +198,10 @@ async fn requests_over_max_request_bytes_are_refused() {
     // No RetryInfo: the same request would be refused again.
     assert!(refused.get_error_details().retry_info().is_none());
     // Just under the limit is read (and refused for what it says).
-    let mut near = citizen();
+    let mut near = citizen_request();
     near.personal_id = "9".repeat(900);
     let status = land.citizen.get_citizen(near).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    land.citizen.get_citizen(citizen()).await.unwrap();
+    land.citizen.get_citizen(citizen_request()).await.unwrap();
     gw.stop().await;
 }

@@ -19,6 +19,7 @@ use interop_gateway::{
 };
 use tempfile::TempDir;
 
+pub mod raw;
 pub mod stalled;
 
 pub const TRUST_DOMAIN: &str = "interop.example.vn";
@@ -47,6 +48,15 @@ pub fn context(procedure: &str) -> Option<AccessContext> {
         dossier_id: DOSSIER.to_owned(),
         officer_id: "officer-7".to_owned(),
     })
+}
+
+/// GetCitizen of the stored citizen for the land office's procedure.
+pub fn citizen_request() -> interop_gateway::proto::citizen::v1::GetCitizenRequest {
+    interop_gateway::proto::citizen::v1::GetCitizenRequest {
+        context: context(PROCEDURE_LAND),
+        personal_id: CITIZEN_ID.into(),
+        read_mask: None,
+    }
 }
 
 fn date(year: i32, month: i32, day: i32) -> Option<Date> {
