@@ -35,6 +35,9 @@ pub mod reason {
     pub const OVERLOADED: &str = "OVERLOADED";
     /// The request is larger than `[limits] max_request_bytes`.
     pub const REQUEST_TOO_LARGE: &str = "REQUEST_TOO_LARGE";
+    /// The request body is not the method's message (bad protobuf, a
+    /// truncated frame): INVALID_ARGUMENT.
+    pub const MALFORMED_REQUEST: &str = "MALFORMED_REQUEST";
     /// The call ran past its `grpc-timeout` or `[limits] max_call_ms`.
     pub const DEADLINE_EXCEEDED: &str = "DEADLINE_EXCEEDED";
 }
@@ -198,8 +201,53 @@ impl RequestError {
     }
 }
 
+/// Most characters of one field violation's description in an answer, and
+/// of its message: descriptions may quote what the caller sent, and an
+/// answer's headers must stay well under any client's header limit.
+const MAX_DESCRIPTION_CHARS: usize = 256;
+const MAX_MESSAGE_CHARS: usize = 2048;
+/// Most field violations listed in one answer.
+const MAX_VIOLATIONS: usize = 16;
+
+/// `text` cut to `max` characters, marked as cut.
+fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_owned(),
+        Some((at, _)) => format!("{}… ({} bytes in all)", &text[..at], text.len()),
+    }
+}
+
+/// The violations as an answer lists them: each description clipped, at
+/// most [`MAX_VIOLATIONS`], the rest counted.
+fn listed(violations: &[Violation]) -> Vec<Violation> {
+    let mut out: Vec<Violation> = violations
+        .iter()
+        .take(MAX_VIOLATIONS)
+        .map(|v| {
+            Violation::new(
+                clip(&v.field, 64),
+                clip(&v.description, MAX_DESCRIPTION_CHARS),
+            )
+        })
+        .collect();
+    if violations.len() > MAX_VIOLATIONS {
+        out.push(Violation::new(
+            "...",
+            format!("and {} more", violations.len() - MAX_VIOLATIONS),
+        ));
+    }
+    out
+}
+
 impl From<RequestError> for Status {
     fn from(err: RequestError) -> Status {
+        let err = match err {
+            RequestError::InvalidArgument { reason, violations } => RequestError::InvalidArgument {
+                reason,
+                violations: listed(&violations),
+            },
+            other => other,
+        };
         if let RequestError::Upstream(status) = &err {
             // The owner's code, message and details; none of its metadata
             // (its request id names a record in the owner's log, not ours).
@@ -209,7 +257,7 @@ impl From<RequestError> for Status {
                 status.details().to_vec().into(),
             );
         }
-        let message = err.to_string();
+        let message = clip(&err.to_string(), MAX_MESSAGE_CHARS);
         let mut metadata = std::collections::HashMap::new();
         let mut details = ErrorDetails::new();
         match &err {
@@ -276,5 +324,35 @@ pub fn code_name(code: tonic::Code) -> &'static str {
         Unavailable => "UNAVAILABLE",
         DataLoss => "DATA_LOSS",
         Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_never_carry_unbounded_caller_text() {
+        let violations: Vec<Violation> = (0..100)
+            .map(|i| Violation::new(format!("read_mask.paths[{i}]"), "x".repeat(50_000)))
+            .collect();
+        let status = Status::from(RequestError::InvalidArgument {
+            reason: reason::INVALID_FIELD_MASK,
+            violations,
+        });
+        assert!(
+            status.message().len() < 8 * 1024,
+            "{}",
+            status.message().len()
+        );
+        let details = status.get_error_details();
+        let listed = &details.bad_request().unwrap().field_violations;
+        assert_eq!(listed.len(), MAX_VIOLATIONS + 1);
+        assert!(listed[0].description.len() < 400);
+        assert!(listed[0].description.ends_with("(50000 bytes in all)"));
+        assert_eq!(listed[MAX_VIOLATIONS].description, "and 84 more");
+        // Short text is kept whole; multi-byte characters are never split.
+        assert_eq!(clip("abc", 3), "abc");
+        assert!(clip(&"đ".repeat(10), 3).starts_with("đđđ…"));
     }
 }
