@@ -223,6 +223,8 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         .option_layer(receipts)
         // More than `max_in_flight` calls: UNAVAILABLE OVERLOADED at once.
         .layer(limits::layers::ShedLayer::new(settings.clone()))
+        // A body that is not the method's message: INVALID_ARGUMENT.
+        .layer(limits::layers::MalformedLayer)
         // The caller's grpc-timeout, at most `max_call_ms`.
         .layer(limits::layers::DeadlineLayer::new(settings.clone()))
         // Request bodies beyond `max_request_bytes`: RESOURCE_EXHAUSTED.

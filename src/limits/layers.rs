@@ -8,7 +8,9 @@
 //! - [`RequestBytesLayer`]: a request body over `max_request_bytes` ends the
 //!   call with RESOURCE_EXHAUSTED `REQUEST_TOO_LARGE`, having read no more;
 //! - [`DeadlineLayer`]: the caller's `grpc-timeout`, capped by `max_call_ms`;
-//!   past it the call is dropped and answered DEADLINE_EXCEEDED.
+//!   past it the call is dropped and answered DEADLINE_EXCEEDED;
+//! - [`MalformedLayer`]: a request body that is not the method's message
+//!   is INVALID_ARGUMENT `MALFORMED_REQUEST`, not the INTERNAL tonic gives.
 //!
 //! Refusals are ordinary gRPC statuses built by `error.rs`, so every layer
 //! outside these sees them as it sees any other answer. tower's own
@@ -191,16 +193,50 @@ where
             inner: body,
             max,
             left: max + GRPC_FRAME_HEADER,
+            header: Vec::with_capacity(GRPC_FRAME_HEADER),
         }))
     }
 }
 
-/// A request body that fails once more than its limit has been read: the
-/// error is the gRPC status the caller receives.
+/// A request body that fails once more than its limit has been read, or as
+/// soon as its first message's length prefix claims more: the error is the
+/// gRPC status the caller receives.
 pub struct LimitedBody<B> {
     inner: B,
     max: usize,
     left: usize,
+    /// The first message's frame header, while it is being read.
+    header: Vec<u8>,
+}
+
+impl<B> LimitedBody<B> {
+    fn too_large(&mut self) -> Status {
+        self.left = 0;
+        Status::from(RequestError::RequestTooLarge {
+            max_bytes: self.max,
+        })
+    }
+
+    /// Takes in `data`; a status once over the limit.
+    fn count(&mut self, data: &[u8]) -> Result<(), Status> {
+        if self.header.len() < GRPC_FRAME_HEADER {
+            let wanted = GRPC_FRAME_HEADER - self.header.len();
+            self.header
+                .extend_from_slice(&data[..wanted.min(data.len())]);
+            if let [_, a, b, c, d] = self.header[..] {
+                if u32::from_be_bytes([a, b, c, d]) as usize > self.max {
+                    return Err(self.too_large());
+                }
+            }
+        }
+        match self.left.checked_sub(data.len()) {
+            Some(left) => {
+                self.left = left;
+                Ok(())
+            }
+            None => Err(self.too_large()),
+        }
+    }
 }
 
 impl<B> HttpBody for LimitedBody<B>
@@ -222,14 +258,8 @@ where
             Some(Ok(frame)) => frame,
         };
         if let Some(data) = frame.data_ref() {
-            match this.left.checked_sub(data.len()) {
-                Some(left) => this.left = left,
-                None => {
-                    this.left = 0;
-                    return Poll::Ready(Some(Err(Status::from(RequestError::RequestTooLarge {
-                        max_bytes: this.max,
-                    }))));
-                }
+            if let Err(status) = this.count(data) {
+                return Poll::Ready(Some(Err(status)));
             }
         }
         Poll::Ready(Some(Ok(frame)))
@@ -312,6 +342,84 @@ where
     }
 }
 
+/// Answers a request tonic could not decode as INVALID_ARGUMENT
+/// `MALFORMED_REQUEST` naming what was wrong. tonic (with tonic-prost)
+/// reports bad protobuf and a message cut short as INTERNAL, which tells
+/// the caller the gateway failed and counts as a server error; the caller
+/// sent bytes that are not the message. Only answers made before the
+/// handler ran are rewritten: they carry no request id, which every
+/// answer of `Core::call` does (an owner's status passed on included).
+#[derive(Clone, Default)]
+pub struct MalformedLayer;
+
+impl<S> tower::Layer<S> for MalformedLayer {
+    type Service = Malformed<S>;
+    fn layer(&self, inner: S) -> Malformed<S> {
+        Malformed { inner }
+    }
+}
+
+/// See [`MalformedLayer`].
+#[derive(Clone)]
+pub struct Malformed<S> {
+    inner: S,
+}
+
+/// tonic's messages for a request body it cannot decode.
+const DECODE_FAILURES: [&str; 2] = [
+    // prost's DecodeError, as tonic-prost passes it on.
+    "failed to decode Protobuf message: ",
+    // tonic: the body ended inside a length-prefixed message.
+    "Unexpected EOF decoding stream",
+];
+
+/// The rewritten answer, when `response` is tonic's report of an
+/// undecodable request.
+fn malformed(response: &http::Response<Body>) -> Option<http::Response<Body>> {
+    let headers = response.headers();
+    if headers.get("grpc-status").map(|v| v.as_bytes()) != Some(b"13")
+        || headers.contains_key(crate::service::REQUEST_ID_HEADER)
+    {
+        return None;
+    }
+    let status = Status::from_header_map(headers)?;
+    let message = status.message();
+    let prefix = DECODE_FAILURES.iter().find(|p| message.starts_with(*p))?;
+    let what = match message[prefix.len()..].trim() {
+        "" => "the request ended inside a message",
+        what => what,
+    };
+    Some(refusal(RequestError::InvalidArgument {
+        reason: crate::error::reason::MALFORMED_REQUEST,
+        violations: vec![crate::error::Violation::new(
+            "request",
+            format!("not a well-formed message of this method: {what}"),
+        )],
+    }))
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Malformed<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let call = self.inner.call(req);
+        Box::pin(async move {
+            let response = call.await?;
+            Ok(malformed(&response).unwrap_or(response))
+        })
+    }
+}
+
 /// The value of a `grpc-timeout` header: 1 to 8 ASCII digits and a unit
 /// (`H`, `M`, `S`, `m`, `u`, `n`), as the gRPC-over-HTTP/2 spec has it.
 pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
@@ -367,6 +475,32 @@ mod tests {
                 prop_assert!(bytes.len() >= 2 && bytes.len() <= 9);
             }
         }
+    }
+
+    #[test]
+    fn a_body_is_refused_once_over_or_once_its_prefix_claims_more() {
+        let body = |max| LimitedBody {
+            inner: (),
+            max,
+            left: max + GRPC_FRAME_HEADER,
+            header: Vec::new(),
+        };
+        let frame = |len: u32| {
+            let mut f = vec![0u8];
+            f.extend_from_slice(&len.to_be_bytes());
+            f
+        };
+        // The prefix claims more than allowed, in pieces or at once.
+        let mut b = body(100);
+        let claim = frame(101);
+        assert!(b.count(&claim[..2]).is_ok());
+        assert!(b.count(&claim[2..]).is_err());
+        assert!(body(100).count(&frame(1 << 30)).is_err());
+        // Up to the limit is fine; one byte beyond is not.
+        let mut b = body(100);
+        assert!(b.count(&frame(100)).is_ok());
+        assert!(b.count(&[0; 100]).is_ok());
+        assert!(b.count(&[0]).is_err());
     }
 
     fn settings(limits: impl FnOnce(&mut crate::config::Limits)) -> Settings {

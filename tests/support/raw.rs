@@ -192,3 +192,82 @@ pub fn median(latencies: &[Duration]) -> Duration {
 pub fn within_normal(quiet: Duration, under_attack: Duration) -> bool {
     under_attack <= quiet * 5 + Duration::from_millis(50)
 }
+
+/// How a hand-written call ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A gRPC status (in the headers of a trailers-only answer, or in the
+    /// trailers).
+    Status(tonic::Status),
+    /// The stream or the connection was reset or closed without one.
+    Refused(String),
+}
+
+impl Outcome {
+    /// The status, or a panic naming what happened instead.
+    pub fn status(self) -> tonic::Status {
+        match self {
+            Outcome::Status(s) => s,
+            Outcome::Refused(why) => panic!("no gRPC status: {why}"),
+        }
+    }
+}
+
+/// A gRPC message frame: not compressed, 4-byte big-endian length, `msg`.
+pub fn grpc_frame(msg: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8];
+    out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    out.extend_from_slice(msg);
+    out
+}
+
+/// One call written by hand on a new connection with `issued`'s
+/// certificate: POST `path` with `headers`, then `body` as is.
+pub async fn raw_call(
+    gw: &Gateway,
+    issued: &IssuedCert,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Outcome {
+    let tls = tls_connect(gw, issued).await;
+    let (h2, connection) = match h2::client::handshake(tls).await {
+        Ok(c) => c,
+        Err(e) => return Outcome::Refused(e.to_string()),
+    };
+    let conn = tokio::spawn(connection);
+    let outcome = async {
+        let mut h2 = h2.ready().await.map_err(|e| e.to_string())?;
+        let mut req = http::Request::post(format!("https://localhost{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let (response, mut send) = h2
+            .send_request(req.body(()).unwrap(), false)
+            .map_err(|e| e.to_string())?;
+        send.reserve_capacity(body.len());
+        send.send_data(body.into(), true)
+            .map_err(|e| e.to_string())?;
+        let response = response.await.map_err(|e| e.to_string())?;
+        if let Some(status) = tonic::Status::from_header_map(response.headers()) {
+            return Ok(status);
+        }
+        let mut body = response.into_body();
+        while let Some(chunk) = body.data().await {
+            chunk.map_err(|e| e.to_string())?;
+        }
+        let trailers = body.trailers().await.map_err(|e| e.to_string())?;
+        trailers
+            .as_ref()
+            .and_then(tonic::Status::from_header_map)
+            .ok_or_else(|| "no grpc-status".to_owned())
+    }
+    .await;
+    conn.abort();
+    match outcome {
+        Ok(status) => Outcome::Status(status),
+        Err(why) => Outcome::Refused(why),
+    }
+}
