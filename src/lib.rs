@@ -22,6 +22,8 @@ pub mod dev;
 pub mod domain;
 pub mod error;
 pub mod fieldmask;
+#[cfg(test)]
+mod fuzz;
 pub mod identity;
 pub mod limits;
 pub mod load;

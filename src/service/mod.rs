@@ -137,14 +137,14 @@ pub fn loggable_id(id: &str) -> String {
         }
         digits.clear();
     };
-    for c in id.chars().take(24) {
+    // Control characters are dropped first: dropped between digits, they
+    // would join two short runs into a long one after the masking.
+    for c in id.chars().filter(|c| !c.is_control()).take(24) {
         if c.is_ascii_digit() {
             digits.push(c);
         } else {
             flush(&mut digits, &mut out);
-            if !c.is_control() {
-                out.push(c);
-            }
+            out.push(c);
         }
     }
     flush(&mut digits, &mut out);
@@ -610,6 +610,37 @@ pub fn store_error(e: crate::registry::StoreError) -> RequestError {
 #[cfg(test)]
 mod tests {
     use super::loggable_id;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Fuzz target: a request's access context, as every data call
+        /// checks it. Valid or a list of violations naming context fields;
+        /// never a panic.
+        #[test]
+        fn fuzz_access_context(
+            procedure in crate::fuzz::text_near("1.004227", 4),
+            dossier in crate::fuzz::text_near("000.00.20.H13-241205-0001", 6),
+            officer in crate::fuzz::text_near("officer-7", 6),
+            present in any::<bool>(),
+        ) {
+            let ctx = crate::proto::common::v1::AccessContext {
+                procedure_code: procedure,
+                dossier_id: dossier,
+                officer_id: officer,
+            };
+            match super::check_context(present.then_some(&ctx)) {
+                Ok((p, d)) => {
+                    prop_assert_eq!(p, ctx.procedure_code);
+                    prop_assert_eq!(d, ctx.dossier_id);
+                }
+                Err(crate::error::RequestError::InvalidArgument { violations, .. }) => {
+                    prop_assert!(!violations.is_empty());
+                    prop_assert!(violations.iter().all(|v| v.field.starts_with("context")));
+                }
+                Err(other) => prop_assert!(false, "{other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn request_ids_are_unique_and_do_not_count_calls() {
@@ -632,6 +663,10 @@ mod tests {
             "092085000123x",
             "+84092085000123",
             "abc-092085000123-def",
+            // Found by fuzz_identifiers: a control character splitting the
+            // digits into runs too short to mask, then dropped.
+            "092\085000123",
+            "092085\u{1b}000123",
         ] {
             let shown = loggable_id(input);
             assert!(!shown.contains("092085000123"), "{input:?} -> {shown:?}");
