@@ -225,6 +225,8 @@ fn the_binary_prints_json_and_draws_runs_side_by_side() {
         ])
         .args(["--label", "second", "--plot"])
         .arg(&chart)
+        .arg("--plot-goodput")
+        .arg(s.root.join("goodput.svg"))
         .arg("--plot-with")
         .arg(&first)
         .output()
@@ -242,6 +244,9 @@ fn the_binary_prints_json_and_draws_runs_side_by_side() {
         "{svg}"
     );
     assert!(svg.contains("second (100 req/s offered, "), "{svg}");
+    // Goodput and refusals by offered load: a point per run in each series.
+    let goodput = std::fs::read_to_string(s.root.join("goodput.svg")).unwrap();
+    assert_eq!(goodput.matches("<circle").count(), 4, "{goodput}");
     assert_eq!(s.server.terminate().code(), Some(0));
 }
 
