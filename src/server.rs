@@ -280,8 +280,17 @@ fn admission(core: &Core) -> Arc<Admission> {
     admission
 }
 
+/// Streams a connection may make the gateway reset (by protocol errors on
+/// them) before it is closed with GOAWAY ENHANCE_YOUR_CALM: h2's own default,
+/// against MadeYouReset (CVE-2025-8671). tonic passes `None` to hyper unless
+/// told, which turns that protection off.
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
 /// tonic's HTTP/2 settings from `[limits]`: keepalive pings, streams per
-/// connection, header size, and pending resets (rapid reset).
+/// connection, header size, pending resets (rapid reset, CVE-2023-44487) and
+/// resets the client provokes (MadeYouReset). CONTINUATION floods are bounded
+/// by h2 itself: a header block may span only as many frames as
+/// `max_header_list_bytes` needs.
 pub fn http2_limits(
     server: tonic::transport::Server,
     limits: &ConnectionLimits,
@@ -292,6 +301,7 @@ pub fn http2_limits(
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_max_header_list_size(limits.max_header_list_bytes)
         .http2_max_pending_accept_reset_streams(Some(limits.max_pending_reset_streams))
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
 }
 
 /// Accepts TCP connections on `listener` and yields those that complete the

@@ -277,17 +277,91 @@ async fn an_agency_flooding_at_twenty_times_its_rate_leaves_others_unaffected() 
     let s = flood.await.unwrap().unwrap();
     eprintln!("{}", s.to_text());
     // The flooder got about its rate (plus its initial burst) and was told
-    // to slow down for the rest.
+    // to slow down for the rest (on a starved machine, some of it shed as
+    // OVERLOADED by the gateway as a whole).
     let ok = s.status_counts.get("OK").copied().unwrap_or(0);
+    let refused = s.resource_exhausted + s.unavailable;
     let allowed = (f64::from(FLOOD_RATE) * s.duration_s) as u64 + u64::from(FLOOD_RATE);
     assert!(ok <= allowed + 5, "{ok} answered, {allowed} allowed");
-    assert_eq!(
-        s.resource_exhausted + ok,
-        s.requests,
+    assert_eq!(refused + ok, s.requests, "{:?}", s.status_counts);
+    assert!(
+        s.resource_exhausted > s.requests / 2,
         "{:?}",
         s.status_counts
     );
-    assert!(s.resource_exhausted > s.requests / 2);
     assert_normal(&quiet, &loud, "an agency flooding at 20x its rate");
+    stop_and_check(gw).await;
+}
+
+/// An HTTP/2 frame: 3-byte length, type, flags, stream id, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Streams the client makes the gateway itself reset (MadeYouReset,
+/// CVE-2025-8671: here a WINDOW_UPDATE overflowing each new stream's send
+/// window, a stream error) get the connection closed with GOAWAY ENHANCE_YOUR_CALM, while
+/// the agency is answered throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_the_client_makes_the_gateway_reset_close_its_connection() {
+    use tokio::io::AsyncReadExt;
+    let gw = gateway("").await;
+    let land = gw.client(LAND_OFFICE).await;
+    let quiet = probe(&land).await;
+    let mut conn = tls_connect(&gw, &gw.pki.agency(BUSINESS_OFFICE)).await;
+    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    conn.write_all(&h2_frame(0x4, 0, 0, &[])).await.unwrap();
+    let (mut read, mut write) = tokio::io::split(conn);
+    let writer = tokio::spawn(async move {
+        // HEADERS (END_HEADERS) of a POST to /, from HPACK's static table,
+        // then a WINDOW_UPDATE of 2^31 - 1 on the same stream, past the
+        // largest window allowed; 2,000 streams at most.
+        for i in 0..2000u32 {
+            let stream = 1 + 2 * i;
+            let mut batch = h2_frame(0x1, 0x4, stream, &[0x83, 0x87, 0x84]);
+            batch.extend(h2_frame(0x8, 0, stream, &[0x7f, 0xff, 0xff, 0xff]));
+            if write.write_all(&batch).await.is_err() {
+                return i;
+            }
+        }
+        2000
+    });
+    // Read frames until GOAWAY, noting its error code.
+    let goaway = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 16384];
+        loop {
+            let n = match read.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            while buf.len() >= 9 {
+                let len =
+                    (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
+                if buf.len() < 9 + len {
+                    break;
+                }
+                // GOAWAY: last stream id, then the error code.
+                if buf[3] == 0x7 && len >= 8 {
+                    return Some(u32::from_be_bytes([buf[13], buf[14], buf[15], buf[16]]));
+                }
+                buf.drain(..9 + len);
+            }
+        }
+    })
+    .await
+    .expect("the connection was neither closed nor sent a GOAWAY");
+    let loud = probe(&land).await;
+    let sent = writer.await.unwrap();
+    eprintln!("{sent} streams sent before the gateway stopped reading");
+    assert_eq!(goaway, Some(0xb), "GOAWAY ENHANCE_YOUR_CALM expected");
+    assert_normal(&quiet, &loud, "provoked resets");
     stop_and_check(gw).await;
 }
