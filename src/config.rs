@@ -96,6 +96,10 @@ struct RawLimits {
     max_pending_reset_streams: Option<u64>,
     fd_reserve: Option<u64>,
     drain_timeout_ms: Option<u64>,
+    // Calls: see [`Limits`].
+    max_in_flight: Option<u64>,
+    max_request_bytes: Option<u64>,
+    max_call_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +110,9 @@ struct RawAgency {
     #[serde(default)]
     relay: bool,
     ca: Option<PathBuf>,
+    rate_per_second: Option<f64>,
+    burst: Option<u64>,
+    max_in_flight: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -331,11 +338,30 @@ pub struct Limits {
     /// Failed `VerifyCitizen` calls one agency may make within any hour,
     /// over all subjects.
     pub verify_failures_per_agency_hour: std::num::NonZeroU32,
+    /// Calls being served at once, gateway-wide; more are shed at once
+    /// (UNAVAILABLE `OVERLOADED`). Default [`Limits::default_max_in_flight`].
+    pub max_in_flight: usize,
+    /// Largest request body a call may send, bytes (its one message);
+    /// larger is RESOURCE_EXHAUSTED `REQUEST_TOO_LARGE`. Default 64 KiB.
+    pub max_request_bytes: usize,
+    /// Longest a call may run, whatever its `grpc-timeout` asks. Default 30 s.
+    pub max_call: std::time::Duration,
 }
 
 impl Limits {
     /// Longest `verify_window_hours` accepted: 30 days.
     pub const MAX_VERIFY_WINDOW_HOURS: u32 = 720;
+    /// Largest `max_request_bytes` accepted: tonic's own decoding limit.
+    pub const MAX_REQUEST_BYTES: u64 = 4 * 1024 * 1024;
+
+    /// Default gateway-wide `max_in_flight`: 64 calls per core. A call holds
+    /// a core for well under a millisecond and waits for the access log's
+    /// group commit for a few: 64 per core keeps every core and the commit
+    /// batches full, while a queue any longer only adds latency to calls
+    /// that would then time out.
+    pub fn default_max_in_flight() -> usize {
+        64 * std::thread::available_parallelism().map_or(2, |n| n.get())
+    }
 }
 
 impl Default for Limits {
@@ -347,6 +373,9 @@ impl Default for Limits {
             // above that, yet caps a sweep over many subjects at 2,400 failed
             // guesses a day.
             verify_failures_per_agency_hour: std::num::NonZeroU32::MIN.saturating_add(99),
+            max_in_flight: Self::default_max_in_flight(),
+            max_request_bytes: 64 * 1024,
+            max_call: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -380,6 +409,34 @@ impl RawLimits {
                 self.verify_failures_per_agency_hour,
                 defaults.verify_failures_per_agency_hour,
             )?,
+            max_in_flight: match self.max_in_flight {
+                None => defaults.max_in_flight,
+                Some(n) if (1..=1_000_000).contains(&n) => n as usize,
+                Some(n) => {
+                    return Err(format!(
+                        "limits.max_in_flight: must be 1 to 1000000, got {n}"
+                    ))
+                }
+            },
+            max_request_bytes: match self.max_request_bytes {
+                None => defaults.max_request_bytes,
+                Some(n) if (64..=Limits::MAX_REQUEST_BYTES).contains(&n) => n as usize,
+                Some(n) => {
+                    return Err(format!(
+                        "limits.max_request_bytes: must be 64 to {}, got {n}",
+                        Limits::MAX_REQUEST_BYTES
+                    ))
+                }
+            },
+            max_call: match self.max_call_ms {
+                None => defaults.max_call,
+                Some(n) if (1..=86_400_000).contains(&n) => std::time::Duration::from_millis(n),
+                Some(n) => {
+                    return Err(format!(
+                        "limits.max_call_ms: must be 1 to 86400000 (milliseconds), got {n}"
+                    ))
+                }
+            },
         })
     }
 }
@@ -396,6 +453,74 @@ pub struct Agency {
     /// `[[agency]] ca`: the only CA (PEM, one or more certificates) that may
     /// issue this agency's certificates. `None`: any CA of `tls.client_ca`.
     pub ca: Option<PathBuf>,
+    /// How fast and how much at once it may call.
+    pub limits: AgencyLimits,
+}
+
+/// An agency's share of the gateway: `rate_per_second`, `burst` and
+/// `max_in_flight` of its `[[agency]]` entry. Unset: unlimited.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AgencyLimits {
+    /// Sustained calls per second and the token bucket's size (`burst`,
+    /// default the rate rounded up).
+    pub rate: Option<Rate>,
+    /// Calls of this agency being served at once.
+    pub max_in_flight: Option<usize>,
+}
+
+/// A token bucket's refill rate and size.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+/// Largest `rate_per_second` accepted.
+const MAX_RATE_PER_SECOND: f64 = 1_000_000.0;
+
+fn agency_limits(i: usize, a: &RawAgency) -> Result<AgencyLimits, String> {
+    let rate = match (a.rate_per_second, a.burst) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(format!(
+                "agency[{i}].burst: set rate_per_second too (burst is the size of its bucket)"
+            ))
+        }
+        (Some(r), burst) => {
+            if !(r.is_finite() && r > 0.0 && r <= MAX_RATE_PER_SECOND) {
+                return Err(format!(
+                    "agency[{i}].rate_per_second: must be above 0 and at most {MAX_RATE_PER_SECOND}, got {r}"
+                ));
+            }
+            let burst = match burst {
+                None => r.ceil() as u32,
+                Some(b) if (1..=u64::from(u32::MAX)).contains(&b) => b as u32,
+                Some(b) => {
+                    return Err(format!(
+                        "agency[{i}].burst: must be 1 to {}, got {b}",
+                        u32::MAX
+                    ))
+                }
+            };
+            Some(Rate {
+                per_second: r,
+                burst,
+            })
+        }
+    };
+    let max_in_flight = match a.max_in_flight {
+        None => None,
+        Some(n) if (1..=1_000_000).contains(&n) => Some(n as usize),
+        Some(n) => {
+            return Err(format!(
+                "agency[{i}].max_in_flight: must be 1 to 1000000, got {n}"
+            ))
+        }
+    };
+    Ok(AgencyLimits {
+        rate,
+        max_in_flight,
+    })
 }
 
 /// Who owns a registry service and where it is answered from.
@@ -522,6 +647,7 @@ impl Config {
                         name: a.name.clone(),
                         relay: a.relay,
                         ca: a.ca.as_deref().map(&resolve),
+                        limits: agency_limits(i, a).map_err(err)?,
                     },
                 )
                 .is_some()
@@ -899,5 +1025,83 @@ client_ca = "ca.pem"
             e.message.starts_with("line 11:") && e.message.contains("max_conections"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn call_limits_default_and_can_be_set() {
+        let c = parse("").unwrap();
+        assert_eq!(c.limits.max_request_bytes, 64 * 1024);
+        assert_eq!(c.limits.max_call, Duration::from_secs(30));
+        assert_eq!(c.limits.max_in_flight, Limits::default_max_in_flight());
+        let c =
+            parse("[limits]\nmax_in_flight = 10\nmax_request_bytes = 2048\nmax_call_ms = 250\n")
+                .unwrap();
+        assert_eq!(c.limits.max_in_flight, 10);
+        assert_eq!(c.limits.max_request_bytes, 2048);
+        assert_eq!(c.limits.max_call, Duration::from_millis(250));
+        for (text, key) in [
+            ("max_in_flight = 0", "limits.max_in_flight: must be 1 to"),
+            (
+                "max_request_bytes = 10",
+                "limits.max_request_bytes: must be 64 to",
+            ),
+            ("max_request_bytes = 99999999", "limits.max_request_bytes"),
+            ("max_call_ms = 0", "limits.max_call_ms"),
+        ] {
+            let e = parse(&format!("[limits]\n{text}\n")).unwrap_err();
+            assert!(e.message.contains(key), "{text}: {}", e.message);
+        }
+    }
+
+    const AGENCY: &str = "[[agency]]\ncode = \"000.00.20.H13\"\nname = \"A\"\n";
+
+    #[test]
+    fn agency_limits_are_read_with_their_defaults() {
+        let c = parse(AGENCY).unwrap();
+        assert_eq!(c.agencies["000.00.20.H13"].limits, AgencyLimits::default());
+        let c = parse(&format!(
+            "{AGENCY}rate_per_second = 200\nmax_in_flight = 64\n"
+        ))
+        .unwrap();
+        let l = &c.agencies["000.00.20.H13"].limits;
+        assert_eq!(
+            l.rate,
+            Some(Rate {
+                per_second: 200.0,
+                burst: 200
+            })
+        );
+        assert_eq!(l.max_in_flight, Some(64));
+        let c = parse(&format!("{AGENCY}rate_per_second = 0.5\nburst = 400\n")).unwrap();
+        let l = &c.agencies["000.00.20.H13"].limits;
+        assert_eq!(
+            l.rate,
+            Some(Rate {
+                per_second: 0.5,
+                burst: 400
+            })
+        );
+    }
+
+    #[test]
+    fn bad_agency_limits_name_their_key() {
+        for (text, key) in [
+            (
+                "rate_per_second = 0",
+                "agency[0].rate_per_second: must be above 0",
+            ),
+            ("rate_per_second = -3", "agency[0].rate_per_second"),
+            ("rate_per_second = nan", "agency[0].rate_per_second"),
+            ("burst = 10", "agency[0].burst: set rate_per_second too"),
+            (
+                "rate_per_second = 5\nburst = 0",
+                "agency[0].burst: must be 1 to",
+            ),
+            ("max_in_flight = 0", "agency[0].max_in_flight: must be 1 to"),
+            ("rate = 5", "line 12: unknown field `rate`"),
+        ] {
+            let e = parse(&format!("{AGENCY}{text}\n")).unwrap_err();
+            assert!(e.message.contains(key), "{text}: {}", e.message);
+        }
     }
 }

@@ -35,6 +35,19 @@ pub mod reason {
     pub const UPSTREAM_UNAVAILABLE: &str = "UPSTREAM_UNAVAILABLE";
     pub const WATCH_OVERFLOW: &str = "WATCH_OVERFLOW";
     pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
+    /// The agency is over its `rate_per_second` (RESOURCE_EXHAUSTED).
+    pub const RATE_LIMITED: &str = "RATE_LIMITED";
+    /// The agency already has `max_in_flight` calls being served.
+    pub const TOO_MANY_IN_FLIGHT: &str = "TOO_MANY_IN_FLIGHT";
+    /// The gateway as a whole is at `[limits] max_in_flight` (UNAVAILABLE).
+    pub const OVERLOADED: &str = "OVERLOADED";
+    /// The request is larger than `[limits] max_request_bytes`.
+    pub const REQUEST_TOO_LARGE: &str = "REQUEST_TOO_LARGE";
+    /// The request body is not the method's message (bad protobuf, a
+    /// truncated frame): INVALID_ARGUMENT.
+    pub const MALFORMED_REQUEST: &str = "MALFORMED_REQUEST";
+    /// The call ran past its `grpc-timeout` or `[limits] max_call_ms`.
+    pub const DEADLINE_EXCEEDED: &str = "DEADLINE_EXCEEDED";
 }
 
 /// One field violation: the request field path and what is wrong with it.
@@ -85,8 +98,23 @@ pub enum RequestError {
         metadata: Vec<(String, String)>,
         retry_after: std::time::Duration,
     },
+    /// The request is larger than `[limits] max_request_bytes`: retrying
+    /// the same request cannot help, so no RetryInfo.
+    #[error("the request is larger than this gateway accepts ({max_bytes} bytes, limits.max_request_bytes); send a smaller request")]
+    RequestTooLarge { max_bytes: usize },
     #[error("{0}")]
     Unavailable(String),
+    /// The gateway is saturated: the call is shed before any work, to be
+    /// retried after `retry_after`.
+    #[error("{message}")]
+    Overloaded {
+        message: String,
+        retry_after: std::time::Duration,
+    },
+    /// The call's deadline (its `grpc-timeout`, capped by
+    /// `[limits] max_call_ms`) passed.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error("{0}")]
     AuditUnavailable(String),
     /// The gateway is shutting down: a long call (a watch) ends early.
@@ -130,11 +158,15 @@ impl RequestError {
             RequestError::InvalidArgument { .. } => Code::InvalidArgument,
             RequestError::PermissionDenied { .. } => Code::PermissionDenied,
             RequestError::NotFound { .. } => Code::NotFound,
-            RequestError::ResourceExhausted { .. } => Code::ResourceExhausted,
+            RequestError::ResourceExhausted { .. } | RequestError::RequestTooLarge { .. } => {
+                Code::ResourceExhausted
+            }
             RequestError::Unavailable(_)
+            | RequestError::Overloaded { .. }
             | RequestError::AuditUnavailable(_)
             | RequestError::ShuttingDown(_) => Code::Unavailable,
             RequestError::Internal(_) => Code::Internal,
+            RequestError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             RequestError::UpstreamUnavailable { .. } => Code::Unavailable,
             RequestError::Upstream(status) => status.code(),
         }
@@ -164,6 +196,9 @@ impl RequestError {
             | RequestError::ResourceExhausted { reason, .. } => reason,
             RequestError::NotFound { .. } => reason::RECORD_NOT_FOUND,
             RequestError::Unavailable(_) => reason::STORE_UNAVAILABLE,
+            RequestError::Overloaded { .. } => reason::OVERLOADED,
+            RequestError::RequestTooLarge { .. } => reason::REQUEST_TOO_LARGE,
+            RequestError::DeadlineExceeded(_) => reason::DEADLINE_EXCEEDED,
             RequestError::AuditUnavailable(_) => reason::AUDIT_UNAVAILABLE,
             RequestError::ShuttingDown(_) => reason::SHUTTING_DOWN,
             RequestError::Internal(_) => reason::INTERNAL,
@@ -174,8 +209,53 @@ impl RequestError {
     }
 }
 
+/// Most characters of one field violation's description in an answer, and
+/// of its message: descriptions may quote what the caller sent, and an
+/// answer's headers must stay well under any client's header limit.
+const MAX_DESCRIPTION_CHARS: usize = 256;
+const MAX_MESSAGE_CHARS: usize = 2048;
+/// Most field violations listed in one answer.
+const MAX_VIOLATIONS: usize = 16;
+
+/// `text` cut to `max` characters, marked as cut.
+fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_owned(),
+        Some((at, _)) => format!("{}… ({} bytes in all)", &text[..at], text.len()),
+    }
+}
+
+/// The violations as an answer lists them: each description clipped, at
+/// most [`MAX_VIOLATIONS`], the rest counted.
+fn listed(violations: &[Violation]) -> Vec<Violation> {
+    let mut out: Vec<Violation> = violations
+        .iter()
+        .take(MAX_VIOLATIONS)
+        .map(|v| {
+            Violation::new(
+                clip(&v.field, 64),
+                clip(&v.description, MAX_DESCRIPTION_CHARS),
+            )
+        })
+        .collect();
+    if violations.len() > MAX_VIOLATIONS {
+        out.push(Violation::new(
+            "...",
+            format!("and {} more", violations.len() - MAX_VIOLATIONS),
+        ));
+    }
+    out
+}
+
 impl From<RequestError> for Status {
     fn from(err: RequestError) -> Status {
+        let err = match err {
+            RequestError::InvalidArgument { reason, violations } => RequestError::InvalidArgument {
+                reason,
+                violations: listed(&violations),
+            },
+            other => other,
+        };
         if let RequestError::Upstream(status) = &err {
             // The owner's code, message and details; none of its metadata
             // (its request id names a record in the owner's log, not ours).
@@ -185,7 +265,7 @@ impl From<RequestError> for Status {
                 status.details().to_vec().into(),
             );
         }
-        let message = err.to_string();
+        let message = clip(&err.to_string(), MAX_MESSAGE_CHARS);
         let mut metadata = std::collections::HashMap::new();
         let mut details = ErrorDetails::new();
         match &err {
@@ -211,6 +291,12 @@ impl From<RequestError> for Status {
             } => {
                 metadata.extend(m.iter().cloned());
                 details.set_retry_info(Some(*retry_after));
+            }
+            RequestError::Overloaded { retry_after, .. } => {
+                details.set_retry_info(Some(*retry_after));
+            }
+            RequestError::RequestTooLarge { max_bytes } => {
+                metadata.insert("max_request_bytes".to_owned(), max_bytes.to_string());
             }
             RequestError::NotFound {
                 resource_type,
@@ -246,5 +332,35 @@ pub fn code_name(code: tonic::Code) -> &'static str {
         Unavailable => "UNAVAILABLE",
         DataLoss => "DATA_LOSS",
         Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_never_carry_unbounded_caller_text() {
+        let violations: Vec<Violation> = (0..100)
+            .map(|i| Violation::new(format!("read_mask.paths[{i}]"), "x".repeat(50_000)))
+            .collect();
+        let status = Status::from(RequestError::InvalidArgument {
+            reason: reason::INVALID_FIELD_MASK,
+            violations,
+        });
+        assert!(
+            status.message().len() < 8 * 1024,
+            "{}",
+            status.message().len()
+        );
+        let details = status.get_error_details();
+        let listed = &details.bad_request().unwrap().field_violations;
+        assert_eq!(listed.len(), MAX_VIOLATIONS + 1);
+        assert!(listed[0].description.len() < 400);
+        assert!(listed[0].description.ends_with("(50000 bytes in all)"));
+        assert_eq!(listed[MAX_VIOLATIONS].description, "and 84 more");
+        // Short text is kept whole; multi-byte characters are never split.
+        assert_eq!(clip("abc", 3), "abc");
+        assert!(clip(&"đ".repeat(10), 3).starts_with("đđđ…"));
     }
 }

@@ -22,7 +22,10 @@ pub mod dev;
 pub mod domain;
 pub mod error;
 pub mod fieldmask;
+#[cfg(test)]
+mod fuzz;
 pub mod identity;
+pub mod limits;
 pub mod load;
 pub mod logging;
 pub mod pki;

@@ -19,7 +19,7 @@ use crate::{
     audit::{AuditError, AuditLog, AuditOptions, Signer},
     config::{Config, ConfigError, ConnectionLimits},
     connections::{Admission, CountStreams, Guarded, Identify, RefuseWhenDraining},
-    policy,
+    limits, policy,
     proto::{
         audit::v1::access_log_service_server::AccessLogServiceServer,
         business::v1::business_registry_service_server::BusinessRegistryServiceServer,
@@ -216,9 +216,14 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         verify_budget,
         audit: Arc::clone(&audit),
         upstreams: Arc::clone(&upstreams),
+        agency_limits: Arc::default(),
     };
     let admission = admission(&live, config);
     drop(snapshot);
+    let settings = {
+        let live = Arc::clone(&live);
+        limits::layers::Settings::new(move || live.snapshot().config.limits.clone())
+    };
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     set_health(&health_reporter, tonic_health::ServingStatus::Serving).await;
@@ -249,10 +254,25 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         shutdown_rx.clone(),
     );
 
-    let router = http2_limits(tonic::transport::Server::builder(), admission.limits())
-        .layer(CountStreams(admission))
-        .layer(tower::util::option_layer(receipts))
+    // Every call, top to bottom (per-agency limits are in `Core::call`,
+    // where whom a call is for is known and its refusal is recorded).
+    let stack = tower::ServiceBuilder::new()
+        // A connection with a call in progress is not idle.
+        .layer(CountStreams(admission.clone()))
+        // OK answers' trailers carry a signed receipt.
+        .option_layer(receipts)
+        // Draining: new calls are UNAVAILABLE SHUTTING_DOWN before anything is read.
         .layer(RefuseWhenDraining(shutdown_rx.clone()))
+        // More than `max_in_flight` calls: UNAVAILABLE OVERLOADED at once.
+        .layer(limits::layers::ShedLayer::new(settings.clone()))
+        // A body that is not the method's message: INVALID_ARGUMENT.
+        .layer(limits::layers::MalformedLayer)
+        // The caller's grpc-timeout, at most `max_call_ms`.
+        .layer(limits::layers::DeadlineLayer::new(settings.clone()))
+        // Request bodies beyond `max_request_bytes`: RESOURCE_EXHAUSTED.
+        .layer(limits::layers::RequestBytesLayer::new(settings));
+    let router = http2_limits(tonic::transport::Server::builder(), admission.limits())
+        .layer(stack)
         .add_service(CitizenRegistryServiceServer::new(core.clone()))
         .add_service(LandRegistryServiceServer::new(core.clone()))
         .add_service(BusinessRegistryServiceServer::new(core.clone()))
@@ -325,8 +345,17 @@ fn admission(live: &Arc<Live>, config: &Config) -> Arc<Admission> {
     admission
 }
 
+/// Streams a connection may make the gateway reset (by protocol errors on
+/// them) before it is closed with GOAWAY ENHANCE_YOUR_CALM: h2's own default,
+/// against MadeYouReset (CVE-2025-8671). tonic passes `None` to hyper unless
+/// told, which turns that protection off.
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
 /// tonic's HTTP/2 settings from `[limits]`: keepalive pings, streams per
-/// connection, header size, and pending resets (rapid reset).
+/// connection, header size, pending resets (rapid reset, CVE-2023-44487) and
+/// resets the client provokes (MadeYouReset). CONTINUATION floods are bounded
+/// by h2 itself: a header block may span only as many frames as
+/// `max_header_list_bytes` needs.
 pub fn http2_limits(
     server: tonic::transport::Server,
     limits: &ConnectionLimits,
@@ -337,6 +366,7 @@ pub fn http2_limits(
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_max_header_list_size(limits.max_header_list_bytes)
         .http2_max_pending_accept_reset_streams(Some(limits.max_pending_reset_streams))
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
 }
 
 /// Where each handshake finds the TLS server config to use.

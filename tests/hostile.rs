@@ -7,12 +7,9 @@ mod support;
 
 use std::time::Duration;
 
-use interop_gateway::{pki::Validity, proto::citizen::v1::GetCitizenRequest};
-use support::*;
-use tokio::{
-    io::{AsyncRead, AsyncReadExt},
-    net::TcpStream,
-};
+use interop_gateway::pki::Validity;
+use support::{raw::*, *};
+use tokio::{io::AsyncReadExt, net::TcpStream};
 
 /// Upper bound for the gateway to close a connection it must close; the
 /// limits under test are far shorter, so passing never depends on it.
@@ -26,34 +23,8 @@ async fn gateway(limits: &str) -> Gateway {
     .await
 }
 
-fn port(gw: &Gateway) -> u16 {
-    gw.addr.rsplit(':').next().unwrap().parse().unwrap()
-}
-
-fn request() -> GetCitizenRequest {
-    GetCitizenRequest {
-        context: context(PROCEDURE_LAND),
-        personal_id: CITIZEN_ID.into(),
-        read_mask: None,
-    }
-}
-
-/// Whether the gateway closes `conn` (end of stream or reset) within `within`.
-async fn closed_within<S: AsyncRead + Unpin>(conn: &mut S, within: Duration) -> bool {
-    let mut buf = [0u8; 1024];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            // Session tickets and the like: keep reading.
-            Ok(Ok(_)) => continue,
-        }
-    }
-}
-
 async fn answers(gw: &Gateway, client: &mut interop_gateway::client::Client) {
-    let reply = client.citizen.get_citizen(request()).await;
+    let reply = client.citizen.get_citizen(citizen_request()).await;
     assert!(reply.is_ok(), "{reply:?} ({})", gw.addr);
 }
 
@@ -128,7 +99,7 @@ async fn an_agency_holds_no_more_connections_than_its_share() {
     let third =
         interop_gateway::client::Client::connect(&gw.addr, &gw.pki.identity(&business)).await;
     if let Ok(mut c) = third {
-        let status = c.citizen.get_citizen(request()).await.unwrap_err();
+        let status = c.citizen.get_citizen(citizen_request()).await.unwrap_err();
         assert_ne!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     }
     // Once the idle ones go, the agency connects again.
@@ -137,7 +108,7 @@ async fn an_agency_holds_no_more_connections_than_its_share() {
     for _ in 0..100 {
         let mut c = gw.client(BUSINESS_OFFICE).await;
         if c.citizen
-            .get_citizen(request())
+            .get_citizen(citizen_request())
             .await
             .is_err_and(|s| s.code() == tonic::Code::PermissionDenied)
         {
@@ -194,7 +165,7 @@ fn a_low_file_limit_caps_connections_and_keeps_a_reserve() {
         let mut land = interop_gateway::client::Client::connect(&serve.addr, &identity)
             .await
             .unwrap();
-        land.citizen.get_citizen(request()).await.unwrap();
+        land.citizen.get_citizen(citizen_request()).await.unwrap();
         let mut flood = Vec::new();
         for _ in 0..200 {
             flood.push(TcpStream::connect(&addr).await.unwrap());
@@ -202,7 +173,7 @@ fn a_low_file_limit_caps_connections_and_keeps_a_reserve() {
         // The connection already in is still answered, and the access
         // log (which needs descriptors to checkpoint) still takes records.
         for _ in 0..5 {
-            land.citizen.get_citizen(request()).await.unwrap();
+            land.citizen.get_citizen(citizen_request()).await.unwrap();
         }
         // Past the cap, connections were closed at once (the rest wait on
         // their handshake deadline, ten minutes away).
@@ -272,7 +243,7 @@ async fn a_peer_that_does_not_answer_keepalive_pings_is_closed() {
 async fn oversized_headers_are_refused() {
     let gw = gateway("max_header_list_bytes = 4096").await;
     let mut land = gw.client(LAND_OFFICE).await;
-    let mut big = tonic::Request::new(request());
+    let mut big = tonic::Request::new(citizen_request());
     big.metadata_mut()
         .insert("x-padding", "a".repeat(8192).parse().unwrap());
     let refused = land.citizen.get_citizen(big).await;

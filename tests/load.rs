@@ -38,6 +38,7 @@ fn plan(target: &str, model: Model, stop: Stop) -> Plan {
         timeout: Duration::from_secs(10),
         seed: 7,
         progress: false,
+        respect_retry_info: false,
     }
 }
 
@@ -224,6 +225,8 @@ fn the_binary_prints_json_and_draws_runs_side_by_side() {
         ])
         .args(["--label", "second", "--plot"])
         .arg(&chart)
+        .arg("--plot-goodput")
+        .arg(s.root.join("goodput.svg"))
         .arg("--plot-with")
         .arg(&first)
         .output()
@@ -241,6 +244,9 @@ fn the_binary_prints_json_and_draws_runs_side_by_side() {
         "{svg}"
     );
     assert!(svg.contains("second (100 req/s offered, "), "{svg}");
+    // Goodput and refusals by offered load: a point per run in each series.
+    let goodput = std::fs::read_to_string(s.root.join("goodput.svg")).unwrap();
+    assert_eq!(goodput.matches("<circle").count(), 4, "{goodput}");
     assert_eq!(s.server.terminate().code(), Some(0));
 }
 
@@ -380,4 +386,77 @@ fn summaries_read_back_for_charts() {
         serde_json::from_str::<Summary>(&serde_json::to_string(&s).unwrap()).unwrap(),
         s
     );
+}
+
+/// An agency limited to 50 calls/s (burst 5), for the refusal counts.
+const LIMITED: &str = "000.00.21.H13";
+
+fn limited_gateway_config() -> String {
+    format!(
+        r#"
+[[agency]]
+code = "{LIMITED}"
+name = "Limited"
+rate_per_second = 50
+burst = 5
+
+[[grant]]
+agency = "{LIMITED}"
+method = "interop.citizen.v1.CitizenRegistryService/GetCitizen"
+procedures = ["{PROCEDURE_LAND}"]
+fields = ["personal_id", "full_name"]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_counted_apart_and_retry_info_can_be_honoured() {
+    let gw = Gateway::start_with(Options {
+        extra_config: limited_gateway_config(),
+        ..Options::default()
+    })
+    .await;
+    let identity = gw.pki.identity(&gw.pki.agency(LIMITED));
+    let w = || workload(gw.dir.path(), "GetCitizen", Distribution::Uniform);
+    // Far over the agency's rate: most calls are refused, and counted so.
+    let s = load::run(
+        plan(
+            &gw.addr,
+            Model::Closed { concurrency: 4 },
+            Stop::Requests(200),
+        ),
+        identity.clone(),
+        w(),
+    )
+    .await
+    .unwrap();
+    assert!(s.resource_exhausted > 50, "{:?}", s.status_counts);
+    assert_eq!(s.unavailable, 0, "{:?}", s.status_counts);
+    assert_eq!(
+        s.resource_exhausted + s.status_counts["OK"],
+        200,
+        "{:?}",
+        s.status_counts
+    );
+    assert!(s.goodput_rps > 0.0 && s.goodput_rps < s.throughput_rps);
+    assert!(s.refused_latency_ms.max > 0.0 && s.ok_latency_ms.max > 0.0);
+    assert_eq!(s.retries, 0);
+    // Honouring RetryInfo, the same load is all answered, only later.
+    let mut p = plan(
+        &gw.addr,
+        Model::Closed { concurrency: 4 },
+        Stop::Requests(60),
+    );
+    p.respect_retry_info = true;
+    let s = load::run(p, identity, w()).await.unwrap();
+    assert_eq!(
+        s.status_counts.get("OK"),
+        Some(&60),
+        "{:?}",
+        s.status_counts
+    );
+    assert_eq!(s.resource_exhausted, 0);
+    assert!(s.retries > 0);
+    assert!(s.to_text().contains("retries"));
+    gw.stop().await;
 }

@@ -121,6 +121,12 @@ pub struct Args {
     /// Deadline of each request.
     #[arg(long, default_value = "10s")]
     pub timeout: String,
+    /// Send a request refused with a google.rpc.RetryInfo (RATE_LIMITED,
+    /// TOO_MANY_IN_FLIGHT, OVERLOADED) again after the delay it gives, as a
+    /// well-behaved client would, while --timeout allows; its latency runs
+    /// from its first send.
+    #[arg(long)]
+    pub respect_retry_info: bool,
     /// Seed of the key and method draws.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -135,8 +141,16 @@ pub struct Args {
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// Earlier runs (`--output json` files) to draw in the same chart.
-    #[arg(long, requires = "plot")]
+    #[arg(long)]
     pub plot_with: Vec<PathBuf>,
+    /// Write a chart (SVG) of goodput and refusals against offered load,
+    /// one point per run: this one and the --plot-with runs.
+    #[arg(long)]
+    pub plot_goodput: Option<PathBuf>,
+    /// Send nothing: draw the --plot-with runs in the --plot and
+    /// --plot-goodput charts, as they were measured.
+    #[arg(long, requires = "plot_with")]
+    pub plot_only: bool,
     /// No live progress line (it is shown only when stderr is a terminal).
     #[arg(long)]
     pub quiet: bool,
@@ -276,7 +290,24 @@ fn plan(args: &Args, target: String) -> Result<Plan, Failure> {
         timeout,
         seed: args.seed,
         progress: !args.quiet,
+        respect_retry_info: args.respect_retry_info,
     })
+}
+
+/// Draws `runs` in the charts the flags ask for.
+fn draw(args: &Args, runs: &[Summary]) -> Result<(), Failure> {
+    let mix = runs.last().map(|r| r.mix.as_str()).unwrap_or_default();
+    if let Some(path) = &args.plot {
+        let title = format!("Latency by percentile: {mix}");
+        write_atomically(path, &plot::svg(&title, runs))
+            .map_err(|e| Failure::new(EXIT_FAILED, format!("{}: {e}", path.display())))?;
+    }
+    if let Some(path) = &args.plot_goodput {
+        let title = format!("Goodput by offered load: {mix}");
+        write_atomically(path, &plot::goodput_svg(&title, runs))
+            .map_err(|e| Failure::new(EXIT_FAILED, format!("{}: {e}", path.display())))?;
+    }
+    Ok(())
 }
 
 /// Writes `contents` to `path` through a temporary file, so a failed write
@@ -291,8 +322,11 @@ fn write_atomically(path: &std::path::Path, contents: &str) -> std::io::Result<(
 }
 
 pub fn run(args: Args) -> Result<(), Failure> {
-    let (addr, identity, config) = target(&args)?;
-    let plan = plan(&args, addr)?;
+    if !args.plot_with.is_empty() && args.plot.is_none() && args.plot_goodput.is_none() {
+        return Err(config_error(
+            "--plot-with needs --plot or --plot-goodput to draw in",
+        ));
+    }
     // Read the runs to compare with before spending minutes on a run.
     let mut others = Vec::new();
     for p in &args.plot_with {
@@ -306,6 +340,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
         })?;
         others.push(s);
     }
+    if args.plot_only {
+        return draw(&args, &others);
+    }
+    let (addr, identity, config) = target(&args)?;
+    let plan = plan(&args, addr)?;
     let workload = workload(&args, config.as_ref())?;
     let rt = runtime()?;
     let summary = rt
@@ -319,13 +358,9 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 .map_err(|e| Failure::new(EXIT_FAILED, e.to_string()))?
         ),
     }
-    if let Some(path) = &args.plot {
-        let mut runs = others;
-        runs.push(summary.clone());
-        let title = format!("Latency by percentile: {}", summary.mix);
-        write_atomically(path, &plot::svg(&title, &runs))
-            .map_err(|e| Failure::new(EXIT_FAILED, format!("{}: {e}", path.display())))?;
-    }
+    let mut runs = others;
+    runs.push(summary.clone());
+    draw(&args, &runs)?;
     if summary.requests > 0 && summary.status_counts.get("OK").copied().unwrap_or(0) == 0 {
         return Err(Failure::new(
             EXIT_FAILED,

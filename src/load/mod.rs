@@ -60,6 +60,9 @@ pub struct Plan {
     pub seed: u64,
     /// Print a live progress line to stderr (only when it is a terminal).
     pub progress: bool,
+    /// Send a request refused with a `google.rpc.RetryInfo` again after its
+    /// delay, as a well-behaved client would, while its deadline allows.
+    pub respect_retry_info: bool,
 }
 
 /// A run that could not start.
@@ -84,6 +87,8 @@ struct Run {
     measure_from: Instant,
     /// Time of the last measured answer, as nanoseconds after `measure_from`.
     last_answer_ns: AtomicU64,
+    /// Requests sent again after a RetryInfo delay.
+    retries: AtomicU64,
 }
 
 impl Run {
@@ -116,10 +121,42 @@ impl Run {
         }
     }
 
-    /// Sends one request on `channel` (or on a new connection) and returns
-    /// the status name of its outcome.
+    /// Sends one request on `channel` (or on a new connection), again after
+    /// each RetryInfo delay when the plan says so and its deadline allows,
+    /// and returns the status name of its outcome.
     async fn send(&self, channel: Option<&Channel>, call: Call) -> &'static str {
-        let timeout = self.plan.timeout;
+        let deadline = Instant::now() + self.plan.timeout;
+        loop {
+            let outcome = self.send_once(channel, call.clone(), deadline).await;
+            let status = match outcome {
+                Ok(()) => return "OK",
+                Err(status) => status,
+            };
+            let retry = self
+                .plan
+                .respect_retry_info
+                .then(|| retry_delay(&status))
+                .flatten()
+                .filter(|d| Instant::now() + *d < deadline);
+            match retry {
+                // Within its deadline whatever else happens: a run that has
+                // issued its last request still waits for those in flight.
+                Some(delay) => {
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(delay).await;
+                }
+                _ => return code_name(status.code()),
+            }
+        }
+    }
+
+    async fn send_once(
+        &self,
+        channel: Option<&Channel>,
+        call: Call,
+        deadline: Instant,
+    ) -> Result<(), tonic::Status> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
         let outcome = tokio::time::timeout(timeout, async move {
             let channel = match channel {
                 Some(c) => c.clone(),
@@ -152,9 +189,8 @@ impl Run {
         })
         .await;
         match outcome {
-            Ok(Ok(())) => "OK",
-            Ok(Err(status)) => code_name(status.code()),
-            Err(_) => "DEADLINE_EXCEEDED",
+            Ok(result) => result,
+            Err(_) => Err(tonic::Status::deadline_exceeded("no answer in time")),
         }
     }
 
@@ -175,6 +211,15 @@ impl Run {
             self.channels.get(i % self.channels.len())
         }
     }
+}
+
+/// The `google.rpc.RetryInfo` delay of a refusal, if it carries one.
+fn retry_delay(status: &tonic::Status) -> Option<Duration> {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .retry_info()
+        .and_then(|r| r.retry_delay)
 }
 
 /// Most requests in flight the open model allows, and most callers of the
@@ -216,6 +261,7 @@ pub async fn run(
         stop: AtomicBool::new(false),
         measure_from,
         last_answer_ns: AtomicU64::new(0),
+        retries: AtomicU64::new(0),
         plan,
     });
     // Ctrl-C or SIGTERM ends the run early with the summary of what was
@@ -369,7 +415,7 @@ async fn show_progress(run: Arc<Run>) {
         tick.tick().await;
         let now = Instant::now();
         let done = run.recorder.completed();
-        let (h, _) = run.recorder.snapshot();
+        let h = run.recorder.snapshot().all;
         let phase = if now < run.measure_from {
             "warm-up".to_owned()
         } else {
@@ -391,9 +437,17 @@ async fn show_progress(run: Arc<Run>) {
 }
 
 fn summarise(run: &Run) -> Summary {
-    let (h, status_counts) = run.recorder.snapshot();
+    let snap = run.recorder.snapshot();
+    let (h, status_counts) = (&snap.all, snap.statuses);
     let requests = h.len();
     let duration_s = Duration::from_nanos(run.last_answer_ns.load(Ordering::Relaxed)).as_secs_f64();
+    let per_second = |n: u64| {
+        if duration_s > 0.0 {
+            n as f64 / duration_s
+        } else {
+            0.0
+        }
+    };
     let plan = &run.plan;
     let (model, rate_rps, concurrency) = match plan.model {
         Model::Closed { concurrency } => ("closed", None, Some(concurrency)),
@@ -416,15 +470,21 @@ fn summarise(run: &Run) -> Summary {
         requests,
         errors: requests - status_counts.get("OK").copied().unwrap_or(0),
         duration_s,
-        throughput_rps: if duration_s > 0.0 {
-            requests as f64 / duration_s
-        } else {
-            0.0
-        },
-        latency_ms: stats::latency_ms(&h),
+        throughput_rps: per_second(requests),
+        goodput_rps: per_second(snap.ok.len()),
+        resource_exhausted: status_counts
+            .get("RESOURCE_EXHAUSTED")
+            .copied()
+            .unwrap_or(0),
+        unavailable: status_counts.get("UNAVAILABLE").copied().unwrap_or(0),
+        latency_ms: stats::latency_ms(h),
+        ok_latency_ms: stats::latency_ms(&snap.ok),
+        refused_latency_ms: stats::latency_ms(&snap.refused),
         status_counts,
-        percentiles: stats::curve(&h),
+        percentiles: stats::curve(h),
         interrupted: false,
+        respect_retry_info: plan.respect_retry_info,
+        retries: run.retries.load(Ordering::Relaxed),
     }
 }
 

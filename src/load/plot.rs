@@ -208,6 +208,113 @@ pub fn svg(title: &str, runs: &[Summary]) -> String {
     s
 }
 
+/// A line of the goodput chart: its name, colour, and value of a run.
+type Series = (&'static str, &'static str, fn(&Summary) -> f64);
+
+/// Goodput against offered load, one point per run: requests answered OK
+/// per second and requests refused per second (RESOURCE_EXHAUSTED,
+/// UNAVAILABLE), over the rate each run offered (its throughput for a
+/// closed-model run), with the diagonal of everything offered answered.
+pub fn goodput_svg(title: &str, runs: &[Summary]) -> String {
+    let offered = |r: &Summary| r.rate_rps.unwrap_or(r.throughput_rps);
+    let mut runs: Vec<&Summary> = runs.iter().collect();
+    runs.sort_by(|a, b| offered(a).total_cmp(&offered(b)));
+    let max = runs
+        .iter()
+        .map(|r| offered(r).max(r.throughput_rps))
+        .fold(0.0f64, f64::max);
+    let (top, step) = nice_axis(max);
+    let plot_w = WIDTH - LEFT - RIGHT;
+    let plot_h = HEIGHT - TOP - BOTTOM;
+    let x_of = |v: f64| LEFT + plot_w * v / top;
+    let y_of = |v: f64| TOP + plot_h * (1.0 - v / top);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{HEIGHT}\" \
+         viewBox=\"0 0 {WIDTH} {HEIGHT}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n",
+        WIDTH / 2.0,
+        escape(title)
+    );
+    let mut v = 0.0;
+    while v <= top + step / 2.0 {
+        let (x, y) = (x_of(v), y_of(v));
+        s.push_str(&format!(
+            "<line x1=\"{LEFT}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\n\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n\
+             <line x1=\"{x:.1}\" y1=\"{TOP}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#eee\"/>\n\
+             <text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\n",
+            WIDTH - RIGHT,
+            LEFT - 6.0,
+            y + 4.0,
+            trim_float(v),
+            HEIGHT - BOTTOM,
+            HEIGHT - BOTTOM + 18.0,
+            trim_float(v)
+        ));
+        v += step;
+    }
+    s.push_str(&format!(
+        "<line x1=\"{:.1}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"#999\" stroke-dasharray=\"4 4\"/>\n\
+         <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">offered load (req/s)</text>\n\
+         <text x=\"18\" y=\"{:.1}\" text-anchor=\"middle\" transform=\"rotate(-90 18 {:.1})\">answered per second</text>\n",
+        x_of(0.0),
+        y_of(0.0),
+        x_of(top),
+        y_of(top),
+        LEFT + plot_w / 2.0,
+        HEIGHT - BOTTOM + 40.0,
+        TOP + plot_h / 2.0,
+        TOP + plot_h / 2.0,
+    ));
+    let series: [Series; 2] = [
+        ("answered OK (goodput)", COLOURS[0], |r| r.goodput_rps),
+        (
+            "refused (RESOURCE_EXHAUSTED, UNAVAILABLE)",
+            COLOURS[1],
+            |r| {
+                let refused = (r.resource_exhausted + r.unavailable) as f64;
+                if r.duration_s > 0.0 {
+                    refused / r.duration_s
+                } else {
+                    0.0
+                }
+            },
+        ),
+    ];
+    for (i, (name, colour, value)) in series.iter().enumerate() {
+        let points: Vec<(f64, f64)> = runs
+            .iter()
+            .map(|r| (x_of(offered(r)), y_of(value(r))))
+            .collect();
+        let line: Vec<String> = points
+            .iter()
+            .map(|(x, y)| format!("{x:.1},{y:.1}"))
+            .collect();
+        s.push_str(&format!(
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>\n",
+            line.join(" ")
+        ));
+        for (x, y) in points {
+            s.push_str(&format!(
+                "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"4\" fill=\"{colour}\"/>\n"
+            ));
+        }
+        let ly = TOP + 16.0 + 18.0 * i as f64;
+        s.push_str(&format!(
+            "<line x1=\"{:.1}\" y1=\"{ly:.1}\" x2=\"{:.1}\" y2=\"{ly:.1}\" stroke=\"{colour}\" stroke-width=\"3\"/>\n\
+             <text x=\"{:.1}\" y=\"{:.1}\">{}</text>\n",
+            LEFT + 12.0,
+            LEFT + 36.0,
+            LEFT + 42.0,
+            ly + 4.0,
+            escape(name)
+        ));
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
 fn trim_float(v: f64) -> String {
     let t = format!("{v:.3}");
     t.trim_end_matches('0').trim_end_matches('.').to_owned()
@@ -250,7 +357,24 @@ mod tests {
                 },
             ],
             interrupted: false,
+            ..Summary::default()
         }
+    }
+
+    #[test]
+    fn goodput_chart_has_a_point_per_run_and_both_series() {
+        let mut a = run("half", 1.0);
+        a.rate_rps = Some(500.0);
+        a.goodput_rps = 500.0;
+        let mut b = run("double", 1.0);
+        b.rate_rps = Some(2000.0);
+        b.goodput_rps = 950.0;
+        b.unavailable = 1050;
+        let text = goodput_svg("overload <test>", &[b, a]);
+        assert_eq!(text.matches("<circle").count(), 4, "{text}");
+        assert!(text.contains("answered OK (goodput)"));
+        assert!(text.contains("overload &lt;test&gt;"));
+        assert!(text.ends_with("</svg>\n"));
     }
 
     #[test]

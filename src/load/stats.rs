@@ -25,7 +25,26 @@ fn new_histogram() -> Histogram<u64> {
 
 struct Shard {
     latencies: Histogram<u64>,
+    /// Requests answered OK: what the server got done (goodput).
+    ok: Histogram<u64>,
+    /// Requests refused for load (RESOURCE_EXHAUSTED, UNAVAILABLE): a
+    /// gateway under overload should refuse at once.
+    refused: Histogram<u64>,
     statuses: BTreeMap<&'static str, u64>,
+}
+
+/// Whether `status` is a refusal for load, which a well-behaved client
+/// retries after a while.
+pub fn is_refusal(status: &str) -> bool {
+    matches!(status, "RESOURCE_EXHAUSTED" | "UNAVAILABLE")
+}
+
+/// The recorder's figures merged over its shards.
+pub struct Snapshot {
+    pub all: Histogram<u64>,
+    pub ok: Histogram<u64>,
+    pub refused: Histogram<u64>,
+    pub statuses: BTreeMap<String, u64>,
 }
 
 /// Collects the outcome of every measured request.
@@ -42,6 +61,8 @@ impl Default for Recorder {
                 .map(|_| {
                     Mutex::new(Shard {
                         latencies: new_histogram(),
+                        ok: new_histogram(),
+                        refused: new_histogram(),
                         statuses: BTreeMap::new(),
                     })
                 })
@@ -58,6 +79,11 @@ impl Recorder {
         let us = (latency.as_micros() as u64).clamp(1, HIGHEST_US);
         if let Ok(mut shard) = self.shards[hint % SHARDS].lock() {
             shard.latencies.saturating_record(us);
+            if status == "OK" {
+                shard.ok.saturating_record(us);
+            } else if is_refusal(status) {
+                shard.refused.saturating_record(us);
+            }
             *shard.statuses.entry(status).or_insert(0) += 1;
         }
         self.completed.fetch_add(1, Ordering::Relaxed);
@@ -75,18 +101,24 @@ impl Recorder {
     }
 
     /// All shards merged.
-    pub fn snapshot(&self) -> (Histogram<u64>, BTreeMap<String, u64>) {
-        let mut all = new_histogram();
-        let mut statuses = BTreeMap::new();
+    pub fn snapshot(&self) -> Snapshot {
+        let mut out = Snapshot {
+            all: new_histogram(),
+            ok: new_histogram(),
+            refused: new_histogram(),
+            statuses: BTreeMap::new(),
+        };
         for shard in &self.shards {
             if let Ok(shard) = shard.lock() {
-                let _ = all.add(&shard.latencies);
+                let _ = out.all.add(&shard.latencies);
+                let _ = out.ok.add(&shard.ok);
+                let _ = out.refused.add(&shard.refused);
                 for (k, v) in &shard.statuses {
-                    *statuses.entry((*k).to_owned()).or_insert(0) += v;
+                    *out.statuses.entry((*k).to_owned()).or_insert(0) += v;
                 }
             }
         }
-        (all, statuses)
+        out
     }
 }
 
@@ -110,7 +142,7 @@ pub struct CurvePoint {
 }
 
 /// The result of a run, as printed by `--output json`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Summary {
     /// `--label`, or the target address.
     pub label: String,
@@ -140,6 +172,26 @@ pub struct Summary {
     pub status_counts: BTreeMap<String, u64>,
     /// Latency by percentile, for plots.
     pub percentiles: Vec<CurvePoint>,
+    /// Requests answered OK per second of the measured window.
+    #[serde(default)]
+    pub goodput_rps: f64,
+    /// Requests refused RESOURCE_EXHAUSTED (an agency's limits, request
+    /// size) and UNAVAILABLE (gateway overloaded, store or owner down).
+    #[serde(default)]
+    pub resource_exhausted: u64,
+    #[serde(default)]
+    pub unavailable: u64,
+    /// Latency of the requests answered OK, and of those refused for load.
+    #[serde(default)]
+    pub ok_latency_ms: LatencyMs,
+    #[serde(default)]
+    pub refused_latency_ms: LatencyMs,
+    /// `--respect-retry-info`: refused requests were sent again after the
+    /// RetryInfo delay (within their deadline); `retries` counts the resends.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub respect_retry_info: bool,
+    #[serde(default)]
+    pub retries: u64,
     /// The run was stopped early (Ctrl-C or SIGTERM); the figures cover
     /// what was measured until then.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -226,9 +278,19 @@ impl Summary {
             s.push_str("  (interrupted: figures cover the requests measured until then)\n");
         }
         s.push_str(&format!(
-            "  requests     {}\n  errors       {}\n  duration     {:.2} s\n  throughput   {:.1} req/s\n",
-            self.requests, self.errors, self.duration_s, self.throughput_rps
+            "  requests     {}\n  errors       {}\n  duration     {:.2} s\n  throughput   {:.1} req/s\n  goodput      {:.1} req/s (answered OK)\n",
+            self.requests, self.errors, self.duration_s, self.throughput_rps, self.goodput_rps
         ));
+        s.push_str(&format!(
+            "  refused      {} RESOURCE_EXHAUSTED, {} UNAVAILABLE\n",
+            self.resource_exhausted, self.unavailable
+        ));
+        if self.respect_retry_info {
+            s.push_str(&format!(
+                "  retries      {} (after RetryInfo delays)\n",
+                self.retries
+            ));
+        }
         let l = &self.latency_ms;
         s.push_str("Latency");
         if self.rate_rps.is_some() {
@@ -245,6 +307,27 @@ impl Summary {
             ("max", l.max),
         ] {
             s.push_str(&format!("  {name:<7} {}\n", human_ms(v)));
+        }
+        for (what, l, n) in [
+            (
+                "answered OK",
+                &self.ok_latency_ms,
+                self.requests - self.errors,
+            ),
+            (
+                "refused",
+                &self.refused_latency_ms,
+                self.resource_exhausted + self.unavailable,
+            ),
+        ] {
+            if n > 0 && n < self.requests {
+                s.push_str(&format!(
+                    "  {what}: p50 {}, p99 {}, max {}\n",
+                    human_ms(l.p50),
+                    human_ms(l.p99),
+                    human_ms(l.max)
+                ));
+            }
         }
         s.push_str("Status codes\n");
         for (code, n) in &self.status_counts {
@@ -267,8 +350,11 @@ mod tests {
         }
         assert_eq!(r.completed(), 1000);
         assert_eq!(r.errors(), 10);
-        let (h, statuses) = r.snapshot();
+        let snap = r.snapshot();
+        let (h, statuses) = (snap.all, snap.statuses);
         assert_eq!(h.len(), 1000);
+        assert_eq!(snap.ok.len(), 990);
+        assert_eq!(snap.refused.len(), 10);
         assert_eq!(statuses["OK"], 990);
         assert_eq!(statuses["UNAVAILABLE"], 10);
         let l = latency_ms(&h);
@@ -285,7 +371,8 @@ mod tests {
         let r = Recorder::default();
         r.record(0, Duration::from_millis(2), "OK");
         r.record(1, Duration::from_millis(4), "PERMISSION_DENIED");
-        let (h, statuses) = r.snapshot();
+        let snap = r.snapshot();
+        let (h, statuses) = (snap.all, snap.statuses);
         let s = Summary {
             label: "gw".into(),
             target: "127.0.0.1:1".into(),
@@ -304,8 +391,17 @@ mod tests {
             status_counts: statuses,
             percentiles: curve(&h),
             interrupted: false,
+            goodput_rps: 1.0,
+            resource_exhausted: 3,
+            unavailable: 4,
+            ..Summary::default()
         };
         let text = s.to_text();
+        assert!(
+            text.contains("3 RESOURCE_EXHAUSTED, 4 UNAVAILABLE"),
+            "{text}"
+        );
+        assert!(text.contains("goodput      1.0 req/s"), "{text}");
         assert!(text.contains("PERMISSION_DENIED    1"), "{text}");
         assert!(text.contains("closed model, 2 in flight"), "{text}");
         assert!(text.contains("p99.9"), "{text}");

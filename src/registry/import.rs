@@ -235,3 +235,42 @@ pub fn import_file(
     }
     Ok(ImportSummary { registry, records })
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Valid extract lines of each registry, for mutation.
+    const SEEDS: [(Registry, &str); 3] = [
+        (
+            Registry::Citizen,
+            r#"{"personalId":"092085000123","fullName":"Nguyễn Văn A","dateOfBirth":{"year":1985,"month":3,"day":12},"sex":"SEX_MALE","asOf":"2026-01-01T00:00:00Z"}"#,
+        ),
+        (
+            Registry::Land,
+            r#"{"ref":{"communeCode":"31117","mapSheet":12,"parcelNumber":101},"areaM2":120.5,"holders":[{"holderId":"092085000123"}]}"#,
+        ),
+        (
+            Registry::Business,
+            r#"{"enterpriseCode":"0300588569","name":"Công ty A","asOf":"2099-01-01T00:00:00Z"}"#,
+        ),
+    ];
+
+    proptest! {
+        /// Fuzz target: `import` lines (an extract from an owner's system
+        /// is untrusted input). Arbitrary text and mutated lines are a
+        /// record or an error message; never a panic.
+        #[test]
+        fn fuzz_import_lines(
+            (registry, line) in (0usize..3).prop_flat_map(|i| {
+                let (registry, seed) = SEEDS[i];
+                (Just(registry), crate::fuzz::text_near(seed, 10))
+            })
+        ) {
+            if let Ok((value, _)) = split_as_of(&line) {
+                let _ = record(registry, value);
+            }
+        }
+    }
+}

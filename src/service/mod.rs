@@ -54,6 +54,9 @@ pub struct Core {
     pub verify_budget: Arc<crate::verify_budget::VerifyBudget>,
     /// Turns true when the server shuts down: long calls (watches) end.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Each agency's token bucket and calls in flight; the limits
+    /// themselves are read from `config` per call.
+    pub agency_limits: Arc<crate::limits::AgencyLimiter>,
 }
 
 /// A successful answer and what the access log must say about it.
@@ -169,14 +172,14 @@ pub fn loggable_id(id: &str) -> String {
         }
         digits.clear();
     };
-    for c in id.chars().take(24) {
+    // Control characters are dropped first: dropped between digits, they
+    // would join two short runs into a long one after the masking.
+    for c in id.chars().filter(|c| !c.is_control()).take(24) {
         if c.is_ascii_digit() {
             digits.push(c);
         } else {
             flush(&mut digits, &mut out);
-            if !c.is_control() {
-                out.push(c);
-            }
+            out.push(c);
         }
     }
     flush(&mut digits, &mut out);
@@ -264,6 +267,9 @@ impl Core {
             .map(|c| c.procedure_code.chars().take(40).collect::<String>())
             .unwrap_or_default();
         let mut agency_for_log = String::from("-");
+        // Slots among the agencies' calls in flight, held until the call
+        // (its access record included) is done.
+        let mut in_flight = Vec::new();
 
         let result = async {
             let caller = snapshot.agency_of_peer(certs.as_deref().map(Vec::as_slice))?;
@@ -282,6 +288,12 @@ impl Core {
                 if let Some(id) = relay_request_id {
                     request_id = id;
                 }
+            }
+            // Before anything else is looked at: a flood of malformed calls
+            // spends the agency's share like any other. A relayed call
+            // counts for the relay (everything it relays) and the consumer.
+            for charged in principal.relay.iter().chain([&agency]) {
+                in_flight.push(self.admit(&snapshot, charged)?);
             }
             let (procedure_code, dossier_id) = check_context(req.context())?;
             let mode = if principal.relay.is_some() {
@@ -439,6 +451,25 @@ pub fn on_behalf_of(metadata: &tonic::metadata::MetadataMap) -> Option<Result<&s
         .map(|v| v.to_str().map_err(|_| ()))
 }
 
+impl Core {
+    /// One call of `agency` under its configured share (`rate_per_second`,
+    /// `burst`, `max_in_flight`), as this call's config snapshot has it.
+    fn admit(
+        &self,
+        snapshot: &Snapshot,
+        agency: &AgencyId,
+    ) -> Result<crate::limits::InFlight, RequestError> {
+        let code = agency.as_str();
+        let limits = snapshot
+            .config
+            .agencies
+            .get(code)
+            .map(|a| a.limits.clone())
+            .unwrap_or_default();
+        self.agency_limits.admit(code, &limits, Instant::now())
+    }
+}
+
 /// Decodes a stored record after applying the call's field mask.
 pub fn disclose<T: prost::Message + Default>(
     call: &Call,
@@ -594,6 +625,37 @@ pub fn store_error(e: crate::registry::StoreError) -> RequestError {
 #[cfg(test)]
 mod tests {
     use super::loggable_id;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Fuzz target: a request's access context, as every data call
+        /// checks it. Valid or a list of violations naming context fields;
+        /// never a panic.
+        #[test]
+        fn fuzz_access_context(
+            procedure in crate::fuzz::text_near("1.004227", 4),
+            dossier in crate::fuzz::text_near("000.00.20.H13-241205-0001", 6),
+            officer in crate::fuzz::text_near("officer-7", 6),
+            present in any::<bool>(),
+        ) {
+            let ctx = crate::proto::common::v1::AccessContext {
+                procedure_code: procedure,
+                dossier_id: dossier,
+                officer_id: officer,
+            };
+            match super::check_context(present.then_some(&ctx)) {
+                Ok((p, d)) => {
+                    prop_assert_eq!(p, ctx.procedure_code);
+                    prop_assert_eq!(d, ctx.dossier_id);
+                }
+                Err(crate::error::RequestError::InvalidArgument { violations, .. }) => {
+                    prop_assert!(!violations.is_empty());
+                    prop_assert!(violations.iter().all(|v| v.field.starts_with("context")));
+                }
+                Err(other) => prop_assert!(false, "{other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn request_ids_are_unique_and_do_not_count_calls() {
@@ -616,6 +678,10 @@ mod tests {
             "092085000123x",
             "+84092085000123",
             "abc-092085000123-def",
+            // Found by fuzz_identifiers: a control character splitting the
+            // digits into runs too short to mask, then dropped.
+            "092\085000123",
+            "092085\u{1b}000123",
         ] {
             let shown = loggable_id(input);
             assert!(!shown.contains("092085000123"), "{input:?} -> {shown:?}");

@@ -17,6 +17,7 @@ fn limits(per_subject: u32, window_hours: u64, per_agency: u32) -> Limits {
         verify_failures_per_subject: NonZeroU32::new(per_subject).unwrap(),
         verify_window: Duration::from_secs(window_hours * 3600),
         verify_failures_per_agency_hour: NonZeroU32::new(per_agency).unwrap(),
+        ..Limits::default()
     }
 }
 

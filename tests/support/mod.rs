@@ -19,6 +19,9 @@ use interop_gateway::{
 };
 use tempfile::TempDir;
 
+pub mod raw;
+pub mod stalled;
+
 pub const TRUST_DOMAIN: &str = "interop.example.vn";
 /// Land registration office: citizen lookups (some fields) and land.
 pub const LAND_OFFICE: &str = "000.00.20.H13";
@@ -45,6 +48,15 @@ pub fn context(procedure: &str) -> Option<AccessContext> {
         dossier_id: DOSSIER.to_owned(),
         officer_id: "officer-7".to_owned(),
     })
+}
+
+/// GetCitizen of the stored citizen for the land office's procedure.
+pub fn citizen_request() -> interop_gateway::proto::citizen::v1::GetCitizenRequest {
+    interop_gateway::proto::citizen::v1::GetCitizenRequest {
+        context: context(PROCEDURE_LAND),
+        personal_id: CITIZEN_ID.into(),
+        read_mask: None,
+    }
 }
 
 fn date(year: i32, month: i32, day: i32) -> Option<Date> {
@@ -380,40 +392,20 @@ impl Gateway {
             r.shutdown().await.unwrap();
         }
     }
+
+    /// Stops the server (sealing its access log) and hands back its folder.
+    pub async fn stop_and_keep(mut self) -> TempDir {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await.unwrap();
+        }
+        self.dir
+    }
 }
 
-/// A bare TLS connection to the gateway with `issued`'s certificate (ALPN
-/// `h2`, nothing sent): for tests that speak raw HTTP/2, or none at all, or
-/// look at the handshake itself.
-pub async fn tls_connect(
-    gw: &Gateway,
-    issued: &IssuedCert,
-) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(gw.pki.ca.cert_pem().as_bytes()).unwrap())
-        .unwrap();
-    let chain = vec![CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap()];
-    let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)
-    .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let port: u16 = gw.addr.rsplit(':').next().unwrap().parse().unwrap();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap()
-}
+/// A bare TLS connection (ALPN `h2`, nothing sent yet), for tests that
+/// speak raw HTTP/2 or none at all.
+#[allow(unused_imports)] // not every test binary speaks raw TLS
+pub use raw::tls_connect;
 
 /// The `ErrorInfo.reason` of a status.
 pub fn reason(status: &tonic::Status) -> String {

@@ -1,0 +1,607 @@
+//! The gateway-wide bounds on every call, as tower layers composed in
+//! `server.rs`, each reading its `[limits]` value per call from the config
+//! the call uses ([`Settings`]):
+//!
+//! - [`ShedLayer`]: at most `max_in_flight` calls being served; one more is
+//!   answered at once with UNAVAILABLE `OVERLOADED` and a RetryInfo, instead
+//!   of queueing into a timeout;
+//! - [`RequestBytesLayer`]: a request body over `max_request_bytes` ends the
+//!   call with RESOURCE_EXHAUSTED `REQUEST_TOO_LARGE`, having read no more;
+//! - [`DeadlineLayer`]: the caller's `grpc-timeout`, capped by `max_call_ms`;
+//!   past it the call is dropped and answered DEADLINE_EXCEEDED;
+//! - [`MalformedLayer`]: a request body that is not the method's message
+//!   is INVALID_ARGUMENT `MALFORMED_REQUEST`, not the INTERNAL tonic gives.
+//!
+//! Refusals are ordinary gRPC statuses built by `error.rs`, so every layer
+//! outside these sees them as it sees any other answer. tower's own
+//! `ConcurrencyLimit`, `LoadShed` and `Timeout` fix their bound when built
+//! and answer with errors tonic turns into other codes; these read the
+//! bound per call so a reloaded config applies at once.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tonic::{body::Body, codegen::Bytes, Status};
+
+use crate::{
+    config::{Config, Limits},
+    error::RequestError,
+};
+
+/// What a shed caller is told to wait before trying again.
+pub const SHED_RETRY_AFTER: Duration = Duration::from_millis(100);
+
+/// Where the layers read `[limits]`: the config a call uses, looked up
+/// when the call starts.
+#[derive(Clone)]
+pub struct Settings(Arc<dyn Fn() -> Limits + Send + Sync>);
+
+impl Settings {
+    /// Always `config`.
+    pub fn fixed(config: Arc<Config>) -> Settings {
+        Settings(Arc::new(move || config.limits.clone()))
+    }
+
+    /// Whatever `current` returns at the start of each call.
+    pub fn new(current: impl Fn() -> Limits + Send + Sync + 'static) -> Settings {
+        Settings(Arc::new(current))
+    }
+
+    fn current(&self) -> Limits {
+        (self.0)()
+    }
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+fn refusal(e: RequestError) -> http::Response<Body> {
+    Status::from(e).into_http()
+}
+
+/// Sheds calls beyond `[limits] max_in_flight`; see the module docs.
+#[derive(Clone)]
+pub struct ShedLayer {
+    settings: Settings,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl ShedLayer {
+    pub fn new(settings: Settings) -> ShedLayer {
+        ShedLayer {
+            settings,
+            in_flight: Arc::default(),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for ShedLayer {
+    type Service = Shed<S>;
+    fn layer(&self, inner: S) -> Shed<S> {
+        Shed {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// See [`ShedLayer`].
+#[derive(Clone)]
+pub struct Shed<S> {
+    inner: S,
+    layer: ShedLayer,
+}
+
+/// One call counted in the gateway's calls in flight.
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Shed<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        // The router is always ready; a shed call leaves it unused, which
+        // holds nothing of it.
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let max = self.layer.settings.current().max_in_flight;
+        let before = self.layer.in_flight.fetch_add(1, Ordering::AcqRel);
+        let counted = Counted(Arc::clone(&self.layer.in_flight));
+        if before >= max {
+            drop(counted);
+            tracing::debug!(target: "interop_gateway::shed", path = req.uri().path(), max_in_flight = max, "call shed");
+            return Box::pin(std::future::ready(Ok(refusal(RequestError::Overloaded {
+                message: format!(
+                    "the gateway is serving as many calls as it can ({max}, limits.max_in_flight); retry after the delay given"
+                ),
+                retry_after: SHED_RETRY_AFTER,
+            }))));
+        }
+        let call = self.inner.call(req);
+        Box::pin(async move {
+            let response = call.await;
+            drop(counted);
+            response
+        })
+    }
+}
+
+/// Bounds request bodies by `[limits] max_request_bytes`; see the module docs.
+#[derive(Clone)]
+pub struct RequestBytesLayer(Settings);
+
+impl RequestBytesLayer {
+    pub fn new(settings: Settings) -> RequestBytesLayer {
+        RequestBytesLayer(settings)
+    }
+}
+
+impl<S> tower::Layer<S> for RequestBytesLayer {
+    type Service = RequestBytes<S>;
+    fn layer(&self, inner: S) -> RequestBytes<S> {
+        RequestBytes {
+            inner,
+            settings: self.0.clone(),
+        }
+    }
+}
+
+/// See [`RequestBytesLayer`].
+#[derive(Clone)]
+pub struct RequestBytes<S> {
+    inner: S,
+    settings: Settings,
+}
+
+/// gRPC's length-prefixed message header: a flag byte and a 4-byte length.
+const GRPC_FRAME_HEADER: usize = 5;
+
+impl<S, B> tower::Service<http::Request<B>> for RequestBytes<S>
+where
+    S: tower::Service<http::Request<LimitedBody<B>>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> S::Future {
+        let max = self.settings.current().max_request_bytes;
+        self.inner.call(req.map(|body| LimitedBody {
+            inner: body,
+            max,
+            left: max + GRPC_FRAME_HEADER,
+            header: Vec::with_capacity(GRPC_FRAME_HEADER),
+        }))
+    }
+}
+
+/// A request body that fails once more than its limit has been read, or as
+/// soon as its first message's length prefix claims more: the error is the
+/// gRPC status the caller receives.
+pub struct LimitedBody<B> {
+    inner: B,
+    max: usize,
+    left: usize,
+    /// The first message's frame header, while it is being read.
+    header: Vec<u8>,
+}
+
+impl<B> LimitedBody<B> {
+    fn too_large(&mut self) -> Status {
+        self.left = 0;
+        Status::from(RequestError::RequestTooLarge {
+            max_bytes: self.max,
+        })
+    }
+
+    /// Takes in `data`; a status once over the limit.
+    fn count(&mut self, data: &[u8]) -> Result<(), Status> {
+        if self.header.len() < GRPC_FRAME_HEADER {
+            let wanted = GRPC_FRAME_HEADER - self.header.len();
+            self.header
+                .extend_from_slice(&data[..wanted.min(data.len())]);
+            if let [_, a, b, c, d] = self.header[..] {
+                if u32::from_be_bytes([a, b, c, d]) as usize > self.max {
+                    return Err(self.too_large());
+                }
+            }
+        }
+        match self.left.checked_sub(data.len()) {
+            Some(left) => {
+                self.left = left;
+                Ok(())
+            }
+            None => Err(self.too_large()),
+        }
+    }
+}
+
+impl<B> HttpBody for LimitedBody<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        let frame = match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            None => return Poll::Ready(None),
+            Some(Err(e)) => return Poll::Ready(Some(Err(Status::from_error(e.into())))),
+            Some(Ok(frame)) => frame,
+        };
+        if let Some(data) = frame.data_ref() {
+            if let Err(status) = this.count(data) {
+                return Poll::Ready(Some(Err(status)));
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Ends calls at their deadline; see the module docs.
+#[derive(Clone)]
+pub struct DeadlineLayer(Settings);
+
+impl DeadlineLayer {
+    pub fn new(settings: Settings) -> DeadlineLayer {
+        DeadlineLayer(settings)
+    }
+}
+
+impl<S> tower::Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+    fn layer(&self, inner: S) -> Deadline<S> {
+        Deadline {
+            inner,
+            settings: self.0.clone(),
+        }
+    }
+}
+
+/// See [`DeadlineLayer`].
+#[derive(Clone)]
+pub struct Deadline<S> {
+    inner: S,
+    settings: Settings,
+}
+
+/// tonic ends a call at its `grpc-timeout` itself, from outside every layer
+/// and with CANCELLED; ending it this much earlier here answers with the
+/// code the caller expects.
+const AHEAD_OF_TONIC: Duration = Duration::from_millis(1);
+
+impl<S, B> tower::Service<http::Request<B>> for Deadline<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let cap = self.settings.current().max_call;
+        let asked = req
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| parse_grpc_timeout(v.as_bytes()));
+        let budget = match asked {
+            Some(asked) if asked < cap => asked.saturating_sub(AHEAD_OF_TONIC),
+            _ => cap,
+        };
+        let call = self.inner.call(req);
+        Box::pin(async move {
+            match tokio::time::timeout(budget, call).await {
+                Ok(response) => response,
+                Err(_) => Ok(refusal(RequestError::DeadlineExceeded(format!(
+                    "the call did not finish within its deadline ({} ms: its grpc-timeout, at most limits.max_call_ms)",
+                    budget.as_millis()
+                )))),
+            }
+        })
+    }
+}
+
+/// Answers a request tonic could not decode as INVALID_ARGUMENT
+/// `MALFORMED_REQUEST` naming what was wrong. tonic (with tonic-prost)
+/// reports bad protobuf and a message cut short as INTERNAL, which tells
+/// the caller the gateway failed and counts as a server error; the caller
+/// sent bytes that are not the message. Only answers made before the
+/// handler ran are rewritten: they carry no request id, which every
+/// answer of `Core::call` does (an owner's status passed on included).
+#[derive(Clone, Default)]
+pub struct MalformedLayer;
+
+impl<S> tower::Layer<S> for MalformedLayer {
+    type Service = Malformed<S>;
+    fn layer(&self, inner: S) -> Malformed<S> {
+        Malformed { inner }
+    }
+}
+
+/// See [`MalformedLayer`].
+#[derive(Clone)]
+pub struct Malformed<S> {
+    inner: S,
+}
+
+/// tonic's messages for a request body it cannot decode.
+const DECODE_FAILURES: [&str; 2] = [
+    // prost's DecodeError, as tonic-prost passes it on.
+    "failed to decode Protobuf message: ",
+    // tonic: the body ended inside a length-prefixed message.
+    "Unexpected EOF decoding stream",
+];
+
+/// The rewritten answer, when `response` is tonic's report of an
+/// undecodable request.
+fn malformed(response: &http::Response<Body>) -> Option<http::Response<Body>> {
+    let headers = response.headers();
+    if headers.get("grpc-status").map(|v| v.as_bytes()) != Some(b"13")
+        || headers.contains_key(crate::service::REQUEST_ID_HEADER)
+    {
+        return None;
+    }
+    let status = Status::from_header_map(headers)?;
+    let message = status.message();
+    let prefix = DECODE_FAILURES.iter().find(|p| message.starts_with(*p))?;
+    let what = match message[prefix.len()..].trim() {
+        "" => "the request ended inside a message",
+        what => what,
+    };
+    Some(refusal(RequestError::InvalidArgument {
+        reason: crate::error::reason::MALFORMED_REQUEST,
+        violations: vec![crate::error::Violation::new(
+            "request",
+            format!("not a well-formed message of this method: {what}"),
+        )],
+    }))
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Malformed<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let call = self.inner.call(req);
+        Box::pin(async move {
+            let response = call.await?;
+            Ok(malformed(&response).unwrap_or(response))
+        })
+    }
+}
+
+/// The value of a `grpc-timeout` header: 1 to 8 ASCII digits and a unit
+/// (`H`, `M`, `S`, `m`, `u`, `n`), as the gRPC-over-HTTP/2 spec has it.
+pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn grpc_timeouts_parse_as_the_spec_has_them() {
+        for (text, want) in [
+            ("1S", Some(Duration::from_secs(1))),
+            ("250m", Some(Duration::from_millis(250))),
+            ("2H", Some(Duration::from_secs(7200))),
+            ("3M", Some(Duration::from_secs(180))),
+            ("99999999u", Some(Duration::from_micros(99_999_999))),
+            ("7n", Some(Duration::from_nanos(7))),
+            ("123456789S", None),
+            ("S", None),
+            ("", None),
+            ("1s", None),
+            ("-1S", None),
+            ("1.5S", None),
+            (" 1S", None),
+        ] {
+            assert_eq!(parse_grpc_timeout(text.as_bytes()), want, "{text:?}");
+        }
+    }
+
+    proptest! {
+        /// Fuzzing the header parser: any bytes, never a panic, and what
+        /// parses prints back to itself.
+        #[test]
+        fn grpc_timeout_parsing_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..16)) {
+            if let Some(d) = parse_grpc_timeout(&bytes) {
+                prop_assert!(d <= Duration::from_secs(99_999_999 * 3600));
+                prop_assert!(bytes.len() >= 2 && bytes.len() <= 9);
+            }
+        }
+    }
+
+    #[test]
+    fn a_body_is_refused_once_over_or_once_its_prefix_claims_more() {
+        let body = |max| LimitedBody {
+            inner: (),
+            max,
+            left: max + GRPC_FRAME_HEADER,
+            header: Vec::new(),
+        };
+        let frame = |len: u32| {
+            let mut f = vec![0u8];
+            f.extend_from_slice(&len.to_be_bytes());
+            f
+        };
+        // The prefix claims more than allowed, in pieces or at once.
+        let mut b = body(100);
+        let claim = frame(101);
+        assert!(b.count(&claim[..2]).is_ok());
+        assert!(b.count(&claim[2..]).is_err());
+        assert!(body(100).count(&frame(1 << 30)).is_err());
+        // Up to the limit is fine; one byte beyond is not.
+        let mut b = body(100);
+        assert!(b.count(&frame(100)).is_ok());
+        assert!(b.count(&[0; 100]).is_ok());
+        assert!(b.count(&[0]).is_err());
+    }
+
+    fn settings(limits: impl FnOnce(&mut crate::config::Limits)) -> Settings {
+        let dir = std::env::temp_dir();
+        let mut config = Config::parse(
+            "listen = \"127.0.0.1:0\"\ntrust_domain = \"t\"\ndata_dir = \"d\"\n[tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"a\"\n",
+            &dir.join("gateway.toml"),
+        )
+        .unwrap();
+        limits(&mut config.limits);
+        Settings::fixed(Arc::new(config))
+    }
+
+    /// A service that answers OK when `release` is notified.
+    #[derive(Clone)]
+    struct Held(Arc<tokio::sync::Notify>);
+
+    impl tower::Service<http::Request<()>> for Held {
+        type Response = http::Response<Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            let release = Arc::clone(&self.0);
+            Box::pin(async move {
+                release.notified().await;
+                Ok(Status::ok("").into_http())
+            })
+        }
+    }
+
+    fn code(response: &http::Response<Body>) -> Option<&str> {
+        response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+    }
+
+    #[tokio::test]
+    async fn calls_beyond_max_in_flight_are_shed_at_once_and_counted_back() {
+        use tower::{Layer, Service, ServiceExt};
+        let release = Arc::new(tokio::sync::Notify::new());
+        let mut svc =
+            ShedLayer::new(settings(|l| l.max_in_flight = 2)).layer(Held(release.clone()));
+        let a = svc.ready().await.unwrap().call(http::Request::new(()));
+        let b = svc.ready().await.unwrap().call(http::Request::new(()));
+        let shed = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(http::Request::new(()))
+            .await
+            .unwrap();
+        assert_eq!(code(&shed), Some("14"));
+        let status = Status::from_header_map(shed.headers()).unwrap();
+        use tonic_types::StatusExt;
+        let details = status.get_error_details();
+        assert_eq!(details.error_info().unwrap().reason, "OVERLOADED");
+        assert!(details.retry_info().unwrap().retry_delay.is_some());
+        // Joined in order: both wait before they are released.
+        let (a, b, ()) = tokio::join!(a, b, async { release.notify_waiters() });
+        assert_eq!(code(&a.unwrap()), Some("0"));
+        assert_eq!(code(&b.unwrap()), Some("0"));
+        // Both slots are back.
+        let c = svc.ready().await.unwrap().call(http::Request::new(()));
+        let d = svc.ready().await.unwrap().call(http::Request::new(()));
+        let (c, d, ()) = tokio::join!(c, d, async { release.notify_waiters() });
+        assert_eq!(code(&c.unwrap()), Some("0"));
+        assert_eq!(code(&d.unwrap()), Some("0"));
+    }
+
+    #[tokio::test]
+    async fn the_deadline_is_the_callers_capped_by_max_call() {
+        use tower::{Layer, ServiceExt};
+        let release = Arc::new(tokio::sync::Notify::new());
+        let cap = Duration::from_millis(300);
+        let svc = DeadlineLayer::new(settings(|l| l.max_call = cap)).layer(Held(release));
+        for (header, want) in [
+            (Some("50m"), Duration::from_millis(49)),
+            (Some("1H"), cap),
+            (None, cap),
+            (Some("garbage"), cap),
+        ] {
+            let mut req = http::Request::new(());
+            if let Some(h) = header {
+                req.headers_mut().insert("grpc-timeout", h.parse().unwrap());
+            }
+            let started = tokio::time::Instant::now();
+            let response = svc.clone().oneshot(req).await.unwrap();
+            assert_eq!(code(&response), Some("4"), "{header:?}");
+            // At its deadline, not before; never anywhere near the hour.
+            let took = started.elapsed();
+            assert!(
+                took >= want && took < Duration::from_secs(60),
+                "{header:?}: {took:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Per-agency limits (`rate_per_second`, `burst`, `max_in_flight`) and the
+//! gateway-wide ones (`max_in_flight`, `max_request_bytes`, `max_call_ms`),
+//! driven through the real gRPC interface over mTLS. Calls are held in
+//! progress by forwarding them to an owner that never answers.
+
+mod support;
+
+use std::time::Duration;
+
+use interop_gateway::proto::business::v1::GetEnterpriseRequest;
+use support::*;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+/// Limited to 0.5 calls/s with a burst of 2: a third call at once is over.
+const FLOODER: &str = "000.00.21.H13";
+/// At most one call in flight.
+const ONE_AT_A_TIME: &str = "000.00.22.H13";
+const BUSINESS: &str = "interop.business.v1.BusinessRegistryService";
+
+fn agencies() -> String {
+    format!(
+        r#"
+[[agency]]
+code = "{FLOODER}"
+name = "Flooder"
+rate_per_second = 0.5
+burst = 2
+
+[[agency]]
+code = "{ONE_AT_A_TIME}"
+name = "One at a time"
+max_in_flight = 1
+
+[[grant]]
+agency = "{FLOODER}"
+method = "interop.citizen.v1.CitizenRegistryService/GetCitizen"
+procedures = ["{PROCEDURE_LAND}"]
+fields = ["personal_id", "full_name"]
+
+[[grant]]
+agency = "{ONE_AT_A_TIME}"
+method = "interop.business.v1.BusinessRegistryService/GetEnterprise"
+procedures = ["{PROCEDURE_BUSINESS}"]
+fields = ["enterprise_code", "name"]
+"#
+    )
+}
+
+async fn gateway(limits: &str, extra: &str) -> Gateway {
+    Gateway::start_with(Options {
+        extra_config: format!("\n[limits]\n{limits}\n{}{extra}", agencies()),
+        ..Options::default()
+    })
+    .await
+}
+
+fn enterprise() -> GetEnterpriseRequest {
+    GetEnterpriseRequest {
+        context: context(PROCEDURE_BUSINESS),
+        enterprise_code: ENTERPRISE_CODE.into(),
+        read_mask: None,
+    }
+}
+
+fn retry_delay(status: &tonic::Status) -> Duration {
+    let info = status.get_error_details();
+    let delay = info
+        .retry_info()
+        .and_then(|r| r.retry_delay)
+        .unwrap_or_else(|| panic!("no RetryInfo: {status:?}"));
+    delay
+}
+
+/// The access records of the stopped gateway's log, as exported.
+fn records(gw_dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let dir = gw_dir.join("data/audit");
+    interop_gateway::audit::verify_file(&dir, None).expect("the access log verifies");
+    let mut out = Vec::new();
+    interop_gateway::audit::export(&dir, None, None, &mut out).unwrap();
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["record"].take())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agency_over_its_rate_is_refused_with_retry_info_and_recorded() {
+    let gw = gateway("", "").await;
+    let mut flooder = gw.client(FLOODER).await;
+    let mut land = gw.client(LAND_OFFICE).await;
+    for _ in 0..2 {
+        flooder
+            .citizen
+            .get_citizen(citizen_request())
+            .await
+            .unwrap();
+    }
+    let refused = flooder
+        .citizen
+        .get_citizen(citizen_request())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(reason(&refused), "RATE_LIMITED");
+    let delay = retry_delay(&refused);
+    assert!(
+        delay > Duration::ZERO && delay <= Duration::from_secs(2),
+        "{delay:?}"
+    );
+    // The refusal was recorded: it carries a request id.
+    assert!(refused.metadata().get("x-request-id").is_some());
+    // Another agency is not limited by the flooder's share.
+    for _ in 0..10 {
+        land.citizen.get_citizen(citizen_request()).await.unwrap();
+    }
+    let dir = gw.stop_and_keep().await;
+    let records = records(dir.path());
+    let limited: Vec<_> = records
+        .iter()
+        .filter(|r| r["agency_code"] == FLOODER && r["outcome"] == "RESOURCE_EXHAUSTED")
+        .collect();
+    assert_eq!(limited.len(), 1, "{records:#?}");
+    assert_eq!(limited[0]["reason"], "RATE_LIMITED");
+    // A refused call never reaches the store: it discloses no field.
+    assert_eq!(limited[0]["fields"], serde_json::json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agency_past_its_max_in_flight_is_refused_while_others_are_served() {
+    let owner = stalled::start().await;
+    let gw = gateway("", &owner.registry(BUSINESS, BUSINESS_OFFICE)).await;
+    let mut one = gw.client(ONE_AT_A_TIME).await;
+    let held = {
+        let mut one = one.clone();
+        tokio::spawn(async move { one.business.get_enterprise(enterprise()).await })
+    };
+    owner.holding(1).await;
+    let refused = one.business.get_enterprise(enterprise()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(reason(&refused), "TOO_MANY_IN_FLIGHT");
+    assert!(retry_delay(&refused) > Duration::ZERO);
+    // Other agencies are served meanwhile.
+    let mut land = gw.client(LAND_OFFICE).await;
+    land.citizen.get_citizen(citizen_request()).await.unwrap();
+    held.abort();
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_gateway_sheds_calls_at_once_and_serves_again_after() {
+    let owner = stalled::start().await;
+    // Two calls in flight at most; every call ends within 1.5 s.
+    let gw = gateway(
+        "max_in_flight = 2\nmax_call_ms = 1500",
+        &owner.registry(BUSINESS, BUSINESS_OFFICE),
+    )
+    .await;
+    let business = gw.client(BUSINESS_OFFICE).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut b = business.clone();
+        held.push(tokio::spawn(async move {
+            b.business.get_enterprise(enterprise()).await
+        }));
+    }
+    owner.holding(2).await;
+    let mut land = gw.client(LAND_OFFICE).await;
+    let shed = land
+        .citizen
+        .get_citizen(citizen_request())
+        .await
+        .unwrap_err();
+    assert_eq!(shed.code(), Code::Unavailable, "{shed:?}");
+    assert_eq!(reason(&shed), "OVERLOADED");
+    assert!(retry_delay(&shed) > Duration::ZERO);
+    // The held calls end at max_call_ms with DEADLINE_EXCEEDED...
+    for h in held {
+        let status = h.await.unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        assert_eq!(reason(&status), "DEADLINE_EXCEEDED");
+    }
+    // ...and their slots are free again.
+    land.citizen.get_citizen(citizen_request()).await.unwrap();
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_max_request_bytes_are_refused() {
+    let gw = gateway("max_request_bytes = 1024", "").await;
+    let mut land = gw.client(LAND_OFFICE).await;
+    let mut big = citizen_request();
+    big.personal_id = "9".repeat(4096);
+    let refused = land.citizen.get_citizen(big).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(reason(&refused), "REQUEST_TOO_LARGE");
+    // No RetryInfo: the same request would be refused again.
+    assert!(refused.get_error_details().retry_info().is_none());
+    // Just under the limit is read (and refused for what it says).
+    let mut near = citizen_request();
+    near.personal_id = "9".repeat(900);
+    let status = land.citizen.get_citizen(near).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    land.citizen.get_citizen(citizen_request()).await.unwrap();
+    gw.stop().await;
+}
