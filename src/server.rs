@@ -3,7 +3,8 @@
 //! the access log and catalogue services, health and reflection on the same
 //! port, behind the receipt layer. Shutdown is one explicit mechanism: a watch
 //! signal stops the accept loop, ends open watches and tells tonic to drain
-//! in-flight calls before `serve` returns.
+//! in-flight calls before `serve` returns. With `[admin]`, the admin listener
+//! (metrics, readiness) runs beside it until the drain is over.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -19,6 +20,7 @@ use crate::{
     audit::{AuditError, AuditLog, AuditOptions, Signer},
     config::{Config, ConnectionLimits},
     connections::{Admission, CountStreams, Guarded, Identify},
+    metrics::{CallMetricsLayer, Metrics},
     policy,
     proto::{
         audit::v1::access_log_service_server::AccessLogServiceServer,
@@ -81,6 +83,9 @@ impl Default for StartOptions {
 pub struct Running {
     /// The address actually bound (useful with port 0).
     pub addr: SocketAddr,
+    /// The admin listener's address actually bound, when `[admin]` is set.
+    pub admin_addr: Option<SocketAddr>,
+    metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
     handle: JoinHandle<Result<(), ServeError>>,
 }
@@ -99,9 +104,16 @@ impl Running {
             .map_err(|e| ServeError::Transport(e.to_string()))?
     }
 
-    /// A handle that can trigger shutdown from elsewhere.
+    /// A handle that can trigger shutdown from elsewhere. Setting it also
+    /// turns `/readyz` to 503 at once (the admin listener keeps answering
+    /// until calls in flight have finished).
     pub fn shutdown_handle(&self) -> watch::Sender<bool> {
         self.shutdown.clone()
+    }
+
+    /// The gateway's metrics (for example to count a configuration reload).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
     }
 }
 
@@ -129,6 +141,26 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         addr: config.listen,
         source,
     })?;
+    let admin_listener = match &config.admin {
+        Some(admin) => {
+            Some(
+                crate::admin::bind(admin.listen)
+                    .await
+                    .map_err(|source| ServeError::Bind {
+                        addr: admin.listen,
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let admin_addr = admin_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let metrics = Arc::new(Metrics::new());
+    metrics.watch_certificates(crate::metrics::watched_certificates(&config));
     let upstreams = Arc::new(Upstreams::from_config(&config)?);
     let signer = Signer::load_or_create(&config.audit.signing_key)?;
     let audit = Arc::new(
@@ -166,7 +198,17 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         identities: Arc::default(),
         disclosures: Arc::default(),
         upstreams: Arc::clone(&upstreams),
+        metrics: Arc::clone(&metrics),
     };
+    let admin = admin_listener.map(|listener| {
+        crate::admin::serve(
+            listener,
+            Arc::new(crate::admin::Admin {
+                metrics: Arc::clone(&metrics),
+                readiness: crate::admin::Readiness::new(shutdown_rx.clone(), audit.health()),
+            }),
+        )
+    });
     let admission = admission(&core);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -212,8 +254,12 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         shutdown_rx.clone(),
     );
 
+    // Every call passes these layers, outermost first: counted on its
+    // connection (idle timeout; names the admitted agency), counted in the
+    // metrics, then given its receipt.
     let router = http2_limits(tonic::transport::Server::builder(), admission.limits())
         .layer(CountStreams(admission))
+        .layer(CallMetricsLayer(Arc::clone(&metrics)))
         .layer(tower::util::option_layer(receipts))
         .add_service(CitizenRegistryServiceServer::new(core.clone()))
         .add_service(LandRegistryServiceServer::new(core.clone()))
@@ -235,6 +281,11 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
             task.abort();
         }
         follower.abort();
+        // Answered until every call has finished: `/readyz` says 503 while
+        // the gateway drains.
+        if let Some(admin) = admin {
+            admin.abort();
+        }
         // Every call has finished and dropped its handle: seal the log.
         match Arc::try_unwrap(audit) {
             Ok(log) => log.shutdown().await?,
@@ -246,6 +297,8 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     });
     Ok(Running {
         addr,
+        admin_addr,
+        metrics,
         shutdown: shutdown_tx,
         handle,
     })
@@ -259,7 +312,11 @@ fn admission(core: &Core) -> Arc<Admission> {
         agencies: core.config.agencies.keys().cloned().collect(),
         identities: Arc::clone(&core.identities),
     };
-    let admission = Admission::new(core.config.connections.clone(), Some(identify));
+    let admission = Admission::with_metrics(
+        core.config.connections.clone(),
+        Some(identify),
+        Some(Arc::clone(&core.metrics)),
+    );
     tracing::debug!(max_connections = admission.cap(), "connection limits");
     admission
 }
@@ -354,9 +411,11 @@ async fn accept_loop(
                     }
                 },
                 Ok(Err(e)) => {
+                    admission.handshake_failed(crate::metrics::handshake_failure_reason(&e));
                     tracing::info!(target: "interop_gateway::handshake", %peer, error = %e, "TLS handshake failed");
                 }
                 Err(_) => {
+                    admission.handshake_failed(crate::metrics::handshake_reason::TIMEOUT);
                     tracing::info!(target: "interop_gateway::handshake", %peer, "TLS handshake timed out");
                 }
             }

@@ -5,19 +5,14 @@
 
 mod support;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
-use interop_gateway::{
-    pki::{IssuedCert, Validity},
-    proto::citizen::v1::GetCitizenRequest,
-};
-use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
+use interop_gateway::{pki::Validity, proto::citizen::v1::GetCitizenRequest};
 use support::*;
 use tokio::{
     io::{AsyncRead, AsyncReadExt},
     net::TcpStream,
 };
-use tokio_rustls::{client::TlsStream, TlsConnector};
 
 /// Upper bound for the gateway to close a connection it must close; the
 /// limits under test are far shorter, so passing never depends on it.
@@ -31,40 +26,12 @@ async fn gateway(limits: &str) -> Gateway {
     .await
 }
 
-fn port(gw: &Gateway) -> u16 {
-    gw.addr.rsplit(':').next().unwrap().parse().unwrap()
-}
-
 fn request() -> GetCitizenRequest {
     GetCitizenRequest {
         context: context(PROCEDURE_LAND),
         personal_id: CITIZEN_ID.into(),
         read_mask: None,
     }
-}
-
-/// A TLS connection with `issued`'s certificate that then sends nothing.
-async fn tls_connect(gw: &Gateway, issued: &IssuedCert) -> TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(gw.pki.ca.cert_pem().as_bytes()).unwrap())
-        .unwrap();
-    let chain = vec![CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap()];
-    let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)
-    .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = TcpStream::connect(("127.0.0.1", port(gw))).await.unwrap();
-    TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap()
 }
 
 /// Whether the gateway closes `conn` (end of stream or reset) within `within`.

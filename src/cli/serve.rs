@@ -40,6 +40,12 @@ pub fn run(args: Args) -> Result<(), Failure> {
         let running = server::start(config)
             .await
             .map_err(|e| Failure::new(EXIT_FAILED, e))?;
+        if let Some(admin) = running.admin_addr {
+            tracing::info!(
+                admin = %admin,
+                "admin listener (plain HTTP): /metrics, /readyz, /livez"
+            );
+        }
         tracing::info!(
             addr = %running.addr,
             %trust_domain,

@@ -53,6 +53,8 @@ pub struct Core {
     pub verify_budget: Arc<crate::verify_budget::VerifyBudget>,
     /// Turns true when the server shuts down: long calls (watches) end.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Where access-record latency and forwarded calls are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A successful answer and what the access log must say about it.
@@ -320,7 +322,10 @@ impl Core {
                 if code == tonic::Code::Ok && self.config.audit.receipts {
                     receipt = Some(crate::receipt::Claims::of(&record));
                 }
-                match self.audit.append(record).await {
+                let appending = Instant::now();
+                let appended = self.audit.append(record).await;
+                self.metrics.audit_append(appending.elapsed());
+                match appended {
                     Ok(_) => result,
                     Err(e) => {
                         tracing::error!(error = %e, "access log write failed; failing the call closed");
@@ -491,9 +496,16 @@ impl Core {
         Req: prost::Message + Clone + Send + Sync + 'static,
         Resp: prost::Message + Default + Send + Sync + 'static,
     {
-        let (response, metadata) = upstream
+        let sent = upstream
             .unary(method.name, req, call.agency.as_str(), &call.request_id)
-            .await?;
+            .await;
+        let (code, answered) = match &sent {
+            Ok(_) => (tonic::Code::Ok, true),
+            Err(RequestError::Upstream(status)) => (status.code(), true),
+            Err(e) => (e.code(), false),
+        };
+        self.metrics.forwarded(&upstream.owner, code, answered);
+        let (response, metadata) = sent?;
         let Some(listed) = metadata.get(crate::upstream::DISCLOSED_FIELDS_HEADER) else {
             return Ok((response, Vec::new()));
         };
