@@ -316,7 +316,7 @@ impl Metrics {
         );
         registry.register(
             "interop_gateway_unauthenticated",
-            "Connections closed and calls answered UNAUTHENTICATED because the certificate names no configured agency, by ErrorInfo reason",
+            "Connections closed and calls answered UNAUTHENTICATED because no configured agency was identified, by ErrorInfo reason",
             m.unauthenticated.clone(),
         );
         registry.register(

@@ -20,9 +20,14 @@ const GET_ENTERPRISE: &str = "interop.business.v1.BusinessRegistryService/GetEnt
 /// seen the outcome (a refused handshake); passing never depends on it.
 const WITHIN: Duration = Duration::from_secs(10);
 
+/// A relay (another gateway) among the configured agencies.
+const RELAY: &str = "000.00.00.H13";
+
 async fn gateway() -> Gateway {
     Gateway::start_with(Options {
-        extra_config: "\n[admin]\nlisten = \"127.0.0.1:0\"\n".into(),
+        extra_config: format!(
+            "\n[[agency]]\ncode = \"{RELAY}\"\nname = \"Relay\"\nrelay = true\n\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+        ),
         ..Options::default()
     })
     .await
@@ -147,10 +152,14 @@ async fn refused_callers_are_counted_by_reason_under_fixed_labels() {
 
     // A certificate from the gateway's CA naming an agency it does not know:
     // the handshake succeeds, admission closes the connection.
+    // One connection exactly (a gRPC client would try again).
     let stranger = gw.pki.agency("000.00.99.H99");
-    if let Ok(mut c) = Client::connect(&gw.addr, &gw.pki.identity(&stranger)).await {
-        ignore(c.citizen.get_citizen(citizen_request())).await;
-    }
+    let mut conn = tls_connect(&gw, &stranger).await;
+    let mut buf = [0u8; 256];
+    while !matches!(
+        tokio::io::AsyncReadExt::read(&mut conn, &mut buf).await,
+        Ok(0) | Err(_)
+    ) {}
     // A certificate from another CA: the handshake fails.
     let other_ca = Ca::generate("another CA").unwrap();
     let foreign = other_ca
@@ -164,6 +173,15 @@ async fn refused_callers_are_counted_by_reason_under_fixed_labels() {
     if let Ok(mut c) = Client::connect(&gw.addr, &identity).await {
         ignore(c.citizen.get_citizen(citizen_request())).await;
     }
+
+    // A relay calling for an agency that is not configured: answered
+    // UNAUTHENTICATED, counted by the answer's reason.
+    let mut relay = gw.client(RELAY).await;
+    let mut call = tonic::Request::new(citizen_request());
+    call.metadata_mut()
+        .insert("x-interop-on-behalf-of", "000.00.98.H98".parse().unwrap());
+    let status = relay.citizen.get_citizen(call).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
 
     let text = scrape_until(&admin, |t| {
         metric(
@@ -180,8 +198,20 @@ async fn refused_callers_are_counted_by_reason_under_fixed_labels() {
             "interop_gateway_unauthenticated_total",
             &[("reason", "UNKNOWN_AGENCY")]
         ),
-        Some(1.0),
+        Some(2.0),
         "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "interop_gateway_calls_total",
+            &[
+                ("agency", RELAY),
+                ("method", GET_CITIZEN),
+                ("code", "UNAUTHENTICATED")
+            ]
+        ),
+        Some(1.0)
     );
     assert!(
         metric(
@@ -193,7 +223,10 @@ async fn refused_callers_are_counted_by_reason_under_fixed_labels() {
         "{text}"
     );
     // No series names what a refused caller presented.
-    assert!(!text.contains("000.00.99.H99"), "{text}");
+    assert!(
+        !text.contains("000.00.99.H99") && !text.contains("000.00.98.H98"),
+        "{text}"
+    );
     // A served agency's call to a method that does not exist is counted
     // under `unknown`, not under the path it sent.
     let land = gw.client(LAND_OFFICE).await;
@@ -266,4 +299,51 @@ async fn readiness_turns_503_at_the_stop_signal_while_calls_drain() {
     drop(send);
     conn.abort();
     gw.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_is_503_while_the_access_log_cannot_be_written() {
+    let (_dir, pki, config) = prepared_dir();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+    std::fs::write(&config, text).unwrap();
+    // A file-size limit the access log soon reaches.
+    let serve = ServeProcess::start(&config, Some("ulimit -f 64;"));
+    let admin = serve.admin_addr().expect("the admin listener's address");
+    assert_eq!(http_get(&admin, "/readyz").await.0, 200);
+    let mut c = Client::connect(&serve.addr, &pki.identity(&pki.agency(LAND_OFFICE)))
+        .await
+        .unwrap();
+    let mut refused = None;
+    for _ in 0..2000 {
+        if let Err(status) = c.citizen.get_citizen(citizen_request()).await {
+            refused = Some(status);
+            break;
+        }
+    }
+    let status = refused.expect("the log never filled up");
+    assert_eq!(reason(&status), "AUDIT_UNAVAILABLE");
+    // The log reports itself unhealthy before the failed call is answered.
+    let (code, why) = http_get(&admin, "/readyz").await;
+    assert_eq!(code, 503, "{why}");
+    assert!(why.contains("access log"), "{why}");
+    assert_eq!(http_get(&admin, "/livez").await.0, 200);
+    let text = scrape(&admin).await;
+    assert_eq!(
+        metric(&text, "interop_gateway_audit_healthy", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "interop_gateway_calls_total",
+            &[
+                ("agency", LAND_OFFICE),
+                ("method", GET_CITIZEN),
+                ("code", "UNAVAILABLE")
+            ]
+        ),
+        Some(1.0),
+        "{text}"
+    );
 }
