@@ -549,9 +549,12 @@ impl<S, B, R> tower::Service<http::Request<B>> for CallMetrics<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<R>>,
     S::Future: Send + 'static,
-    R: Send + 'static,
+    R: http_body::Body<Data = tonic::codegen::Bytes> + Unpin + Send + 'static,
+    R::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    type Response = http::Response<MeteredBody<R>>;
+    // tonic's body, as the services' own: with or without this layer the
+    // stack has one response type (`[admin]` absent, it is not composed).
+    type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
@@ -574,10 +577,10 @@ where
                     pending.seen(&parts.headers);
                     Ok(http::Response::from_parts(
                         parts,
-                        MeteredBody {
+                        tonic::body::Body::new(MeteredBody {
                             body,
                             pending: Some(pending),
-                        },
+                        }),
                     ))
                 }
                 Err(e) => {

@@ -85,7 +85,7 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The admin listener's address actually bound, when `[admin]` is set.
     pub admin_addr: Option<SocketAddr>,
-    metrics: Arc<Metrics>,
+    metrics: Option<Arc<Metrics>>,
     shutdown: watch::Sender<bool>,
     handle: JoinHandle<Result<(), ServeError>>,
 }
@@ -111,9 +111,10 @@ impl Running {
         self.shutdown.clone()
     }
 
-    /// The gateway's metrics (for example to count a configuration reload).
-    pub fn metrics(&self) -> Arc<Metrics> {
-        Arc::clone(&self.metrics)
+    /// The gateway's metrics (for example to count a configuration
+    /// reload); `None` without `[admin]`, where nothing is counted.
+    pub fn metrics(&self) -> Option<Arc<Metrics>> {
+        self.metrics.clone()
     }
 }
 
@@ -159,8 +160,12 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         .map(|l| l.local_addr())
         .transpose()
         .map_err(|source| ServeError::Bind { addr, source })?;
-    let metrics = Arc::new(Metrics::new());
-    metrics.watch_certificates(crate::metrics::watched_certificates(&config));
+    // Counted only where they can be read: without `[admin]`, no metrics.
+    let metrics = admin_listener.as_ref().map(|_| {
+        let metrics = Arc::new(Metrics::new());
+        metrics.watch_certificates(crate::metrics::watched_certificates(&config));
+        metrics
+    });
     let upstreams = Arc::new(Upstreams::from_config(&config)?);
     let signer = Signer::load_or_create(&config.audit.signing_key)?;
     let audit = Arc::new(
@@ -198,17 +203,19 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         identities: Arc::default(),
         disclosures: Arc::default(),
         upstreams: Arc::clone(&upstreams),
-        metrics: Arc::clone(&metrics),
+        metrics: metrics.clone(),
     };
-    let admin = admin_listener.map(|listener| {
-        crate::admin::serve(
-            listener,
-            Arc::new(crate::admin::Admin {
-                metrics: Arc::clone(&metrics),
-                readiness: crate::admin::Readiness::new(shutdown_rx.clone(), audit.health()),
-            }),
-        )
-    });
+    let admin = admin_listener
+        .zip(metrics.clone())
+        .map(|(listener, metrics)| {
+            crate::admin::serve(
+                listener,
+                Arc::new(crate::admin::Admin {
+                    metrics,
+                    readiness: crate::admin::Readiness::new(shutdown_rx.clone(), audit.health()),
+                }),
+            )
+        });
     let admission = admission(&core);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -259,7 +266,9 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     // metrics, then given its receipt.
     let router = http2_limits(tonic::transport::Server::builder(), admission.limits())
         .layer(CountStreams(admission))
-        .layer(CallMetricsLayer(Arc::clone(&metrics)))
+        .layer(tower::util::option_layer(
+            metrics.clone().map(CallMetricsLayer),
+        ))
         .layer(tower::util::option_layer(receipts))
         .add_service(CitizenRegistryServiceServer::new(core.clone()))
         .add_service(LandRegistryServiceServer::new(core.clone()))
@@ -315,7 +324,7 @@ fn admission(core: &Core) -> Arc<Admission> {
     let admission = Admission::with_metrics(
         core.config.connections.clone(),
         Some(identify),
-        Some(Arc::clone(&core.metrics)),
+        core.metrics.clone(),
     );
     tracing::debug!(max_connections = admission.cap(), "connection limits");
     admission

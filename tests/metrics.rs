@@ -347,3 +347,11 @@ async fn readiness_is_503_while_the_access_log_cannot_be_written() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn without_admin_there_is_no_listener_and_nothing_is_counted() {
+    let gw = Gateway::start().await;
+    assert_eq!(gw.admin, None);
+    assert!(gw.running().metrics().is_none());
+    gw.stop().await;
+}

@@ -53,8 +53,9 @@ pub struct Core {
     pub verify_budget: Arc<crate::verify_budget::VerifyBudget>,
     /// Turns true when the server shuts down: long calls (watches) end.
     pub stopping: tokio::sync::watch::Receiver<bool>,
-    /// Where access-record latency and forwarded calls are counted.
-    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Where access-record latency and forwarded calls are counted (with
+    /// `[admin]` only).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// A successful answer and what the access log must say about it.
@@ -324,7 +325,9 @@ impl Core {
                 }
                 let appending = Instant::now();
                 let appended = self.audit.append(record).await;
-                self.metrics.audit_append(appending.elapsed());
+                if let Some(m) = &self.metrics {
+                    m.audit_append(appending.elapsed());
+                }
                 match appended {
                     Ok(_) => result,
                     Err(e) => {
@@ -504,7 +507,9 @@ impl Core {
             Err(RequestError::Upstream(status)) => (status.code(), true),
             Err(e) => (e.code(), false),
         };
-        self.metrics.forwarded(&upstream.owner, code, answered);
+        if let Some(m) = &self.metrics {
+            m.forwarded(&upstream.owner, code, answered);
+        }
         let (response, metadata) = sent?;
         let Some(listed) = metadata.get(crate::upstream::DISCLOSED_FIELDS_HEADER) else {
             return Ok((response, Vec::new()));
