@@ -85,7 +85,10 @@ pub fn serve(listener: TcpListener, admin: Arc<Admin>) -> JoinHandle<()> {
                     let admin = Arc::clone(&admin);
                     async move { Ok::<_, Infallible>(answer(&admin, &req)) }
                 });
+                // One request per connection: a scraper's idle connection
+                // never holds one of the slots.
                 let served = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(false)
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(HEADER_TIMEOUT)
                     .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
