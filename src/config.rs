@@ -47,6 +47,14 @@ struct RawConfig {
     grant: Vec<RawGrant>,
     #[serde(default)]
     registry: Vec<RawRegistry>,
+    admin: Option<RawAdmin>,
+}
+
+/// `[admin]`: the plain-HTTP admin listener (metrics, readiness, liveness).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: toml::Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -579,6 +587,16 @@ pub struct Config {
     /// `[[registry]]` entries by service name; a registry service without
     /// one is served from the embedded store with no declared owner.
     pub registries: BTreeMap<&'static str, RegistryEntry>,
+    /// `[admin]`: where the admin listener (`/metrics`, `/readyz`,
+    /// `/livez`) binds; no listener when absent.
+    pub admin: Option<AdminSettings>,
+}
+
+/// The admin listener's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// Plain HTTP: bind it to loopback or a management network.
+    pub listen: SocketAddr,
 }
 
 impl Config {
@@ -758,6 +776,12 @@ impl Config {
 
         let limits = raw.limits.validate().map_err(err)?;
         let connections = raw.limits.connection_limits().map_err(err)?;
+        let admin = raw
+            .admin
+            .as_ref()
+            .map(|a| admin_settings(a, listen, text))
+            .transpose()
+            .map_err(err)?;
 
         Ok(Config {
             path: path.to_owned(),
@@ -779,6 +803,7 @@ impl Config {
             agencies,
             policy: Policy::new(grants),
             registries,
+            admin,
         })
     }
 
@@ -926,6 +951,29 @@ fn registry_entry(
 }
 
 /// `host:port` or `[v6]:port` into host (without brackets) and port.
+/// `[admin] listen`: an address with a port, other than the gRPC port.
+/// Errors name the line of the value.
+fn admin_settings(raw: &RawAdmin, grpc: SocketAddr, text: &str) -> Result<AdminSettings, String> {
+    let line = text[..raw.listen.span().start.min(text.len())]
+        .matches('\n')
+        .count()
+        + 1;
+    let value = raw.listen.get_ref();
+    let listen: SocketAddr = value.parse().map_err(|e| {
+        format!(
+            "line {line}: admin.listen: {value:?} is not an address with a port, like \"127.0.0.1:9464\" ({e})"
+        )
+    })?;
+    let overlaps =
+        listen.ip() == grpc.ip() || listen.ip().is_unspecified() || grpc.ip().is_unspecified();
+    if listen.port() != 0 && listen.port() == grpc.port() && overlaps {
+        return Err(format!(
+            "line {line}: admin.listen: {listen} is the gRPC port (listen = {grpc}); the admin listener is plain HTTP and needs a port of its own, like 9464"
+        ));
+    }
+    Ok(AdminSettings { listen })
+}
+
 fn split_host_port(address: &str) -> Option<(&str, u16)> {
     let (host, port) = address.rsplit_once(':')?;
     let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
@@ -1084,6 +1132,16 @@ client_ca = "ca.pem"
     }
 
     #[test]
+    fn the_admin_listener_is_off_unless_configured() {
+        assert_eq!(parse("").unwrap().admin, None);
+        let c = parse("\n[admin]\nlisten = \"127.0.0.1:9464\"\n").unwrap();
+        assert_eq!(
+            c.admin.map(|a| a.listen.to_string()).as_deref(),
+            Some("127.0.0.1:9464")
+        );
+    }
+
+    #[test]
     fn bad_agency_limits_name_their_key() {
         for (text, key) in [
             (
@@ -1103,5 +1161,38 @@ client_ca = "ca.pem"
             let e = parse(&format!("{AGENCY}{text}\n")).unwrap_err();
             assert!(e.message.contains(key), "{text}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn bad_admin_settings_name_the_line_and_key() {
+        let e = parse("\n[admin]\nlisten = \"localhost\"\n").unwrap_err();
+        assert!(
+            e.message
+                .starts_with("line 11: admin.listen: \"localhost\" is not an address"),
+            "{e}"
+        );
+        // The gRPC port (the base config listens on 127.0.0.1:0, so use a
+        // config of its own).
+        let e = parse("\n[admin]\nlisten = \"0.0.0.0:0\"\n").map(|_| ());
+        assert!(e.is_ok(), "port 0 is always a port of its own");
+        let e = parse("\n[admin]\nlisten = \"127.0.0.1:9464\"\nport = 1\n").unwrap_err();
+        assert!(
+            e.message.starts_with("line 12:") && e.message.contains("port"),
+            "{e}"
+        );
+        let e = parse("\n[admin]\n").unwrap_err();
+        assert!(e.message.contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn the_admin_listener_cannot_share_the_grpc_port() {
+        let raw = RawAdmin {
+            listen: toml::Spanned::new(0..1, "0.0.0.0:50051".to_owned()),
+        };
+        let grpc: SocketAddr = "127.0.0.1:50051".parse().unwrap();
+        let e = admin_settings(&raw, grpc, "x").unwrap_err();
+        assert!(e.contains("is the gRPC port"), "{e}");
+        let other: SocketAddr = "127.0.0.1:50052".parse().unwrap();
+        assert!(admin_settings(&raw, other, "x").is_ok());
     }
 }

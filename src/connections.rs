@@ -32,7 +32,11 @@ use tokio::{
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 
-use crate::{config::ConnectionLimits, snapshot::Live};
+use crate::{
+    config::ConnectionLimits,
+    metrics::{ConnectionAgency, Metrics},
+    snapshot::Live,
+};
 
 /// Length of the HTTP/2 client connection preface.
 const PREFACE_LEN: usize = 24;
@@ -56,13 +60,20 @@ pub struct Admission {
     handshakes: Mutex<HashMap<IpAddr, usize>>,
     per_agency: Mutex<HashMap<String, usize>>,
     live: Mutex<HashMap<SocketAddr, Arc<Streams>>>,
+    /// Where refusals and failed handshakes are counted, if anywhere.
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// Why a connection was not admitted.
 #[derive(Debug, thiserror::Error)]
 pub enum Refused {
-    #[error("{0}")]
-    NoAgency(String),
+    /// The certificate names no configured agency; `reason` is the
+    /// `ErrorInfo` reason a call would get.
+    #[error("{message}")]
+    NoAgency {
+        reason: &'static str,
+        message: String,
+    },
     #[error("agency {agency} already holds {max} connections (limits.max_connections_per_agency)")]
     AgencyFull { agency: String, max: usize },
 }
@@ -71,6 +82,8 @@ pub enum Refused {
 #[derive(Debug)]
 struct Streams {
     state: Mutex<(usize, Instant)>,
+    /// The configured agency the connection was admitted as.
+    agency: Option<ConnectionAgency>,
 }
 
 impl Streams {
@@ -131,6 +144,16 @@ pub fn connection_cap(limits: &ConnectionLimits, open_files: Option<u64>) -> usi
 
 impl Admission {
     pub fn new(limits: ConnectionLimits, identify: Option<Identify>) -> Arc<Admission> {
+        Self::with_metrics(limits, identify, None)
+    }
+
+    /// [`Admission::new`], counting refused connections and failed
+    /// handshakes in `metrics`.
+    pub fn with_metrics(
+        limits: ConnectionLimits,
+        identify: Option<Identify>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Arc<Admission> {
         let files = open_file_limit();
         let cap = connection_cap(&limits, files);
         if cap < limits.max_connections {
@@ -150,7 +173,15 @@ impl Admission {
             handshakes: Mutex::default(),
             per_agency: Mutex::default(),
             live: Mutex::default(),
+            metrics,
         })
+    }
+
+    /// Counts a failed TLS handshake under `reason`.
+    pub fn handshake_failed(&self, reason: &'static str) {
+        if let Some(m) = &self.metrics {
+            m.handshake_failed(reason);
+        }
     }
 
     pub fn limits(&self) -> &ConnectionLimits {
@@ -184,11 +215,17 @@ impl Admission {
     ) -> Result<Guarded, (Refused, Box<TlsStream<TcpStream>>)> {
         let agency = match self.agency(&tls) {
             Ok(agency) => agency,
-            Err(why) => return Err((why, Box::new(tls))),
+            Err(why) => {
+                if let (Refused::NoAgency { reason, .. }, Some(m)) = (&why, &self.metrics) {
+                    m.unauthenticated(reason);
+                }
+                return Err((why, Box::new(tls)));
+            }
         };
         let remote = tls.get_ref().0.peer_addr().ok();
         let streams = Arc::new(Streams {
             state: Mutex::new((0, Instant::now())),
+            agency: agency.as_deref().map(|a| ConnectionAgency(Arc::from(a))),
         });
         if let Some(addr) = remote {
             lock(&self.live).insert(addr, Arc::clone(&streams));
@@ -221,7 +258,13 @@ impl Admission {
                     .live
                     .snapshot()
                     .authenticate(chain)
-                    .map_err(|e| Refused::NoAgency(e.to_string()))?
+                    .map_err(|e| Refused::NoAgency {
+                        reason: match &e {
+                            crate::error::RequestError::Unauthenticated { reason, .. } => reason,
+                            _ => crate::error::reason::NO_AGENCY_IDENTITY,
+                        },
+                        message: e.to_string(),
+                    })?
                     .to_string();
                 let max = self.limits.max_connections_per_agency;
                 if !take(&self.per_agency, agency.clone(), max) {
@@ -418,12 +461,17 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let guard = req
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(|info| info.get_ref().remote_addr())
             .and_then(|addr| self.admission.stream_opened(addr));
+        // The agency the connection was admitted as, for the layers inside
+        // (metrics labels).
+        if let Some(agency) = guard.as_ref().and_then(|g| g.0.agency.clone()) {
+            req.extensions_mut().insert(agency);
+        }
         let call = self.inner.call(req);
         Box::pin(async move {
             let response = call.await?;

@@ -5,10 +5,12 @@
 //! ([`identity`]), is checked against grants ([`policy`], [`fieldmask`]), is
 //! answered from a registry ([`registry`]) through a thin service adapter
 //! ([`service`]), and is logged ([`audit`]); its answer carries a signed
-//! receipt ([`receipt`]). [`catalog`] describes what the gateway serves.
+//! receipt ([`receipt`]). [`catalog`] describes what the gateway serves;
+//! [`metrics`] counts calls and [`admin`] serves the counts and readiness.
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod audit;
 pub mod cache;
 pub mod catalog;
@@ -28,6 +30,7 @@ pub mod identity;
 pub mod limits;
 pub mod load;
 pub mod logging;
+pub mod metrics;
 pub mod pki;
 pub mod policy;
 pub mod proto;

@@ -3,7 +3,8 @@
 //! the access log and catalogue services, health and reflection on the same
 //! port, behind the receipt layer. Shutdown is one explicit mechanism: a watch
 //! signal stops the accept loop, ends open watches and tells tonic to drain
-//! in-flight calls before `serve` returns.
+//! in-flight calls before `serve` returns. With `[admin]`, the admin listener
+//! (metrics, readiness) runs beside it until the drain is over.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -19,7 +20,9 @@ use crate::{
     audit::{AuditError, AuditLog, AuditOptions, Signer},
     config::{Config, ConfigError, ConnectionLimits},
     connections::{Admission, CountStreams, Guarded, Identify, RefuseWhenDraining},
-    limits, policy,
+    limits,
+    metrics::{CallMetricsLayer, Metrics},
+    policy,
     proto::{
         audit::v1::access_log_service_server::AccessLogServiceServer,
         business::v1::business_registry_service_server::BusinessRegistryServiceServer,
@@ -84,6 +87,9 @@ impl Default for StartOptions {
 pub struct Running {
     /// The address actually bound (useful with port 0).
     pub addr: SocketAddr,
+    /// The admin listener's address actually bound, when `[admin]` is set.
+    pub admin_addr: Option<SocketAddr>,
+    metrics: Option<Arc<Metrics>>,
     shutdown: watch::Sender<bool>,
     handle: JoinHandle<Result<(), ServeError>>,
     live: Arc<Live>,
@@ -104,8 +110,9 @@ impl Running {
     }
 
     /// A handle that can trigger shutdown from elsewhere. Sending `true`
-    /// starts the drain: it is the one stop signal (health and readiness
-    /// follow it at once, the listener stops, connections get GOAWAY).
+    /// starts the drain: it is the one stop signal (health and `/readyz`
+    /// follow it at once, the listener stops, connections get GOAWAY; the
+    /// admin listener keeps answering until calls in flight have finished).
     pub fn shutdown_handle(&self) -> watch::Sender<bool> {
         self.shutdown.clone()
     }
@@ -118,13 +125,27 @@ impl Running {
     /// Reloads the config ([`Live::reload`]) and logs the outcome: what
     /// SIGHUP does, and the one place a reload's outcome is known.
     pub fn reload(&self) -> Result<ReloadSummary, ConfigError> {
-        reload(&self.live)
+        reload(&self.live, self.metrics.as_deref())
+    }
+
+    /// The gateway's metrics; `None` without `[admin]`, where nothing is
+    /// counted.
+    pub fn metrics(&self) -> Option<Arc<Metrics>> {
+        self.metrics.clone()
     }
 }
 
 /// [`Running::reload`], for a signal handler holding only the [`Live`].
-pub fn reload(live: &Live) -> Result<ReloadSummary, ConfigError> {
+pub fn reload(live: &Live, metrics: Option<&Metrics>) -> Result<ReloadSummary, ConfigError> {
     let outcome = live.reload();
+    if let Some(m) = metrics {
+        m.config_reload(outcome.is_ok());
+        if outcome.is_ok() {
+            // A rotated certificate or CA: its expiry is the new one's.
+            let snapshot = live.snapshot();
+            m.watch_certificates(crate::metrics::watched_certificates(&snapshot.config));
+        }
+    }
     match &outcome {
         Ok(summary) => {
             tracing::info!(
@@ -180,6 +201,30 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         addr: config.listen,
         source,
     })?;
+    let admin_listener = match &config.admin {
+        Some(admin) => {
+            Some(
+                crate::admin::bind(admin.listen)
+                    .await
+                    .map_err(|source| ServeError::Bind {
+                        addr: admin.listen,
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let admin_addr = admin_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    // Counted only where they can be read: without `[admin]`, no metrics.
+    let metrics = admin_listener.as_ref().map(|_| {
+        let metrics = Arc::new(Metrics::new());
+        metrics.watch_certificates(crate::metrics::watched_certificates(config));
+        metrics
+    });
     let upstreams = Arc::new(Upstreams::from_config(config)?);
     let signer = Signer::load_or_create(&config.audit.signing_key)?;
     let audit = Arc::new(
@@ -217,8 +262,20 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         audit: Arc::clone(&audit),
         upstreams: Arc::clone(&upstreams),
         agency_limits: Arc::default(),
+        metrics: metrics.clone(),
     };
-    let admission = admission(&live, config);
+    let admin = admin_listener
+        .zip(metrics.clone())
+        .map(|(listener, metrics)| {
+            crate::admin::serve(
+                listener,
+                Arc::new(crate::admin::Admin {
+                    metrics,
+                    readiness: crate::admin::Readiness::new(shutdown_rx.clone(), audit.health()),
+                }),
+            )
+        });
+    let admission = admission(&live, config, metrics.clone());
     drop(snapshot);
     let settings = {
         let live = Arc::clone(&live);
@@ -254,11 +311,13 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         shutdown_rx.clone(),
     );
 
-    // Every call, top to bottom (per-agency limits are in `Core::call`,
+    // Every call, top to bottom, outermost first (per-agency limits are in `Core::call`,
     // where whom a call is for is known and its refusal is recorded).
     let stack = tower::ServiceBuilder::new()
         // A connection with a call in progress is not idle.
         .layer(CountStreams(admission.clone()))
+        // Counted in the metrics (refusals below included).
+        .option_layer(metrics.clone().map(CallMetricsLayer))
         // OK answers' trailers carry a signed receipt.
         .option_layer(receipts)
         // Draining: new calls are UNAVAILABLE SHUTTING_DOWN before anything is read.
@@ -317,6 +376,11 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
             task.abort();
         }
         follower.abort();
+        // Answered until every call has finished: `/readyz` says 503 while
+        // the gateway drains.
+        if let Some(admin) = admin {
+            admin.abort();
+        }
         // Every call has finished and dropped its handle: seal the log. A
         // call cut off by the drain timeout may still hold it; it is sealed
         // all the same, and that call's append fails closed.
@@ -328,6 +392,8 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     });
     Ok(Running {
         addr,
+        admin_addr,
+        metrics,
         shutdown: shutdown_tx,
         handle,
         live,
@@ -336,11 +402,11 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
 
 /// Connection admission for the gateway: its limits, and agencies resolved
 /// from certificates by the snapshot in force, as calls resolve them.
-fn admission(live: &Arc<Live>, config: &Config) -> Arc<Admission> {
+fn admission(live: &Arc<Live>, config: &Config, metrics: Option<Arc<Metrics>>) -> Arc<Admission> {
     let identify = Identify {
         live: Arc::clone(live),
     };
-    let admission = Admission::new(config.connections.clone(), Some(identify));
+    let admission = Admission::with_metrics(config.connections.clone(), Some(identify), metrics);
     tracing::debug!(max_connections = admission.cap(), "connection limits");
     admission
 }
@@ -462,9 +528,11 @@ async fn accept_loop(
                     }
                 },
                 Ok(Err(e)) => {
+                    admission.handshake_failed(crate::metrics::handshake_failure_reason(&e));
                     tracing::info!(target: "interop_gateway::handshake", %peer, error = %e, "TLS handshake failed");
                 }
                 Err(_) => {
+                    admission.handshake_failed(crate::metrics::handshake_reason::TIMEOUT);
                     tracing::info!(target: "interop_gateway::handshake", %peer, "TLS handshake timed out");
                 }
             }

@@ -120,6 +120,8 @@ procedures = ["{PROCEDURE_BUSINESS}"]
 fields = ["full_name"]
 "#
     ));
+    // The admin listener, for the forwarding metrics.
+    text.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
     for (service, owner) in [
         ("interop.citizen.v1.CitizenRegistryService", CITIZEN_OWNER),
         ("interop.land.v1.LandRegistryService", LAND_OWNER),
@@ -653,6 +655,102 @@ async fn an_owner_that_goes_down_fails_fast_and_is_followed_back_without_restart
     assert_eq!(again.citizen.unwrap().personal_id, CITIZEN_ID);
     assert_eq!(pair.front.child.id(), front_pid);
     assert!(pair.front.child.try_wait().unwrap().is_none());
+}
+
+#[tokio::test]
+async fn forwarded_calls_and_failures_are_counted_per_owner() {
+    let mut pair = Pair::start();
+    let admin = pair.front.admin_addr().expect("the front's admin listener");
+    let lookup = || GetCitizenRequest {
+        context: context(PROCEDURE_LAND),
+        personal_id: CITIZEN_ID.into(),
+        read_mask: None,
+    };
+    let mut land = pair.front_client(LAND_OFFICE).await;
+    land.citizen.get_citizen(lookup()).await.unwrap();
+    land.citizen.get_citizen(lookup()).await.unwrap();
+    // The front grants the business office a citizen lookup, the owner
+    // does not: the owner's answer, counted as an answer.
+    let mut business = pair.front_client(BUSINESS_OFFICE).await;
+    let denied = business
+        .citizen
+        .get_citizen(GetCitizenRequest {
+            context: context(PROCEDURE_BUSINESS),
+            personal_id: CITIZEN_ID.into(),
+            read_mask: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+
+    let text = scrape(&admin).await;
+    let forwarded = |text: &str, code: &str| {
+        metric(
+            text,
+            "interop_gateway_forwarded_calls_total",
+            &[("owner", CITIZEN_OWNER), ("code", code)],
+        )
+    };
+    assert_eq!(forwarded(&text, "OK"), Some(2.0), "{text}");
+    assert_eq!(forwarded(&text, "PERMISSION_DENIED"), Some(1.0));
+    assert_eq!(
+        metric(
+            &text,
+            "interop_gateway_forwarded_failures_total",
+            &[("owner", CITIZEN_OWNER)]
+        ),
+        None
+    );
+    // The consumers' calls on the front, by the consumer's agency.
+    assert_eq!(
+        metric(
+            &text,
+            "interop_gateway_calls_total",
+            &[
+                ("agency", BUSINESS_OFFICE),
+                (
+                    "method",
+                    "interop.citizen.v1.CitizenRegistryService/GetCitizen"
+                ),
+                ("code", "PERMISSION_DENIED")
+            ]
+        ),
+        Some(1.0)
+    );
+    // The front's certificate toward the owner and the owner's CA.
+    for certificate in [
+        format!("upstream.{CITIZEN_OWNER}.cert"),
+        format!("upstream.{CITIZEN_OWNER}.ca[0]"),
+    ] {
+        assert!(
+            metric(
+                &text,
+                "interop_gateway_certificate_expiry_seconds",
+                &[("certificate", &certificate)]
+            )
+            .is_some_and(|s| s > 0.0),
+            "{certificate}: {text}"
+        );
+    }
+
+    // The owner gone: no answer at all, a failure.
+    let mut owner = pair.owner.take().unwrap();
+    owner.child.kill().unwrap();
+    owner.child.wait().unwrap();
+    let status = land.citizen.get_citizen(lookup()).await.unwrap_err();
+    assert_eq!(reason(&status), "UPSTREAM_UNAVAILABLE");
+    let text = scrape(&admin).await;
+    assert_eq!(
+        metric(
+            &text,
+            "interop_gateway_forwarded_failures_total",
+            &[("owner", CITIZEN_OWNER)]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(forwarded(&text, "UNAVAILABLE"), Some(1.0));
+    assert_eq!(forwarded(&text, "OK"), Some(2.0));
 }
 
 /// An owner's gateway that does not keep the contract: for `CITIZEN_ID` it

@@ -40,6 +40,12 @@ pub fn run(args: Args) -> Result<(), Failure> {
         let running = server::start(config)
             .await
             .map_err(|e| Failure::new(EXIT_FAILED, e))?;
+        if let Some(admin) = running.admin_addr {
+            tracing::info!(
+                admin = %admin,
+                "admin listener (plain HTTP): /metrics, /readyz, /livez"
+            );
+        }
         // Before the line supervisors wait for: a SIGHUP right after it
         // must find the handler.
         reload_on_hangup(&running);
@@ -76,14 +82,19 @@ fn reload_on_hangup(running: &server::Running) {
     {
         use tokio::signal::unix::{signal, SignalKind};
         let live = running.live();
+        let metrics = running.metrics();
         match signal(SignalKind::hangup()) {
             Ok(mut hup) => {
                 tokio::spawn(async move {
                     while hup.recv().await.is_some() {
                         tracing::info!("SIGHUP: reloading the config");
                         let live = std::sync::Arc::clone(&live);
+                        let metrics = metrics.clone();
                         // Reading files and building verifiers blocks.
-                        let _ = tokio::task::spawn_blocking(move || server::reload(&live)).await;
+                        let _ = tokio::task::spawn_blocking(move || {
+                            server::reload(&live, metrics.as_deref())
+                        })
+                        .await;
                     }
                 });
             }

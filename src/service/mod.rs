@@ -57,6 +57,9 @@ pub struct Core {
     /// Each agency's token bucket and calls in flight; the limits
     /// themselves are read from `config` per call.
     pub agency_limits: Arc<crate::limits::AgencyLimiter>,
+    /// Where access-record latency and forwarded calls are counted (with
+    /// `[admin]` only).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// A successful answer and what the access log must say about it.
@@ -371,7 +374,12 @@ impl Core {
                 if code == tonic::Code::Ok && self.receipts {
                     receipt = Some(crate::receipt::Claims::of(&record));
                 }
-                match self.audit.append(record).await {
+                let appending = Instant::now();
+                let appended = self.audit.append(record).await;
+                if let Some(m) = &self.metrics {
+                    m.audit_append(appending.elapsed());
+                }
+                match appended {
                     Ok(_) => result,
                     Err(e) => {
                         tracing::error!(error = %e, "access log write failed; failing the call closed");
@@ -531,9 +539,18 @@ impl Core {
         Req: prost::Message + Clone + Send + Sync + 'static,
         Resp: prost::Message + Default + Send + Sync + 'static,
     {
-        let (response, metadata) = upstream
+        let sent = upstream
             .unary(method.name, req, call.agency.as_str(), &call.request_id)
-            .await?;
+            .await;
+        let (code, answered) = match &sent {
+            Ok(_) => (tonic::Code::Ok, true),
+            Err(RequestError::Upstream(status)) => (status.code(), true),
+            Err(e) => (e.code(), false),
+        };
+        if let Some(m) = &self.metrics {
+            m.forwarded(&upstream.owner, code, answered);
+        }
+        let (response, metadata) = sent?;
         let Some(listed) = metadata.get(crate::upstream::DISCLOSED_FIELDS_HEADER) else {
             return Ok((response, Vec::new()));
         };

@@ -262,6 +262,8 @@ pub struct Gateway {
     /// The config file's text as the gateway started with it.
     pub text: String,
     pub addr: String,
+    /// `127.0.0.1:<port>` of the admin listener, when `[admin]` is configured.
+    pub admin: Option<String>,
     running: Option<Running>,
     clock: Option<std::sync::Arc<dyn interop_gateway::clock::Clock>>,
 }
@@ -323,12 +325,14 @@ impl Gateway {
         store_fixtures(dir.path(), &config.store_path());
         let running = start_server(&config, &opts.clock).await;
         let addr = format!("https://127.0.0.1:{}", running.addr.port());
+        let admin = running.admin_addr.map(|a| a.to_string());
         Gateway {
             dir,
             pki,
             config,
             text,
             addr,
+            admin,
             running: Some(running),
             clock: opts.clock,
         }
@@ -372,6 +376,7 @@ impl Gateway {
         }
         let running = start_server(&self.config, &self.clock).await;
         self.addr = format!("https://127.0.0.1:{}", running.addr.port());
+        self.admin = running.admin_addr.map(|a| a.to_string());
         self.running = Some(running);
     }
 
@@ -385,6 +390,18 @@ impl Gateway {
         Client::connect(&self.addr, &self.pki.identity(issued))
             .await
             .unwrap()
+    }
+
+    /// The running server (its shutdown handle, its metrics).
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().expect("the gateway is running")
+    }
+
+    /// Waits for the server to stop after its shutdown signal was set.
+    pub async fn wait(mut self) {
+        if let Some(r) = self.running.take() {
+            r.wait().await.unwrap();
+        }
     }
 
     pub async fn stop(mut self) {
@@ -405,7 +422,7 @@ impl Gateway {
 /// A bare TLS connection (ALPN `h2`, nothing sent yet), for tests that
 /// speak raw HTTP/2 or none at all.
 #[allow(unused_imports)] // not every test binary speaks raw TLS
-pub use raw::tls_connect;
+pub use raw::{port, tls_connect};
 
 /// The `ErrorInfo.reason` of a status.
 pub fn reason(status: &tonic::Status) -> String {
@@ -541,6 +558,15 @@ impl ServeProcess {
         (status, self.log_text())
     }
 
+    /// The admin listener's `host:port`, from its start-up line.
+    pub fn admin_addr(&self) -> Option<String> {
+        let log = self.log.lock().unwrap();
+        log.iter().find_map(|line| {
+            let rest = line.split(" admin=").nth(1)?;
+            Some(rest.split_whitespace().next()?.to_owned())
+        })
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
@@ -571,4 +597,51 @@ pub fn assert_success(out: &std::process::Output) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `GET path` on a plain-HTTP listener (the admin listener): the status code
+/// and the body.
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tcp.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+/// The value of one series in a Prometheus text exposition: `name` with
+/// exactly `labels` (in any order). `None` when the series is absent.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    wanted.sort();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, mut got) = match series.split_once('{') {
+                Some((n, rest)) => (
+                    n,
+                    rest.trim_end_matches('}')
+                        .split("\",")
+                        .filter(|p| !p.is_empty())
+                        .map(|p| format!("{}\"", p.trim_end_matches('"')))
+                        .collect::<Vec<_>>(),
+                ),
+                None => (series, Vec::new()),
+            };
+            got.sort();
+            (series_name == name && got == wanted).then(|| value.parse().ok())?
+        })
+}
+
+/// [`http_get`] of `/metrics`, checked to be a 200.
+pub async fn scrape(admin: &str) -> String {
+    let (status, body) = http_get(admin, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    body
 }
