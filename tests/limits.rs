@@ -205,3 +205,70 @@ async fn requests_over_max_request_bytes_are_refused() {
     land.citizen.get_citizen(citizen_request()).await.unwrap();
     gw.stop().await;
 }
+
+/// Shedding answers before the request body is read. A client whose body
+/// comes a moment after its headers (as it may on any busy network) gets
+/// its refusal and keeps its connection, shed after shed: the refusals are
+/// not stream resets (h2 closes a connection after 1024 of those in its
+/// life).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shedding_does_not_cost_a_client_its_connection() {
+    use prost::Message;
+    let owner = stalled::start().await;
+    let gw = gateway(
+        "max_in_flight = 1",
+        &owner.registry(BUSINESS, BUSINESS_OFFICE),
+    )
+    .await;
+    let mut business = gw.client(BUSINESS_OFFICE).await;
+    let held = tokio::spawn(async move { business.business.get_enterprise(enterprise()).await });
+    owner.holding(1).await;
+
+    let tls = raw::tls_connect(&gw, &gw.pki.agency(LAND_OFFICE)).await;
+    let (h2, connection) = h2::client::handshake(tls).await.unwrap();
+    let conn = tokio::spawn(connection);
+    let body = bytes_of(raw::grpc_frame(&citizen_request().encode_to_vec()));
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(50));
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..1200 {
+        let permit = slots.clone().acquire_owned().await.unwrap();
+        let mut h2 = h2.clone().ready().await.expect("the connection was closed");
+        let body = body.clone();
+        calls.spawn(async move {
+            let req = http::Request::post(
+                "https://localhost/interop.citizen.v1.CitizenRegistryService/GetCitizen",
+            )
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+            let (response, mut send) = h2.send_request(req, false).map_err(|e| e.to_string())?;
+            // The body a moment after the headers.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let _ = send.send_data(body, true);
+            let response = response.await.map_err(|e| e.to_string())?;
+            drop(permit);
+            Ok::<_, String>(
+                response
+                    .headers()
+                    .get("grpc-status")
+                    .map(|v| v.as_bytes().to_vec()),
+            )
+        });
+    }
+    let mut shed = 0;
+    while let Some(done) = calls.join_next().await {
+        let status = done.unwrap().expect("a call lost its connection");
+        assert_eq!(status.as_deref(), Some(&b"14"[..]));
+        shed += 1;
+    }
+    assert_eq!(shed, 1200);
+    assert!(!conn.is_finished(), "the connection was closed");
+    conn.abort();
+    held.abort();
+    gw.stop().await;
+}
+
+fn bytes_of(v: Vec<u8>) -> tonic::codegen::Bytes {
+    tonic::codegen::Bytes::from(v)
+}

@@ -367,7 +367,14 @@ async fn open(run: &Arc<Run>, rate: f64, max_in_flight: usize) {
     let slots = Arc::clone(&in_flight);
     let dispatcher = tokio::task::spawn_blocking(move || {
         let interval = Duration::from_secs_f64(1.0 / rate);
-        let start = Instant::now();
+        // The schedule starts with the run, not when this thread gets a
+        // core: on a busy machine that may be milliseconds later, and the
+        // requests due meanwhile are sent late (and charged for it), not
+        // dropped from the measured window.
+        let start = run
+            .measure_from
+            .checked_sub(run.plan.warmup)
+            .unwrap_or(run.measure_from);
         let mut rng = Rng::new(run.plan.seed);
         let mut k: u64 = 0;
         loop {

@@ -189,20 +189,19 @@ pub fn svg(title: &str, runs: &[Summary]) -> String {
             "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>\n",
             points.join(" ")
         ));
-        let ly = TOP + 16.0 + 18.0 * i as f64;
-        s.push_str(&format!(
-            "<line x1=\"{:.1}\" y1=\"{ly:.1}\" x2=\"{:.1}\" y2=\"{ly:.1}\" stroke=\"{colour}\" stroke-width=\"3\"/>\n\
-             <text x=\"{:.1}\" y=\"{:.1}\">{} ({}; p50 {:.2} ms, p99 {:.2} ms, {:.0} req/s)</text>\n",
-            LEFT + 12.0,
-            LEFT + 36.0,
-            LEFT + 42.0,
-            ly + 4.0,
-            escape(&run.label),
-            escape(&load_shape(run)),
-            run.latency_ms.p50,
-            run.latency_ms.p99,
-            run.throughput_rps
-        ));
+        legend(
+            &mut s,
+            i,
+            colour,
+            &format!(
+                "{} ({}; p50 {:.2} ms, p99 {:.2} ms, {:.0} req/s)",
+                run.label,
+                load_shape(run),
+                run.latency_ms.p50,
+                run.latency_ms.p99,
+                run.throughput_rps
+            ),
+        );
     }
     s.push_str("</svg>\n");
     s
@@ -300,19 +299,24 @@ pub fn goodput_svg(title: &str, runs: &[Summary]) -> String {
                 "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"4\" fill=\"{colour}\"/>\n"
             ));
         }
-        let ly = TOP + 16.0 + 18.0 * i as f64;
-        s.push_str(&format!(
-            "<line x1=\"{:.1}\" y1=\"{ly:.1}\" x2=\"{:.1}\" y2=\"{ly:.1}\" stroke=\"{colour}\" stroke-width=\"3\"/>\n\
-             <text x=\"{:.1}\" y=\"{:.1}\">{}</text>\n",
-            LEFT + 12.0,
-            LEFT + 36.0,
-            LEFT + 42.0,
-            ly + 4.0,
-            escape(name)
-        ));
+        legend(&mut s, i, colour, name);
     }
     s.push_str("</svg>\n");
     s
+}
+
+/// The `i`th legend entry: a line of `colour` and `text` (escaped here).
+fn legend(s: &mut String, i: usize, colour: &str, text: &str) {
+    let ly = TOP + 16.0 + 18.0 * i as f64;
+    s.push_str(&format!(
+        "<line x1=\"{:.1}\" y1=\"{ly:.1}\" x2=\"{:.1}\" y2=\"{ly:.1}\" stroke=\"{colour}\" stroke-width=\"3\"/>\n\
+         <text x=\"{:.1}\" y=\"{:.1}\">{}</text>\n",
+        LEFT + 12.0,
+        LEFT + 36.0,
+        LEFT + 42.0,
+        ly + 4.0,
+        escape(text)
+    ));
 }
 
 fn trim_float(v: f64) -> String {
