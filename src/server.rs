@@ -382,7 +382,6 @@ async fn accept_loop(
     conns: mpsc::Sender<Result<Guarded, std::io::Error>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let handshake_timeout = admission.limits().handshake_timeout;
     loop {
         let accepted = tokio::select! {
             // Once stopping, never one more connection.
@@ -410,6 +409,7 @@ async fn accept_loop(
             continue;
         };
         let _ = tcp.set_nodelay(true);
+        let handshake_timeout = admission.current_limits().handshake_timeout;
         let acceptor = TlsAcceptor::from(tls.current());
         let conns = conns.clone();
         let admission = Arc::clone(&admission);
