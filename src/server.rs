@@ -1,9 +1,12 @@
 //! The listener and the service stack: TCP accept, the rustls handshake (off
 //! the accept loop, with a deadline), then tonic serving the registry services,
 //! the access log and catalogue services, health and reflection on the same
-//! port, behind the receipt layer. Shutdown is one explicit mechanism: a watch
-//! signal stops the accept loop, ends open watches and tells tonic to drain
-//! in-flight calls before `serve` returns.
+//! port, behind the receipt layer. The config in force is a snapshot
+//! (`snapshot.rs`) every handshake and call reads, swapped whole by
+//! [`reload`]. Shutdown is one explicit mechanism, the drain: a watch signal
+//! stops the accept loop, turns health NOT_SERVING, refuses calls arriving
+//! after it, ends open watches and lets calls in flight finish (up to
+//! `drain_timeout_ms`) before the access log is sealed and `serve` returns.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -104,8 +107,8 @@ impl Running {
     }
 
     /// A handle that can trigger shutdown from elsewhere. Sending `true`
-    /// starts the drain: it is the one stop signal (health and readiness
-    /// follow it at once, the listener stops, connections get GOAWAY).
+    /// starts the drain: it is the one stop signal (health turns
+    /// NOT_SERVING at once, the listener stops, connections get GOAWAY).
     pub fn shutdown_handle(&self) -> watch::Sender<bool> {
         self.shutdown.clone()
     }
