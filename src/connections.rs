@@ -184,8 +184,21 @@ impl Admission {
         }
     }
 
+    /// The limits the gateway started with: what is built once from them
+    /// (the connection cap, tonic's HTTP/2 settings) keeps them.
     pub fn limits(&self) -> &ConnectionLimits {
         &self.limits
+    }
+
+    /// The limits in force for a new handshake or connection: those of the
+    /// config snapshot in force when agencies are checked (so a reload's
+    /// per-connection limits and timeouts apply to the next connection),
+    /// else the fixed ones.
+    pub fn current_limits(&self) -> ConnectionLimits {
+        match &self.identify {
+            Some(id) => id.live.snapshot().config.connections.clone(),
+            None => self.limits.clone(),
+        }
     }
 
     /// Connections open at once, at most.
@@ -200,7 +213,8 @@ impl Admission {
 
     /// A handshake slot for `ip`, released when the guard drops.
     pub fn handshake(self: &Arc<Self>, ip: IpAddr) -> Option<HandshakeSlot> {
-        take(&self.handshakes, ip, self.limits.max_handshakes_per_address).then(|| HandshakeSlot {
+        let max = self.current_limits().max_handshakes_per_address;
+        take(&self.handshakes, ip, max).then(|| HandshakeSlot {
             admission: Arc::clone(self),
             ip,
         })
@@ -213,7 +227,8 @@ impl Admission {
         tls: TlsStream<TcpStream>,
         permit: OwnedSemaphorePermit,
     ) -> Result<Guarded, (Refused, Box<TlsStream<TcpStream>>)> {
-        let agency = match self.agency(&tls) {
+        let limits = self.current_limits();
+        let agency = match self.agency(&tls, &limits) {
             Ok(agency) => agency,
             Err(why) => {
                 if let (Refused::NoAgency { reason, .. }, Some(m)) = (&why, &self.metrics) {
@@ -235,9 +250,9 @@ impl Admission {
             io: tls,
             streams,
             preface_left: PREFACE_LEN,
-            preface_due: now + self.limits.preface_timeout,
-            idle_timeout: self.identify.as_ref().map(|_| self.limits.idle_timeout),
-            timer: Box::pin(tokio::time::sleep_until(now + self.limits.preface_timeout)),
+            preface_due: now + limits.preface_timeout,
+            idle_timeout: self.identify.as_ref().map(|_| limits.idle_timeout),
+            timer: Box::pin(tokio::time::sleep_until(now + limits.preface_timeout)),
             _held: Held {
                 admission: Arc::clone(self),
                 agency,
@@ -249,7 +264,11 @@ impl Admission {
 
     /// The agency of a connection's certificate, with one of its connection
     /// slots taken; `None` when agencies are not checked.
-    fn agency(&self, tls: &TlsStream<TcpStream>) -> Result<Option<String>, Refused> {
+    fn agency(
+        &self,
+        tls: &TlsStream<TcpStream>,
+        limits: &ConnectionLimits,
+    ) -> Result<Option<String>, Refused> {
         Ok(match &self.identify {
             None => None,
             Some(id) => {
@@ -266,7 +285,7 @@ impl Admission {
                         message: e.to_string(),
                     })?
                     .to_string();
-                let max = self.limits.max_connections_per_agency;
+                let max = limits.max_connections_per_agency;
                 if !take(&self.per_agency, agency.clone(), max) {
                     return Err(Refused::AgencyFull { agency, max });
                 }

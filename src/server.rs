@@ -1,10 +1,14 @@
 //! The listener and the service stack: TCP accept, the rustls handshake (off
 //! the accept loop, with a deadline), then tonic serving the registry services,
 //! the access log and catalogue services, health and reflection on the same
-//! port, behind the receipt layer. Shutdown is one explicit mechanism: a watch
-//! signal stops the accept loop, ends open watches and tells tonic to drain
-//! in-flight calls before `serve` returns. With `[admin]`, the admin listener
-//! (metrics, readiness) runs beside it until the drain is over.
+//! port, behind the receipt layer. The config in force is a snapshot
+//! (`snapshot.rs`) every handshake and call reads, swapped whole by
+//! [`reload`]. Shutdown is one explicit mechanism, the drain: a watch signal
+//! stops the accept loop, turns health NOT_SERVING, refuses calls arriving
+//! after it, ends open watches and lets calls in flight finish (up to
+//! `drain_timeout_ms`) before the access log is sealed and `serve` returns.
+//! With `[admin]`, the admin listener (metrics, readiness) runs beside it
+//! until the drain is over.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -478,7 +482,6 @@ async fn accept_loop(
     conns: mpsc::Sender<Result<Guarded, std::io::Error>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let handshake_timeout = admission.limits().handshake_timeout;
     loop {
         let accepted = tokio::select! {
             // Once stopping, never one more connection.
@@ -506,6 +509,7 @@ async fn accept_loop(
             continue;
         };
         let _ = tcp.set_nodelay(true);
+        let handshake_timeout = admission.current_limits().handshake_timeout;
         let acceptor = TlsAcceptor::from(tls.current());
         let conns = conns.clone();
         let admission = Arc::clone(&admission);

@@ -313,9 +313,31 @@ impl ReloadSummary {
             format!("{:?}", old.registries) != format!("{:?}", c.registries),
         );
         changed("limits.verify_*", old.limits != c.limits);
-        let mut connections = old.connections.clone();
-        connections.drain_timeout = c.connections.drain_timeout;
-        changed("limits (connections)", connections != c.connections);
+        // Built into the connection cap and tonic's HTTP/2 settings at
+        // start; the other connection limits apply to the next connection.
+        let (o, n) = (&old.connections, &c.connections);
+        changed(
+            "limits.max_connections",
+            o.max_connections != n.max_connections,
+        );
+        changed("limits.fd_reserve", o.fd_reserve != n.fd_reserve);
+        changed(
+            "limits.keepalive_interval_ms, keepalive_timeout_ms",
+            (o.keepalive_interval, o.keepalive_timeout)
+                != (n.keepalive_interval, n.keepalive_timeout),
+        );
+        changed(
+            "limits.max_concurrent_streams, max_header_list_bytes, max_pending_reset_streams",
+            (
+                o.max_concurrent_streams,
+                o.max_header_list_bytes,
+                o.max_pending_reset_streams,
+            ) != (
+                n.max_concurrent_streams,
+                n.max_header_list_bytes,
+                n.max_pending_reset_streams,
+            ),
+        );
         ReloadSummary {
             generation: new.generation,
             agencies: c.agencies.len(),

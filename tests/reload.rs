@@ -379,3 +379,26 @@ async fn a_dev_config_reload_creates_no_files() {
     assert!(!certs.join("gateway.pem").exists());
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn per_connection_limits_apply_to_the_next_connection_and_the_rest_need_a_restart() {
+    let mut gw = Gateway::start().await;
+    let mut first = gw.client(LAND_OFFICE).await;
+    get_citizen(&mut first, PROCEDURE_LAND).await.unwrap();
+    let text = format!("{}\n[limits]\nmax_connections_per_agency = 1\n", gw.text);
+    let summary = gw.reload_with(&text).unwrap();
+    assert!(summary.restart_needed.is_empty(), "{summary:?}");
+    // The agency already holds its one connection: a second is closed at
+    // the door (no gRPC status), the first is still served.
+    let second = Client::connect(&gw.addr, &gw.pki.identity(&gw.pki.agency(LAND_OFFICE))).await;
+    if let Ok(mut c) = second {
+        let status = get_citizen(&mut c, PROCEDURE_LAND).await.unwrap_err();
+        assert_eq!(reason(&status), "", "closed, not answered: {status:?}");
+    }
+    get_citizen(&mut first, PROCEDURE_LAND).await.unwrap();
+
+    let text = format!("{}\n[limits]\nmax_connections = 10\n", gw.text);
+    let summary = gw.reload_with(&text).unwrap();
+    assert_eq!(summary.restart_needed, vec!["limits.max_connections"]);
+    gw.stop().await;
+}
