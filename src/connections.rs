@@ -240,7 +240,9 @@ impl Admission {
         let remote = tls.get_ref().0.peer_addr().ok();
         let streams = Arc::new(Streams {
             state: Mutex::new((0, Instant::now())),
-            agency: agency.as_deref().map(|a| ConnectionAgency(Arc::from(a))),
+            agency: agency
+                .as_deref()
+                .map(|a| ConnectionAgency::new(a, self.metrics.as_deref())),
         });
         if let Some(addr) = remote {
             lock(&self.live).insert(addr, Arc::clone(&streams));

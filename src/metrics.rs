@@ -12,7 +12,7 @@
 //! handshake reasons. A caller cannot create series.
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     future::Future,
     path::Path,
     pin::Pin,
@@ -41,10 +41,22 @@ pub const UNKNOWN: &str = "unknown";
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
-/// The configured agency a connection was admitted as; put in each request's
-/// extensions by [`crate::connections::CountStreams`].
+/// The configured agency a connection was admitted as, with its in-flight
+/// gauge resolved once for the connection; put in each request's extensions
+/// by [`crate::connections::CountStreams`].
 #[derive(Clone, Debug)]
-pub struct ConnectionAgency(pub Arc<str>);
+pub struct ConnectionAgency {
+    pub code: Arc<str>,
+    in_flight: Option<Gauge>,
+}
+
+impl ConnectionAgency {
+    pub fn new(code: &str, metrics: Option<&Metrics>) -> ConnectionAgency {
+        let code: Arc<str> = Arc::from(code);
+        let in_flight = metrics.map(|m| m.in_flight_of(&code));
+        ConnectionAgency { code, in_flight }
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -156,8 +168,9 @@ fn known_reason(text: &str) -> &'static str {
 
 /// Every full method name this gateway serves (`package.Service/Method`):
 /// the registry, catalogue and access log services, health and reflection.
-fn served_methods() -> &'static HashSet<String> {
-    static METHODS: OnceLock<HashSet<String>> = OnceLock::new();
+/// Each with its index, for per-method handles.
+fn served_methods() -> &'static HashMap<String, usize> {
+    static METHODS: OnceLock<HashMap<String, usize>> = OnceLock::new();
     METHODS.get_or_init(|| {
         use prost::Message;
         let sets = [
@@ -166,7 +179,7 @@ fn served_methods() -> &'static HashSet<String> {
             tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
         ];
-        let mut names = HashSet::new();
+        let mut names = HashMap::new();
         for bytes in sets {
             // Compiled in: a set that does not decode names no methods (and
             // the method label reads `unknown`) rather than stopping calls.
@@ -174,12 +187,15 @@ fn served_methods() -> &'static HashSet<String> {
             for file in &set.file {
                 for service in &file.service {
                     for method in &service.method {
-                        names.insert(format!(
-                            "{}.{}/{}",
-                            file.package(),
-                            service.name(),
-                            method.name()
-                        ));
+                        let next = names.len();
+                        names
+                            .entry(format!(
+                                "{}.{}/{}",
+                                file.package(),
+                                service.name(),
+                                method.name()
+                            ))
+                            .or_insert(next);
                     }
                 }
             }
@@ -190,9 +206,14 @@ fn served_methods() -> &'static HashSet<String> {
 
 /// The method label of a request path (`/package.Service/Method`).
 pub fn method_label(path: &str) -> &'static str {
+    method_of(path).0
+}
+
+/// [`method_label`], with the method's index among the served methods.
+fn method_of(path: &str) -> (&'static str, Option<usize>) {
     path.strip_prefix('/')
-        .and_then(|name| served_methods().get(name))
-        .map_or(UNKNOWN, String::as_str)
+        .and_then(|name| served_methods().get_key_value(name))
+        .map_or((UNKNOWN, None), |(name, i)| (name.as_str(), Some(*i)))
 }
 
 /// A certificate whose expiry is exported: its label and its `notAfter`.
@@ -246,6 +267,9 @@ pub struct Metrics {
     registry: Registry,
     calls: Family<CallLabels, Counter>,
     call_duration: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    /// Each served method's duration histogram (the last: `unknown`),
+    /// resolved at its first call so later calls need no lookup.
+    durations: Vec<OnceLock<Histogram>>,
     handshake_failures: Family<ReasonLabels, Counter>,
     unauthenticated: Family<ReasonLabels, Counter>,
     audit_append: Histogram,
@@ -282,6 +306,9 @@ impl Metrics {
             registry: Registry::default(),
             calls: Family::default(),
             call_duration: Family::new_with_constructor(duration_histogram),
+            durations: (0..=served_methods().len())
+                .map(|_| OnceLock::new())
+                .collect(),
             handshake_failures: Family::default(),
             unauthenticated: Family::default(),
             audit_append: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
@@ -438,6 +465,13 @@ impl Metrics {
         out
     }
 
+    /// The in-flight gauge of `agency`.
+    fn in_flight_of(&self, agency: &Arc<str>) -> Gauge {
+        self.in_flight.get_or_create_owned(&AgencyLabels {
+            agency: Arc::clone(agency),
+        })
+    }
+
     fn finish(&self, call: &Pending, code: tonic::Code) {
         let code_name = crate::error::code_name(code);
         self.calls
@@ -447,16 +481,18 @@ impl Metrics {
                 code: code_name,
             })
             .inc();
-        self.call_duration
-            .get_or_create(&MethodLabels {
-                method: call.method,
-            })
-            .observe(call.started.elapsed().as_secs_f64());
-        self.in_flight
-            .get_or_create(&AgencyLabels {
-                agency: Arc::clone(&call.agency),
-            })
-            .dec();
+        let took = call.started.elapsed().as_secs_f64();
+        let slot = call.method_index.unwrap_or(self.durations.len() - 1);
+        let method = MethodLabels {
+            method: call.method,
+        };
+        match self.durations.get(slot) {
+            Some(h) => h
+                .get_or_init(|| self.call_duration.get_or_create_owned(&method))
+                .observe(took),
+            None => self.call_duration.get_or_create(&method).observe(took),
+        }
+        call.in_flight.dec();
     }
 }
 
@@ -490,27 +526,37 @@ struct Pending {
     metrics: Arc<Metrics>,
     agency: Arc<str>,
     method: &'static str,
+    method_index: Option<usize>,
+    in_flight: Gauge,
     started: Instant,
     code: Option<tonic::Code>,
 }
 
-fn unknown_agency() -> Arc<str> {
-    static UNKNOWN_AGENCY: OnceLock<Arc<str>> = OnceLock::new();
-    Arc::clone(UNKNOWN_AGENCY.get_or_init(|| Arc::from(UNKNOWN)))
-}
-
 impl Pending {
-    fn start(metrics: Arc<Metrics>, agency: Arc<str>, method: &'static str) -> Pending {
-        metrics
-            .in_flight
-            .get_or_create(&AgencyLabels {
-                agency: Arc::clone(&agency),
-            })
-            .inc();
+    /// Counts a call in flight, for the connection's agency when it has one.
+    fn start(
+        metrics: Arc<Metrics>,
+        agency: Option<&ConnectionAgency>,
+        (method, method_index): (&'static str, Option<usize>),
+    ) -> Pending {
+        let (agency, in_flight) = match agency {
+            Some(ConnectionAgency {
+                code,
+                in_flight: Some(gauge),
+            }) => (Arc::clone(code), gauge.clone()),
+            other => {
+                let code = other.map_or_else(|| Arc::from(UNKNOWN), |a| Arc::clone(&a.code));
+                let gauge = metrics.in_flight_of(&code);
+                (code, gauge)
+            }
+        };
+        in_flight.inc();
         Pending {
             metrics,
             agency,
             method,
+            method_index,
+            in_flight,
             started: Instant::now(),
             code: None,
         }
@@ -563,12 +609,11 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let method = method_label(req.uri().path());
-        let agency = req
-            .extensions()
-            .get::<ConnectionAgency>()
-            .map_or_else(unknown_agency, |a| Arc::clone(&a.0));
-        let mut pending = Pending::start(Arc::clone(&self.metrics), agency, method);
+        let mut pending = Pending::start(
+            Arc::clone(&self.metrics),
+            req.extensions().get::<ConnectionAgency>(),
+            method_of(req.uri().path()),
+        );
         let call = self.inner.call(req);
         Box::pin(async move {
             match call.await {
