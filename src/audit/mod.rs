@@ -5,6 +5,8 @@
 //! - [`record`]: the record and its canonical encoding
 //! - [`chain`]: the hash chain and signed checkpoints
 //! - [`signer`]: the Ed25519 signing key
+//! - [`store`]: the storage boundary ([`AuditStore`], [`AuditReader`]) the
+//!   chain is kept behind
 //! - [`writer`]: the live log ([`AuditLog`]): recovery on open, group commit,
 //!   fail-closed writes, the subject index, committed records for live readers
 //! - [`verify`]: [`verify_file`] and [`export`]
@@ -69,6 +71,7 @@ mod index;
 mod line;
 pub mod record;
 pub mod signer;
+pub mod store;
 pub mod verify;
 pub mod writer;
 
@@ -81,6 +84,7 @@ pub use chain::Checkpoint;
 pub use files::{fsync_latencies, HEAD_FILE, LOG_FILE, PUB_FILE};
 pub use record::AuditRecord;
 pub use signer::{parse_public_key_pem, verify_signature, Signer};
+pub use store::{AuditReader, AuditStore, Entry, Recovered, SubjectRow};
 pub use verify::{export, verify_file, VerifyFailure, VerifyReport};
 pub use writer::{AuditLog, AuditOptions, LiveRecord, LIVE_BUFFER};
 
