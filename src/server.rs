@@ -165,6 +165,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         audit: Arc::clone(&audit),
         identities: Arc::default(),
         disclosures: Arc::default(),
+        page_keys: Arc::new(crate::service::page_token::Keys::random()),
         upstreams: Arc::clone(&upstreams),
     };
     let admission = admission(&core);

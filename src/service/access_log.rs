@@ -303,7 +303,10 @@ impl AccessLogService for Core {
                 let before = if req.page_token.is_empty() {
                     None
                 } else {
-                    match page_token::open(&req.page_token, TOKEN_KIND, &req.subject_id).as_deref()
+                    match self
+                        .page_keys
+                        .open(&req.page_token, TOKEN_KIND, &req.subject_id)
+                        .as_deref()
                     {
                         Some([seq]) => Some(
                             seq.parse::<u64>()
@@ -331,7 +334,8 @@ impl AccessLogService for Core {
                 rows.truncate(size);
                 let next_page_token = match (more, rows.last()) {
                     (true, Some((seq, _))) => {
-                        page_token::seal(TOKEN_KIND, &req.subject_id, &[seq.to_string()])
+                        self.page_keys
+                            .seal(TOKEN_KIND, &req.subject_id, &[seq.to_string()])
                     }
                     _ => String::new(),
                 };
