@@ -2,6 +2,8 @@
 //! records, and a real gateway on 127.0.0.1:0 called over mTLS.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::path::{Path, PathBuf};
 
 use interop_gateway::{
