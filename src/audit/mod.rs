@@ -69,6 +69,7 @@ pub mod chain;
 pub(crate) mod files;
 mod index;
 mod line;
+pub mod pg;
 pub mod record;
 pub mod signer;
 pub mod store;
