@@ -237,6 +237,12 @@ fn writes_fail_while_the_database_is_down_and_succeed_again_after() {
     assert!(a.reader().subject_page(A_SUBJECT, None, 10).is_err());
 
     env.pg.start_again();
+    // As if the failed write had committed without the answer arriving: it
+    // was never acknowledged, and the retry at the same seq replaces it.
+    env.pg.psql(
+        "INSERT INTO audit_records (instance, seq, hash, time_unix_ms, record) \
+         VALUES ('gw-a', 2, '\\x00', 2, '{}')",
+    );
     // The pool and the instance lock reconnect by themselves.
     a.append(&g2).unwrap();
     let ids: Vec<_> = a
@@ -247,6 +253,11 @@ fn writes_fail_while_the_database_is_down_and_succeed_again_after() {
         .map(|r| r.record.request_id)
         .collect();
     assert_eq!(ids, ["req-2", "req-1"]);
+    let reports = env
+        .rt
+        .block_on(pg::verify_database(&env.pg.url, None))
+        .unwrap();
+    assert_eq!(reports[0].records, 2);
     // And the lock is this process's again: a second one is refused.
     let err = env.connect("gw-a", &key).err().unwrap();
     assert!(err.contains("another running gateway"), "{err}");

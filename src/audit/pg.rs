@@ -356,6 +356,11 @@ impl Inner {
 /// One instance's chain in PostgreSQL, for the writer thread.
 pub struct PgStore {
     inner: Arc<Inner>,
+    /// Seq of the last record known durable (recovered, or committed and
+    /// confirmed): the next group must start right after it.
+    durable_seq: u64,
+    /// The last append failed: its commit may have gone through unconfirmed.
+    uncertain: bool,
 }
 
 /// Reads of every instance's records, for request handlers.
@@ -420,6 +425,8 @@ impl PgStore {
         inner.rt = OwnRuntime(Some(rt));
         Ok(PgStore {
             inner: Arc::new(inner),
+            durable_seq: 0,
+            uncertain: false,
         })
     }
 
@@ -483,7 +490,7 @@ async fn register(
 impl AuditStore for PgStore {
     fn recover(&mut self) -> Result<Recovered, AuditError> {
         let inner = &self.inner;
-        inner.block_on("reading the chain", async {
+        let recovered = inner.block_on("reading the chain", async {
             inner.hold_lock().await?;
             let conn = client(&inner.pool).await?;
             let failed = db_err("reading the chain");
@@ -530,14 +537,59 @@ impl AuditStore for PgStore {
                 tail,
                 sealed_records: from,
             })
-        })
+        })?;
+        self.durable_seq = recovered
+            .tail
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                Entry::Record { seq, .. } => Some(*seq),
+                Entry::Checkpoint(cp) => Some(cp.seq),
+            })
+            .unwrap_or(recovered.sealed_records);
+        self.uncertain = false;
+        Ok(recovered)
     }
 
     fn append(&mut self, group: &[Entry<'_>]) -> io::Result<()> {
+        let first = group.iter().find_map(|e| match e {
+            Entry::Record { seq, .. } => Some(*seq),
+            Entry::Checkpoint(_) => None,
+        });
+        if let Some(first) = first {
+            if first != self.durable_seq + 1 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "a group starting at record {first} does not continue the chain at {}",
+                        self.durable_seq
+                    ),
+                ));
+            }
+        }
+        let last = group.iter().rev().find_map(|e| match e {
+            Entry::Record { seq, .. } => Some(*seq),
+            Entry::Checkpoint(_) => None,
+        });
+        let leftovers_after = self.uncertain.then_some(self.durable_seq);
         let inner = &self.inner;
-        inner
-            .block_on("writing to the audit database", commit(inner, group))
-            .map_err(io::Error::other)
+        let result = inner.block_on(
+            "writing to the audit database",
+            commit(inner, group, leftovers_after),
+        );
+        match result {
+            Ok(()) => {
+                self.uncertain = false;
+                if let Some(last) = last {
+                    self.durable_seq = last;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.uncertain = true;
+                Err(io::Error::other(e))
+            }
+        }
     }
 
     fn reader(&self) -> Arc<dyn AuditReader> {
@@ -557,7 +609,13 @@ impl AuditStore for PgStore {
 
 /// Writes `group` in one transaction: all or nothing, durable when it
 /// returns `Ok` (PostgreSQL has committed).
-async fn commit(inner: &Inner, group: &[Entry<'_>]) -> Result<(), AuditError> {
+/// With `leftovers_after`, rows past that seq are removed first (see
+/// below).
+async fn commit(
+    inner: &Inner,
+    group: &[Entry<'_>],
+    leftovers_after: Option<u64>,
+) -> Result<(), AuditError> {
     inner.hold_lock().await?;
     let mut conn = client(&inner.pool).await?;
     let failed = db_err("writing to the audit database");
@@ -597,6 +655,34 @@ async fn commit(inner: &Inner, group: &[Entry<'_>]) -> Result<(), AuditError> {
         }
     }
     let tx = conn.transaction().await.map_err(&failed)?;
+    // A commit whose answer was lost (the connection dropped after COMMIT
+    // was sent) may have made a group durable that the writer counts as
+    // failed: it never acknowledged it, and writes the next group at the
+    // same seqs. This instance alone writes its chain (the lock), so after
+    // such a failure, rows past the last seq known durable can only be those
+    // leftovers: remove them in the same transaction.
+    if let Some(after) = leftovers_after {
+        let after = to_i64(after);
+        let leftovers = tx
+            .prepare_cached(
+                "WITH s AS (DELETE FROM audit_subjects WHERE instance = $1 AND seq > $2),
+                      c AS (DELETE FROM audit_checkpoints WHERE instance = $1 AND seq > $2)
+                 DELETE FROM audit_records WHERE instance = $1 AND seq > $2",
+            )
+            .await
+            .map_err(&failed)?;
+        let removed = tx
+            .execute(&leftovers, &[&inner.instance, &after])
+            .await
+            .map_err(&failed)?;
+        if removed > 0 {
+            tracing::warn!(
+                records = removed,
+                after_seq = after,
+                "removing records of a write whose commit was never confirmed (never acknowledged)"
+            );
+        }
+    }
     if !seqs.is_empty() {
         let insert = tx
             .prepare_cached(
@@ -938,6 +1024,65 @@ pub async fn verify_database(
     drop(conn);
     let _ = driver.await;
     Ok(reports)
+}
+
+/// Writes the records of every instance that match, oldest first per
+/// instance, as JSON lines `{"instance":..,"seq":..,"hash":..,"record":{..}}`
+/// (the file log's record line with the instance added). Returns how many.
+/// It does not verify: run [`verify_database`] for that.
+pub async fn export_database(
+    url: &str,
+    since_unix_ms: Option<i64>,
+    subject: Option<&str>,
+    out: &mut impl std::io::Write,
+) -> Result<u64, AuditError> {
+    const CHUNK: i64 = 5000;
+    let config = parse_url(url)?;
+    let (conn, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(db_err("connecting to the audit database"))?;
+    let driver = tokio::spawn(connection);
+    let failed = db_err("reading the audit database");
+    conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(&failed)?;
+    let since = since_unix_ms.unwrap_or(i64::MIN);
+    let mut written = 0;
+    let (mut instance, mut seq) = (String::new(), 0i64);
+    loop {
+        let rows = conn
+            .query(
+                "SELECT instance, seq, hash, record FROM audit_records r
+                 WHERE (instance, seq) > ($1, $2) AND time_unix_ms >= $3
+                   AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM audit_subjects s
+                        WHERE s.subject = $4 AND s.instance = r.instance AND s.seq = r.seq))
+                 ORDER BY instance, seq LIMIT $5",
+                &[&instance, &seq, &since, &subject, &CHUNK],
+            )
+            .await
+            .map_err(&failed)?;
+        if rows.is_empty() {
+            break;
+        }
+        for row in &rows {
+            instance = row.get(0);
+            seq = row.get(1);
+            let hash: Vec<u8> = row.get(2);
+            let record: String = row.get(3);
+            let line = format!(
+                "{{\"instance\":{},\"seq\":{seq},\"hash\":\"{}\",\"record\":{record}}}\n",
+                serde_json::Value::String(instance.clone()),
+                super::line::hex(&hash)
+            );
+            out.write_all(line.as_bytes())
+                .map_err(|e| AuditError::Unavailable(format!("writing the export: {e}")))?;
+            written += 1;
+        }
+    }
+    drop(conn);
+    let _ = driver.await;
+    Ok(written)
 }
 
 fn checkpoint_from_row(row: &tokio_postgres::Row) -> Result<Checkpoint, String> {
