@@ -1,5 +1,6 @@
 //! `interop-gateway audit verify | export | public-key`: checking and reading
-//! the access log offline, from its files alone.
+//! the access log offline, from its files alone, or from its PostgreSQL
+//! database (every instance's chain).
 
 use std::{io::Write, path::PathBuf};
 
@@ -25,6 +26,11 @@ pub enum AuditCommand {
         /// log re-signed with a swapped key.
         #[arg(long)]
         public_key: Option<PathBuf>,
+        /// Verify the log kept in this PostgreSQL database (every instance's
+        /// chain) instead of the config's; by default the config's
+        /// `[audit] database_url` when it has one.
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
     },
     /// Print access records as JSON lines.
     Export {
@@ -38,6 +44,11 @@ pub enum AuditCommand {
         /// parcel `commune/sheet/number`).
         #[arg(long)]
         subject: Option<String>,
+        /// Export from this PostgreSQL database (every instance) instead of
+        /// the config's log; by default the config's `[audit] database_url`
+        /// when it has one.
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
     },
     /// Print the log's signing public key (PEM), to keep apart from the log.
     PublicKey {
@@ -48,8 +59,11 @@ pub enum AuditCommand {
 
 pub fn run(args: Args) -> Result<(), Failure> {
     match args.command {
-        AuditCommand::Verify { config, public_key } => {
-            let config = load_config(&config.config)?;
+        AuditCommand::Verify {
+            config,
+            public_key,
+            database_url,
+        } => {
             let key = match public_key {
                 Some(p) => {
                     let text = std::fs::read_to_string(&p).map_err(|e| {
@@ -60,6 +74,10 @@ pub fn run(args: Args) -> Result<(), Failure> {
                     })?)
                 }
                 None => None,
+            };
+            let config = match source(&config, database_url)? {
+                Source::Database(url) => return verify_database(&url, key.as_ref()),
+                Source::Files(config) => config,
             };
             match audit::verify_file(&config.audit.dir, key.as_ref()) {
                 Ok(report) => {
@@ -94,15 +112,32 @@ pub fn run(args: Args) -> Result<(), Failure> {
             config,
             since,
             subject,
+            database_url,
         } => {
-            let config = load_config(&config.config)?;
             let since = since
                 .as_deref()
                 .map(parse_day_start)
                 .transpose()
                 .map_err(|e| Failure::new(EXIT_CONFIG, format!("--since: {e}")))?;
+            let source = source(&config, database_url)?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
+            let config = match source {
+                Source::Files(config) => config,
+                Source::Database(url) => {
+                    super::runtime()?
+                        .block_on(audit::pg::export_database(
+                            &url,
+                            since,
+                            subject.as_deref(),
+                            &mut out,
+                        ))
+                        .map_err(|e| Failure::new(EXIT_FAILED, e))?;
+                    return out
+                        .flush()
+                        .map_err(|e| Failure::new(EXIT_FAILED, format!("stdout: {e}")));
+                }
+            };
             audit::export(&config.audit.dir, since, subject.as_deref(), &mut out)
                 .map_err(|e| Failure::new(EXIT_FAILED, e))?;
             out.flush()
@@ -127,6 +162,63 @@ pub fn run(args: Args) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// Where the log to read is.
+enum Source {
+    Files(crate::config::Config),
+    Database(String),
+}
+
+/// `--database-url` when given (no config is read then), else the config's
+/// `[audit] database_url`, else the config's files.
+fn source(config: &ConfigArg, database_url: Option<String>) -> Result<Source, Failure> {
+    if let Some(url) = database_url {
+        if !(url.starts_with("postgresql://") || url.starts_with("postgres://")) {
+            return Err(Failure::new(
+                EXIT_CONFIG,
+                "--database-url: expected postgresql://user[:password]@host[:port]/database",
+            ));
+        }
+        return Ok(Source::Database(url));
+    }
+    let config = load_config(&config.config)?;
+    Ok(match &config.audit.database {
+        Some(db) => Source::Database(db.url.clone()),
+        None => Source::Files(config),
+    })
+}
+
+/// `audit verify` on a database: every instance's chain.
+fn verify_database(url: &str, key: Option<&[u8; 32]>) -> Result<(), Failure> {
+    let shown = audit::pg::redacted(url);
+    let reports = super::runtime()?
+        .block_on(audit::pg::verify_database(url, key))
+        .map_err(|e| match e {
+            audit::pg::DatabaseVerifyError::Unavailable(e) => {
+                Failure::new(EXIT_FAILED, format!("access log {shown}: {e}"))
+            }
+            broken => Failure::new(EXIT_FAILED, format!("access log {shown}: BROKEN: {broken}")),
+        })?;
+    let records: u64 = reports.iter().map(|r| r.records).sum();
+    println!(
+        "access log {shown}: OK, {} instances, {records} records",
+        reports.len()
+    );
+    for r in &reports {
+        println!(
+            "instance {}: {} records, {} checkpoints, last after record {} at {}",
+            r.instance,
+            r.records,
+            r.checkpoints,
+            r.last_checkpoint.0,
+            super::format_time(r.last_checkpoint.1)
+        );
+        for line in tail_lines(r.unsealed_tail, 0) {
+            println!("  {line}");
+        }
+    }
+    Ok(())
 }
 
 /// What `audit verify` says about the end of the log past its last
