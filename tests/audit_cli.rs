@@ -5,7 +5,6 @@
 mod support;
 
 use std::{
-    collections::HashSet,
     path::Path,
     process::{Command, Output},
     sync::{
@@ -245,19 +244,7 @@ async fn after_kill_9_under_load_every_answered_call_is_in_the_log() {
     assert_success(&out);
 
     let out = gateway(&["audit", "export"], &config);
-    let logged: HashSet<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v["record"]["request_id"].as_str().unwrap().to_owned()
-        })
-        .collect();
-    let missing: Vec<&String> = answered.iter().filter(|id| !logged.contains(*id)).collect();
-    assert!(
-        missing.is_empty(),
-        "{} answered calls not in the log",
-        missing.len()
-    );
+    assert_all_in_export(&answered, &out.stdout);
     drop(dir);
 }
 

@@ -489,3 +489,21 @@ pub fn assert_success(out: &std::process::Output) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Asserts every request id in `answered` is among the records of an
+/// `audit export` output (JSON lines with `record.request_id`).
+pub fn assert_all_in_export(answered: &[String], export_stdout: &[u8]) {
+    let logged: std::collections::HashSet<String> = String::from_utf8_lossy(export_stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["record"]["request_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let missing: Vec<&String> = answered.iter().filter(|id| !logged.contains(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} answered calls not in the log",
+        missing.len()
+    );
+}
