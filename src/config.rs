@@ -73,6 +73,9 @@ struct RawAudit {
     checkpoint_every_records: Option<u64>,
     checkpoint_every_seconds: Option<u64>,
     receipts: Option<bool>,
+    database_url: Option<String>,
+    database_pool_size: Option<u64>,
+    instance: Option<String>,
 }
 
 /// `[limits]`: every key optional, each with its default in [`Limits`].
@@ -176,6 +179,59 @@ pub struct AuditSettings {
     /// `x-interop-receipt`); off unless turned on, while a receipt costs a
     /// signature per call.
     pub receipts: bool,
+    /// `database_url`: keep the log in PostgreSQL instead of `dir`.
+    pub database: Option<AuditDatabase>,
+    /// `instance`: the name of this gateway's hash chain in a shared
+    /// database (default: the host name).
+    pub instance: String,
+}
+
+/// The PostgreSQL access log, from `[audit] database_url`.
+#[derive(Clone)]
+pub struct AuditDatabase {
+    /// `postgresql://user[:password]@host[:port]/database`.
+    pub url: String,
+    /// Connections the gateway holds open at most (`database_pool_size`,
+    /// default 8), besides the one holding the instance's lock.
+    pub pool_size: usize,
+}
+
+impl std::fmt::Debug for AuditDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        f.debug_struct("AuditDatabase")
+            .field("url", &crate::audit::pg::redacted(&self.url))
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+/// Default `[audit] database_pool_size`.
+pub const DEFAULT_DATABASE_POOL_SIZE: u64 = 8;
+
+/// The host name, the default `[audit] instance`.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| check_instance(h).is_ok())
+        .unwrap_or_else(|| "gateway".to_owned())
+}
+
+/// An instance name: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+pub fn check_instance(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(format!(
+            "{name:?} is not an instance name: 1 to 64 letters, digits, '.', '_' or '-'"
+        ));
+    }
+    Ok(())
 }
 
 /// Bounds on connections, from `[limits]`: what a slow, idle or hostile
@@ -611,7 +667,56 @@ impl Config {
             .as_deref()
             .map(resolve)
             .unwrap_or_else(|| data_dir.join("audit-signing.key"));
+        let database = match &raw.audit.database_url {
+            None => None,
+            Some(url) => {
+                if raw.audit.dir.is_some() {
+                    return Err(err(
+                        "audit.dir and audit.database_url: the log is kept in one place; remove one"
+                            .into(),
+                    ));
+                }
+                if !(url.starts_with("postgresql://") || url.starts_with("postgres://")) {
+                    return Err(err(
+                        "audit.database_url: expected postgresql://user[:password]@host[:port]/database"
+                            .into(),
+                    ));
+                }
+                if let Err(e) = url.parse::<tokio_postgres::Config>() {
+                    return Err(err(format!(
+                        "audit.database_url: {e}; expected postgresql://user[:password]@host[:port]/database"
+                    )));
+                }
+                let pool_size = raw
+                    .audit
+                    .database_pool_size
+                    .unwrap_or(DEFAULT_DATABASE_POOL_SIZE);
+                if !(1..=256).contains(&pool_size) {
+                    return Err(err(format!(
+                        "audit.database_pool_size: must be 1 to 256, got {pool_size}"
+                    )));
+                }
+                Some(AuditDatabase {
+                    url: url.clone(),
+                    pool_size: pool_size as usize,
+                })
+            }
+        };
+        if database.is_none() && raw.audit.database_pool_size.is_some() {
+            return Err(err(
+                "audit.database_pool_size: only with audit.database_url".into(),
+            ));
+        }
+        let instance = match &raw.audit.instance {
+            Some(name) => {
+                check_instance(name).map_err(|e| err(format!("audit.instance: {e}")))?;
+                name.clone()
+            }
+            None => host_name(),
+        };
         let audit = AuditSettings {
+            database,
+            instance,
             dir: audit_dir,
             signing_key,
             checkpoint_every_records,
@@ -883,5 +988,50 @@ client_ca = "ca.pem"
             e.message.starts_with("line 11:") && e.message.contains("max_conections"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn audit_database_is_off_by_default_and_names_its_keys() {
+        let c = parse("").unwrap();
+        assert!(c.audit.database.is_none());
+        assert!(check_instance(&c.audit.instance).is_ok());
+        let c = parse(
+            "[audit]\ndatabase_url = \"postgresql://gw:secret@db.example.vn:5433/audit\"\n\
+             instance = \"gw-1\"\ndatabase_pool_size = 4\n",
+        )
+        .unwrap();
+        let db = c.audit.database.as_ref().unwrap();
+        assert_eq!(db.pool_size, 4);
+        assert_eq!(c.audit.instance, "gw-1");
+        // The password stays out of debug output.
+        assert!(!format!("{c:?}").contains("secret"));
+        for (text, key) in [
+            (
+                "database_url = \"mysql://x\"",
+                "audit.database_url: expected",
+            ),
+            (
+                "database_url = \"postgresql://h/db?sslmode=nope\"",
+                "audit.database_url",
+            ),
+            ("instance = \"a:b\"", "audit.instance"),
+            ("instance = \"\"", "audit.instance"),
+            ("database_pool_size = 4", "only with audit.database_url"),
+            (
+                "database_url = \"postgresql://h/db\"\ndatabase_pool_size = 0",
+                "audit.database_pool_size",
+            ),
+            (
+                "database_url = \"postgresql://h/db\"\ndir = \"a\"",
+                "audit.dir and audit.database_url",
+            ),
+            (
+                "database = \"postgresql://h/db\"",
+                "unknown field `database`",
+            ),
+        ] {
+            let e = parse(&format!("[audit]\n{text}\n")).unwrap_err();
+            assert!(e.message.contains(key), "{text}: {}", e.message);
+        }
     }
 }
