@@ -92,6 +92,9 @@ const MIGRATIONS: &[(i32, &str)] = &[(
 /// `hashtext(instance)` for an instance's chain, or 0 for migrations.
 const LOCK_CLASS: i32 = 0x001a_0d17;
 
+/// Attempts to take an instance's lock at start, half a second apart.
+const LOCK_TRIES: u32 = 6;
+
 /// How long a commit or query may take before the log counts as failing.
 pub const DB_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -333,6 +336,16 @@ impl Inner {
                 );
             }
         });
+        // The server drops the lock when this connection dies; keepalives
+        // make it notice a vanished host within about a minute instead of
+        // the system default of hours.
+        lock_client
+            .batch_execute(
+                "SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; \
+                 SET tcp_keepalives_count = 3",
+            )
+            .await
+            .map_err(db_err("configuring the lock connection"))?;
         let got: bool = lock_client
             .query_one(
                 "SELECT pg_try_advisory_lock($1, hashtext($2))",
@@ -403,7 +416,16 @@ impl PgStore {
                 secret,
                 lock: tokio::sync::Mutex::new(None),
             };
-            inner.hold_lock().await?;
+            // A process of this instance killed a moment ago may still hold
+            // the lock until the server sees its connection close.
+            let mut tries = 0;
+            while let Err(e) = inner.hold_lock().await {
+                tries += 1;
+                if tries >= LOCK_TRIES || !matches!(e, AuditError::Options(_)) {
+                    return Err(e);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
             register(&inner, &public_key, &genesis).await?;
             Ok::<_, AuditError>(inner)
         });
@@ -711,7 +733,8 @@ async fn commit(
         let insert = tx
             .prepare_cached(
                 "INSERT INTO audit_checkpoints (instance, seq, hash, time_unix_ms, signature)
-                 SELECT $1, * FROM unnest($2::int8[], $3::bytea[], $4::int8[], $5::bytea[])",
+                 SELECT $1, * FROM unnest($2::int8[], $3::bytea[], $4::int8[], $5::bytea[])
+                 ON CONFLICT (instance, seq) DO NOTHING",
             )
             .await
             .map_err(&failed)?;
