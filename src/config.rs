@@ -76,6 +76,10 @@ struct RawAudit {
     database_url: Option<String>,
     database_pool_size: Option<u64>,
     instance: Option<String>,
+    segment_bytes: Option<u64>,
+    segment_max_age_hours: Option<u64>,
+    retain_days: Option<u64>,
+    archive_dir: Option<PathBuf>,
 }
 
 /// `[limits]`: every key optional, each with its default in [`Limits`].
@@ -167,7 +171,7 @@ pub struct TlsFiles {
 /// Where and how the access log is kept.
 #[derive(Clone, Debug)]
 pub struct AuditSettings {
-    /// Folder of `audit.log`, `audit.head`, `audit.pub`.
+    /// Folder of `segments/`, `index.sqlite`, `audit.head`, `audit.pub`.
     pub dir: PathBuf,
     /// The Ed25519 signing key (PKCS#8), created on first start.
     pub signing_key: PathBuf,
@@ -184,6 +188,9 @@ pub struct AuditSettings {
     /// `instance`: the name of this gateway's hash chain in a shared
     /// database (default: the host name).
     pub instance: String,
+    /// Segment sealing, retention and the archive (`segment_bytes`,
+    /// `segment_max_age_hours`, `retain_days`, `archive_dir`).
+    pub files: crate::audit::FileOptions,
 }
 
 /// The PostgreSQL access log, from `[audit] database_url`.
@@ -667,6 +674,63 @@ impl Config {
             .as_deref()
             .map(resolve)
             .unwrap_or_else(|| data_dir.join("audit-signing.key"));
+        let segment_bytes = raw.audit.segment_bytes.unwrap_or(64 << 20);
+        if !(4096..=(1 << 40)).contains(&segment_bytes) {
+            return Err(err(format!(
+                "audit.segment_bytes: must be 4096 to 1099511627776 (1 TiB), got {segment_bytes}"
+            )));
+        }
+        let hours = |key: &str, value: Option<u64>, per: u64, max: u64| match value {
+            None => Ok(None),
+            Some(v) if (1..=max).contains(&v) => Ok(Some(std::time::Duration::from_secs(v * per))),
+            Some(v) => Err(err(format!("audit.{key}: must be 1 to {max}, got {v}"))),
+        };
+        let segment_max_age = hours(
+            "segment_max_age_hours",
+            raw.audit.segment_max_age_hours,
+            3600,
+            24 * 366,
+        )?;
+        let retain = hours("retain_days", raw.audit.retain_days, 86_400, 36_600)?;
+        let archive_dir = raw.audit.archive_dir.as_deref().map(resolve);
+        if let Some(archive) = &archive_dir {
+            if archive == &audit_dir || archive.starts_with(&audit_dir) {
+                return Err(err(format!(
+                    "audit.archive_dir: {} is inside the audit folder {}; give it a folder of its own (another disk is best)",
+                    archive.display(),
+                    audit_dir.display()
+                )));
+            }
+            if retain.is_none() {
+                return Err(err(
+                    "audit.archive_dir: set audit.retain_days too: segments move to the archive once older than that"
+                        .into(),
+                ));
+            }
+        }
+        let files = crate::audit::FileOptions {
+            segment_bytes,
+            segment_max_age,
+            retain,
+            archive_dir,
+        };
+        if raw.audit.database_url.is_some() {
+            for (key, set) in [
+                ("segment_bytes", raw.audit.segment_bytes.is_some()),
+                (
+                    "segment_max_age_hours",
+                    raw.audit.segment_max_age_hours.is_some(),
+                ),
+                ("retain_days", raw.audit.retain_days.is_some()),
+                ("archive_dir", raw.audit.archive_dir.is_some()),
+            ] {
+                if set {
+                    return Err(err(format!(
+                        "audit.{key}: applies to the log in files, not with audit.database_url"
+                    )));
+                }
+            }
+        }
         let database = match &raw.audit.database_url {
             None => None,
             Some(url) => {
@@ -717,6 +781,7 @@ impl Config {
         let audit = AuditSettings {
             database,
             instance,
+            files,
             dir: audit_dir,
             signing_key,
             checkpoint_every_records,

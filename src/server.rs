@@ -138,6 +138,8 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
             AuditOptions {
                 checkpoint_every_records: config.audit.checkpoint_every_records,
                 checkpoint_every: config.audit.checkpoint_every,
+                files: config.audit.files.clone(),
+                clock: Arc::clone(&options.clock),
                 ..AuditOptions::default()
             },
         )

@@ -71,11 +71,14 @@ mod index;
 mod line;
 pub mod pg;
 pub mod record;
+pub mod segments;
 pub mod signer;
 pub mod store;
 pub mod verify;
 pub mod writer;
 
+#[cfg(test)]
+mod segment_tests;
 #[cfg(test)]
 mod tests;
 
@@ -83,10 +86,14 @@ use std::{io, path::PathBuf};
 
 pub use chain::Checkpoint;
 pub use files::{fsync_latencies, HEAD_FILE, LOG_FILE, PUB_FILE};
+pub use index::INDEX_FILE;
 pub use record::AuditRecord;
+pub use segments::{FileOptions, FileStore, MIGRATED_FILE, RETIRED_FILE, SEGMENTS_DIR};
 pub use signer::{parse_public_key_pem, verify_signature, Signer};
 pub use store::{AuditReader, AuditStore, Entry, Recovered, SubjectRow};
-pub use verify::{export, verify_file, VerifyFailure, VerifyReport};
+pub use verify::{
+    export, for_each_record, verify_file, verify_log, VerifyFailure, VerifyReport, VerifyScope,
+};
 pub use writer::{AuditLog, AuditOptions, LiveRecord, LIVE_BUFFER};
 
 /// Everything that can go wrong opening, writing or reading the audit log.

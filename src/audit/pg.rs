@@ -923,12 +923,8 @@ pub async fn verify_database(
             failure: VerifyFailure {
                 seq,
                 line: 0,
-                what: match seq {
-                    Some(seq) if !what.contains(&format!("record {seq}")) => {
-                        format!("record {seq}: {what}")
-                    }
-                    _ => what,
-                },
+                what,
+                file: None,
             },
         };
         let key: [u8; 32] = match public_key {
@@ -952,7 +948,7 @@ pub async fn verify_database(
             if !cp.verify(&key) {
                 return Err(broken(
                     Some(cp.seq),
-                    format!("checkpoint at record {} has a bad signature", cp.seq),
+                    "its checkpoint has a bad signature".into(),
                 ));
             }
             checkpoints.push(cp);
@@ -984,10 +980,7 @@ pub async fn verify_database(
                 let (row_seq, stored, record) =
                     record_from_row(row).map_err(|what| broken(None, what))?;
                 if row_seq != seq + 1 {
-                    return Err(broken(
-                        Some(seq + 1),
-                        format!("record {} is missing", seq + 1),
-                    ));
+                    return Err(broken(Some(seq + 1), "missing".into()));
                 }
                 let expected = chain::hash(&hash, row_seq, &record);
                 if expected != stored {
@@ -1012,10 +1005,7 @@ pub async fn verify_database(
         if let Some(cp) = next_cp.next() {
             return Err(broken(
                 Some(cp.seq),
-                format!(
-                    "checkpoint at record {} names records that are not there (last record {seq})",
-                    cp.seq
-                ),
+                format!("a checkpoint names this record, which is not there (last record {seq})"),
             ));
         }
         let dangling: i64 = conn

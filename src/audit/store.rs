@@ -44,6 +44,10 @@ use super::{chain::Checkpoint, record::AuditRecord, AuditError};
 /// One entry of a chain as a store keeps it: a record with its seq and the
 /// chain hash after it, or a signed checkpoint sealing the chain up to a seq.
 #[derive(Clone, Debug, PartialEq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every entry is a record; boxing it would cost an allocation per record to shrink the rare checkpoint"
+)]
 pub enum Entry<'a> {
     Record {
         seq: u64,
@@ -100,12 +104,34 @@ pub trait AuditStore: Send + 'static {
     /// seal. Keeps the subject index in step in the same group.
     fn append(&mut self, group: &[Entry<'_>]) -> io::Result<()>;
 
+    /// Keeps `genesis` (the signed checkpoint at seq 0 of a new chain) as
+    /// the latest checkpoint apart from the entries, when [`Recovered::head`]
+    /// was `None` and the chain is empty: from then on, losing that
+    /// record of the head is itself detected. Not an entry of the chain.
+    fn keep_genesis(&mut self, _genesis: &Checkpoint) -> io::Result<()> {
+        Ok(())
+    }
+
     /// Whether the store would like the chain sealed now (the file log: its
     /// active segment is full or old enough to be closed, which it does
     /// right after a checkpoint). The writer then ends its next group, or an
     /// empty one, with a checkpoint.
     fn wants_checkpoint(&self, _now_unix_ms: i64) -> bool {
         false
+    }
+
+    /// Applies the store's retention rule at `now_unix_ms`: what is sealed
+    /// and old enough leaves (the file log: to its archive, or deleted).
+    /// A deletion is attested first with `attest(seq, hash)`, which signs a
+    /// statement that records up to `seq` (chain head `hash`) were deleted.
+    /// Returns how many units (segments) left. Called by the writer between
+    /// groups.
+    fn expire(
+        &mut self,
+        _now_unix_ms: i64,
+        _attest: &dyn Fn(u64, [u8; 32]) -> Checkpoint,
+    ) -> Result<u64, AuditError> {
+        Ok(0)
     }
 
     /// The read side, shared with request handlers.

@@ -15,12 +15,18 @@ pub struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AuditCommand {
-    /// Walk the whole log: every hash link and checkpoint signature. Exits 1
-    /// naming the first broken record when anything was changed, removed,
-    /// reordered or truncated past a checkpoint.
+    /// Walk the whole log, segments and archive: every hash link, checkpoint
+    /// signature and link between segments. Exits 1 naming the first broken
+    /// record when anything was changed, removed, reordered or truncated
+    /// past a checkpoint.
     Verify {
         #[command(flatten)]
         config: ConfigArg,
+        /// Verify only the segment starting at this record (its file name,
+        /// leading zeros optional), from its own signed opening checkpoint;
+        /// repeat it for several, whose links are checked where adjacent.
+        #[arg(long = "segment", value_name = "FIRST_SEQ")]
+        segments: Vec<u64>,
         /// Public key (PEM) to check signatures with; by default the
         /// `audit.pub` beside the log. Pass a copy kept elsewhere to detect a
         /// log re-signed with a swapped key.
@@ -63,6 +69,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
             config,
             public_key,
             database_url,
+            segments,
         } => {
             let key = match public_key {
                 Some(p) => {
@@ -79,13 +86,39 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 Source::Database(url) => return verify_database(&url, key.as_ref()),
                 Source::Files(config) => config,
             };
-            match audit::verify_file(&config.audit.dir, key.as_ref()) {
+            let started = std::time::Instant::now();
+            let scope = audit::VerifyScope {
+                dir: &config.audit.dir,
+                archive_dir: config.audit.files.archive_dir.as_deref(),
+                public_key: key.as_ref(),
+                segments: (!segments.is_empty()).then_some(segments.as_slice()),
+            };
+            match audit::verify_log(scope) {
                 Ok(report) => {
+                    let took = started.elapsed().as_secs_f64();
                     println!(
-                        "access log {}: OK, {} records, {} checkpoints",
+                        "access log {}: OK, {} records, {} checkpoints{}",
                         config.audit.dir.display(),
                         report.records,
-                        report.checkpoints
+                        report.checkpoints,
+                        match (report.segments, segments.is_empty()) {
+                            (0, _) => String::new(),
+                            (n, true) =>
+                                format!(", {n} segments ({} archived)", report.archived_segments),
+                            (n, false) => format!(
+                                ", {n} selected segments and the links between adjacent ones"
+                            ),
+                        }
+                    );
+                    if let Some(through) = report.retired_through {
+                        println!(
+                            "records 1 to {through} were deleted under retention, as the signed statement in {} attests",
+                            audit::RETIRED_FILE
+                        );
+                    }
+                    println!(
+                        "verified in {took:.2} s ({:.0} records/s)",
+                        report.records as f64 / took.max(1e-9)
                     );
                     match report.last_checkpoint {
                         Some((seq, time)) => println!(
@@ -138,8 +171,14 @@ pub fn run(args: Args) -> Result<(), Failure> {
                         .map_err(|e| Failure::new(EXIT_FAILED, format!("stdout: {e}")));
                 }
             };
-            audit::export(&config.audit.dir, since, subject.as_deref(), &mut out)
-                .map_err(|e| Failure::new(EXIT_FAILED, e))?;
+            audit::export(
+                &config.audit.dir,
+                config.audit.files.archive_dir.as_deref(),
+                since,
+                subject.as_deref(),
+                &mut out,
+            )
+            .map_err(|e| Failure::new(EXIT_FAILED, e))?;
             out.flush()
                 .map_err(|e| Failure::new(EXIT_FAILED, format!("stdout: {e}")))?;
             Ok(())
