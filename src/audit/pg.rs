@@ -27,7 +27,10 @@
 //! An instance holds a session advisory lock on its name for as long as it
 //! writes (on a connection of its own, outside the pool). A second live
 //! process with the same `[audit] instance` is refused at start; when the
-//! database restarts the lock is taken again before the next write.
+//! database restarts the lock is taken again before the next write. The lock
+//! key is `hashtext(instance)`: two names with the same 32-bit hash cannot
+//! run at once (the second is refused as if it were the same instance, and
+//! renaming one fixes it), which errs on the safe side.
 
 use std::{
     borrow::Cow,
@@ -564,10 +567,11 @@ impl AuditStore for PgStore {
             .tail
             .iter()
             .rev()
-            .find_map(|e| match e {
-                Entry::Record { seq, .. } => Some(*seq),
-                Entry::Checkpoint(cp) => Some(cp.seq),
+            .map(|e| match e {
+                Entry::Record { seq, .. } => *seq,
+                Entry::Checkpoint(cp) => cp.seq,
             })
+            .next()
             .unwrap_or(recovered.sealed_records);
         self.uncertain = false;
         Ok(recovered)

@@ -205,7 +205,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
 
 /// Where the log to read is.
 enum Source {
-    Files(crate::config::Config),
+    Files(Box<crate::config::Config>),
     Database(String),
 }
 
@@ -224,7 +224,7 @@ fn source(config: &ConfigArg, database_url: Option<String>) -> Result<Source, Fa
     let config = load_config(&config.config)?;
     Ok(match &config.audit.database {
         Some(db) => Source::Database(db.url.clone()),
-        None => Source::Files(config),
+        None => Source::Files(Box::new(config)),
     })
 }
 
