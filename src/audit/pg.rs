@@ -911,6 +911,17 @@ pub async fn verify_database(
     conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
         .map_err(failed)?;
+    let has_log: bool = conn
+        .query_one("SELECT to_regclass('audit_instances') IS NOT NULL", &[])
+        .await
+        .map_err(failed)?
+        .get(0);
+    if !has_log {
+        return Err(DatabaseVerifyError::Unavailable(AuditError::Options(
+            "this database holds no access log (no audit tables): check the URL's database name"
+                .into(),
+        )));
+    }
     let instances = conn
         .query(
             "SELECT instance, public_key FROM audit_instances ORDER BY instance",
