@@ -40,15 +40,20 @@ fn request() -> GetCitizenRequest {
     }
 }
 
+/// The first (here the only) segment of the log.
 fn audit_log(dir: &Path) -> std::path::PathBuf {
-    dir.join("data/audit/audit.log")
+    dir.join("data/audit/segments/00000000000000000001.log")
 }
 
 /// Copies the config folder's audit files to a fresh folder with the same layout.
 fn copy_case(from: &Path, name: &str) -> std::path::PathBuf {
     let case = from.join("cases").join(name);
-    std::fs::create_dir_all(case.join("data/audit")).unwrap();
-    for f in ["audit.log", "audit.head", "audit.pub"] {
+    std::fs::create_dir_all(case.join("data/audit/segments")).unwrap();
+    for f in [
+        "segments/00000000000000000001.log",
+        "audit.head",
+        "audit.pub",
+    ] {
         std::fs::copy(
             from.join("data/audit").join(f),
             case.join("data/audit").join(f),
