@@ -8,7 +8,6 @@ mod support;
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Output},
     sync::Arc,
     time::Duration,
 };
@@ -20,17 +19,6 @@ use interop_gateway::{
     proto::{audit::v1::ListAccessRecordsRequest, citizen::v1::GetCitizenRequest},
 };
 use support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_interop-gateway");
-
-fn gateway(args: &[&str], config: &Path) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap()
-}
 
 fn get_citizen() -> GetCitizenRequest {
     GetCitizenRequest {
@@ -146,7 +134,7 @@ async fn a_restart_after_many_records_reverifies_only_what_follows_the_last_chec
     let third = ServeProcess::start(&config, None);
     let (_, log) = third.terminate_with_log();
     assert!(log.contains("reverified=0"), "{log}");
-    assert_success(&gateway(&["audit", "verify"], &config));
+    assert_success(&gateway_cli(&["audit", "verify"], &config));
     drop(dir);
 }
 
@@ -198,7 +186,7 @@ async fn retention_moves_sealed_segments_to_the_archive_and_verify_spans_both() 
     assert_eq!(after[after.len() - before.len()..], before[..]);
     // Checked from the files while the gateway runs, as an auditor would.
     let config = gw.config.path.clone();
-    let out = gateway(&["audit", "verify"], &config);
+    let out = gateway_cli(&["audit", "verify"], &config);
     assert_success(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -206,7 +194,7 @@ async fn retention_moves_sealed_segments_to_the_archive_and_verify_spans_both() 
         "{stdout}"
     );
     assert!(stdout.contains("records/s"), "{stdout}");
-    let exported = gateway(&["audit", "export", "--subject", CITIZEN_ID], &config);
+    let exported = gateway_cli(&["audit", "export", "--subject", CITIZEN_ID], &config);
     let reads = String::from_utf8_lossy(&exported.stdout)
         .lines()
         .filter(|l| l.contains("/GetCitizen"))
@@ -221,7 +209,7 @@ async fn retention_moves_sealed_segments_to_the_archive_and_verify_spans_both() 
         text.replacen("\"latency_us\":", "\"latency_us\":9", 1),
     )
     .unwrap();
-    let out = gateway(&["audit", "verify"], &config);
+    let out = gateway_cli(&["audit", "verify"], &config);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -234,11 +222,14 @@ async fn retention_moves_sealed_segments_to_the_archive_and_verify_spans_both() 
         .unwrap()
         .to_string_lossy()
         .to_string();
-    assert_success(&gateway(&["audit", "verify", "--segment", &first], &config));
+    assert_success(&gateway_cli(
+        &["audit", "verify", "--segment", &first],
+        &config,
+    ));
     std::fs::write(victim, text).unwrap();
     // A removed archived segment is a gap.
     std::fs::remove_file(victim).unwrap();
-    let out = gateway(&["audit", "verify"], &config);
+    let out = gateway_cli(&["audit", "verify"], &config);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -255,12 +246,12 @@ async fn retention_without_an_archive_deletes_under_a_signed_statement_and_verif
     let config = gw.config.path.clone();
     let retired = gw.config.audit.dir.join(audit::RETIRED_FILE);
     assert!(retired.exists());
-    let out = gateway(&["audit", "verify"], &config);
+    let out = gateway_cli(&["audit", "verify"], &config);
     assert_success(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("were deleted under retention"), "{stdout}");
     std::fs::remove_file(&retired).unwrap();
-    let out = gateway(&["audit", "verify"], &config);
+    let out = gateway_cli(&["audit", "verify"], &config);
     assert_eq!(out.status.code(), Some(1));
     gw.stop().await;
 }
@@ -322,7 +313,7 @@ async fn a_single_file_log_of_earlier_versions_is_migrated_on_first_start() {
     )
     .unwrap();
     std::fs::write(audit_dir.join(audit::PUB_FILE), signer.public_key_pem()).unwrap();
-    assert_success(&gateway(&["audit", "verify"], &config));
+    assert_success(&gateway_cli(&["audit", "verify"], &config));
 
     let serve = ServeProcess::start(&config, None);
     let mut portal = Client::connect(&serve.addr, &pki.identity(&pki.agency(PORTAL)))
@@ -338,7 +329,7 @@ async fn a_single_file_log_of_earlier_versions_is_migrated_on_first_start() {
         std::fs::read_to_string(audit_dir.join(audit::MIGRATED_FILE)).unwrap(),
         text
     );
-    let out = gateway(&["audit", "verify"], &config);
+    let out = gateway_cli(&["audit", "verify"], &config);
     assert_success(&out);
     // 12 old records, and the portal's listing calls after them.
     assert!(
