@@ -198,6 +198,17 @@ pub(crate) fn last_mark_in(conn: &Connection, segment: u64) -> io::Result<Option
     .map_err(sql_err)
 }
 
+/// A row's (seq, segment, offset) columns.
+fn seq_and_position(r: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, Position)> {
+    Ok((
+        from_i64(r.get(0)?),
+        Position {
+            segment: from_i64(r.get(1)?),
+            offset: from_i64(r.get(2)?),
+        },
+    ))
+}
+
 /// The last checkpoint at or before `seq`, and where its line is.
 pub(crate) fn mark_at_or_before(
     conn: &Connection,
@@ -206,15 +217,7 @@ pub(crate) fn mark_at_or_before(
     conn.query_row(
         "SELECT seq, segment, offset FROM marks WHERE seq <= ?1 ORDER BY seq DESC LIMIT 1",
         [to_i64(seq)],
-        |r| {
-            Ok((
-                from_i64(r.get(0)?),
-                Position {
-                    segment: from_i64(r.get(1)?),
-                    offset: from_i64(r.get(2)?),
-                },
-            ))
-        },
+        seq_and_position,
     )
     .optional()
     .map_err(sql_err)
@@ -244,15 +247,7 @@ pub(crate) fn page(
                 to_i64(last),
                 i64::try_from(limit).unwrap_or(i64::MAX)
             ],
-            |r| {
-                Ok((
-                    from_i64(r.get(0)?),
-                    Position {
-                        segment: from_i64(r.get(1)?),
-                        offset: from_i64(r.get(2)?),
-                    },
-                ))
-            },
+            seq_and_position,
         )
         .map_err(sql_err)?;
     rows.collect::<Result<_, _>>().map_err(sql_err)

@@ -426,3 +426,16 @@ fn opening_rereads_only_what_follows_the_last_checkpoint() {
     });
     assert_eq!(verify_file(&fx.dir(), None).unwrap().records, 2_050);
 }
+
+#[tokio::test]
+async fn a_migration_never_replaces_the_copy_an_earlier_one_kept() {
+    let fx = Fx::new();
+    let signer = fx.signer();
+    write_single_file_log(&fx.dir(), &signer, 12, 5);
+    fs::write(fx.dir().join(MIGRATED_FILE), "kept").unwrap();
+    let refused = AuditLog::open(&fx.dir(), signer, fx.opts(10, false)).await;
+    let err = refused.err().unwrap();
+    assert!(err.to_string().contains("already there"), "{err}");
+    assert_eq!(fs::read_to_string(fx.dir().join(MIGRATED_FILE)).unwrap(), "kept");
+    assert!(fx.dir().join(LOG_FILE).exists());
+}

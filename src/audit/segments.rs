@@ -278,6 +278,19 @@ impl FileStore {
         let old = self.dir.join(LOG_FILE);
         let seg_dir = self.segments_dir();
         let kept = self.dir.join(MIGRATED_FILE);
+        if old.exists() && kept.exists() {
+            // Never replace the copy a migration kept.
+            return Err(AuditError::Io {
+                path: old,
+                source: io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{MIGRATED_FILE} is already there from an earlier migration; move one \
+                         of the two out of the audit folder, then start again"
+                    ),
+                ),
+            });
+        }
         if seg_dir.exists() {
             if old.exists() {
                 // A migration stopped after its segments were in place.

@@ -471,17 +471,7 @@ pub fn verify_log(scope: VerifyScope<'_>) -> Result<VerifyReport, VerifyFailure>
                         c.push(&entry)?;
                         c
                     }
-                    _ => {
-                        return Err((
-                            None,
-                            format!(
-                                "a segment starting at record {} must open with the signed \
-                                 checkpoint at record {}",
-                                seg.first,
-                                seg.first - 1
-                            ),
-                        ))
-                    }
+                    _ => return Err(must_open_with_checkpoint(seg.first)),
                 };
                 check = Some(started);
             } else if let Some(c) = check.as_mut() {
@@ -489,15 +479,7 @@ pub fn verify_log(scope: VerifyScope<'_>) -> Result<VerifyReport, VerifyFailure>
                     && seg.first > 1
                     && !matches!(&entry, Entry::Checkpoint(cp) if cp.seq + 1 == seg.first)
                 {
-                    return Err((
-                        None,
-                        format!(
-                            "a segment starting at record {} must open with the signed \
-                             checkpoint at record {}",
-                            seg.first,
-                            seg.first - 1
-                        ),
-                    ));
+                    return Err(must_open_with_checkpoint(seg.first));
                 }
                 c.push(&entry)?;
             }
@@ -602,6 +584,19 @@ pub fn verify_log(scope: VerifyScope<'_>) -> Result<VerifyReport, VerifyFailure>
     Ok(report)
 }
 
+/// Why a segment that does not open with its predecessor's last checkpoint
+/// is refused.
+fn must_open_with_checkpoint(first: u64) -> (Option<u64>, String) {
+    (
+        None,
+        format!(
+            "a segment starting at record {first} must open with the signed checkpoint at \
+             record {}",
+            first.saturating_sub(1)
+        ),
+    )
+}
+
 /// The end of the log against `audit.head`: the head must be signed by the
 /// key and be one of the log's checkpoints (or the genesis head of a log
 /// that has not sealed anything yet). Without it, removing whole lines or
@@ -694,7 +689,7 @@ pub(crate) fn verify_legacy(
     })?;
     check_head_reached(head.as_ref(), key, check.seq, 0, head_seen, check.records).map_err(
         |mut f| {
-            if f.line == 0 && f.what.contains("truncation") || f.what.contains("not in the log") {
+            if f.line == 0 && (f.what.contains("truncation") || f.what.contains("not in the log")) {
                 f.line = end.lines + 1;
             }
             f

@@ -507,3 +507,13 @@ pub fn assert_all_in_export(answered: &[String], export_stdout: &[u8]) {
         missing.len()
     );
 }
+
+/// Runs `interop-gateway <args> --config <config>` and returns its output.
+pub fn gateway_cli(args: &[&str], config: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_interop-gateway"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
