@@ -257,4 +257,24 @@ async fn two_instances_share_one_postgresql_log() {
         report.contains("instance gw-a") && report.contains("instance gw-b"),
         "{report}"
     );
+
+    // The key to keep apart: both instances sign with the config's key here.
+    let out = cli(&[
+        "audit",
+        "public-key",
+        "--config",
+        config_a.to_str().unwrap(),
+    ]);
+    assert_success(&out);
+    let pem = dir.path().join("kept.pem");
+    std::fs::write(&pem, &out.stdout).unwrap();
+    let out = cli(&[
+        "audit",
+        "verify",
+        "--database-url",
+        &pg.url,
+        "--public-key",
+        pem.to_str().unwrap(),
+    ]);
+    assert_success(&out);
 }

@@ -185,6 +185,23 @@ pub fn run(args: Args) -> Result<(), Failure> {
         }
         AuditCommand::PublicKey { config } => {
             let config = load_config(&config.config)?;
+            if config.audit.database.is_some() {
+                // No audit.pub in a database: the key is the signing key's.
+                let key = &config.audit.signing_key;
+                if !key.exists() {
+                    return Err(Failure::new(
+                        EXIT_FAILED,
+                        format!(
+                            "{}: not found (the gateway creates it on first start)",
+                            key.display()
+                        ),
+                    ));
+                }
+                let signer =
+                    audit::Signer::load_or_create(key).map_err(|e| Failure::new(EXIT_FAILED, e))?;
+                print!("{}", signer.public_key_pem());
+                return Ok(());
+            }
             let path = config.audit.dir.join(audit::PUB_FILE);
             let pem = std::fs::read_to_string(&path).map_err(|e| {
                 Failure::new(
