@@ -1099,4 +1099,59 @@ client_ca = "ca.pem"
             assert!(e.message.contains(key), "{text}: {}", e.message);
         }
     }
+
+    #[test]
+    fn segments_and_retention_default_and_can_be_set() {
+        let c = parse("").unwrap();
+        assert_eq!(c.audit.files.segment_bytes, 64 << 20);
+        assert_eq!(
+            (c.audit.files.segment_max_age, c.audit.files.retain),
+            (None, None)
+        );
+        assert!(c.audit.files.archive_dir.is_none());
+        let c = parse(
+            "[audit]\nsegment_bytes = 1048576\nsegment_max_age_hours = 24\nretain_days = 365\narchive_dir = \"/srv/archive\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.audit.files.segment_bytes, 1 << 20);
+        assert_eq!(
+            c.audit.files.segment_max_age,
+            Some(Duration::from_secs(86_400))
+        );
+        assert_eq!(
+            c.audit.files.retain,
+            Some(Duration::from_secs(365 * 86_400))
+        );
+        assert_eq!(
+            c.audit.files.archive_dir.as_deref(),
+            Some(Path::new("/srv/archive"))
+        );
+    }
+
+    #[test]
+    fn bad_segment_and_retention_keys_say_what_to_change() {
+        for (text, expected) in [
+            (
+                "segment_bytes = 100",
+                "audit.segment_bytes: must be 4096 to",
+            ),
+            (
+                "segment_max_age_hours = 0",
+                "audit.segment_max_age_hours: must be 1 to",
+            ),
+            ("retain_days = 0", "audit.retain_days: must be 1 to"),
+            (
+                "archive_dir = \"/srv/archive\"",
+                "audit.archive_dir: set audit.retain_days too",
+            ),
+            (
+                "retain_days = 30\narchive_dir = \"data/audit/old\"",
+                "is inside the audit folder",
+            ),
+            ("retention_days = 30", "unknown field `retention_days`"),
+        ] {
+            let e = parse(&format!("[audit]\n{text}\n")).unwrap_err();
+            assert!(e.message.contains(expected), "{text}: {}", e.message);
+        }
+    }
 }

@@ -1,6 +1,7 @@
-//! The bytes of one line of `audit.log` (and of `audit.head`, which holds one
-//! checkpoint line): writing record and checkpoint lines, and reading a line
-//! back into what it claims, before anything is checked.
+//! The bytes of one line of a log segment (and of `audit.head`, which holds
+//! one checkpoint line, and `audit.retired`, one retirement statement):
+//! writing record and checkpoint lines, and reading a line back into what it
+//! claims, before anything is checked.
 
 use std::io;
 

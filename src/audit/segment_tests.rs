@@ -436,6 +436,9 @@ async fn a_migration_never_replaces_the_copy_an_earlier_one_kept() {
     let refused = AuditLog::open(&fx.dir(), signer, fx.opts(10, false)).await;
     let err = refused.err().unwrap();
     assert!(err.to_string().contains("already there"), "{err}");
-    assert_eq!(fs::read_to_string(fx.dir().join(MIGRATED_FILE)).unwrap(), "kept");
+    assert_eq!(
+        fs::read_to_string(fx.dir().join(MIGRATED_FILE)).unwrap(),
+        "kept"
+    );
     assert!(fx.dir().join(LOG_FILE).exists());
 }
