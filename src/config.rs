@@ -81,6 +81,13 @@ struct RawAudit {
     checkpoint_every_records: Option<u64>,
     checkpoint_every_seconds: Option<u64>,
     receipts: Option<bool>,
+    database_url: Option<String>,
+    database_pool_size: Option<u64>,
+    instance: Option<String>,
+    segment_bytes: Option<u64>,
+    segment_max_age_hours: Option<u64>,
+    retain_days: Option<u64>,
+    archive_dir: Option<PathBuf>,
 }
 
 /// `[limits]`: every key optional, each with its default in [`Limits`].
@@ -181,7 +188,7 @@ pub struct TlsFiles {
 /// Where and how the access log is kept.
 #[derive(Clone, Debug)]
 pub struct AuditSettings {
-    /// Folder of `audit.log`, `audit.head`, `audit.pub`.
+    /// Folder of `segments/`, `index.sqlite`, `audit.head`, `audit.pub`.
     pub dir: PathBuf,
     /// The Ed25519 signing key (PKCS#8), created on first start.
     pub signing_key: PathBuf,
@@ -193,6 +200,62 @@ pub struct AuditSettings {
     /// `x-interop-receipt`); off unless turned on, while a receipt costs a
     /// signature per call.
     pub receipts: bool,
+    /// `database_url`: keep the log in PostgreSQL instead of `dir`.
+    pub database: Option<AuditDatabase>,
+    /// `instance`: the name of this gateway's hash chain in a shared
+    /// database (default: the host name).
+    pub instance: String,
+    /// Segment sealing, retention and the archive (`segment_bytes`,
+    /// `segment_max_age_hours`, `retain_days`, `archive_dir`).
+    pub files: crate::audit::FileOptions,
+}
+
+/// The PostgreSQL access log, from `[audit] database_url`.
+#[derive(Clone)]
+pub struct AuditDatabase {
+    /// `postgresql://user[:password]@host[:port]/database`.
+    pub url: String,
+    /// Connections the gateway holds open at most (`database_pool_size`,
+    /// default 8), besides the one holding the instance's lock.
+    pub pool_size: usize,
+}
+
+impl std::fmt::Debug for AuditDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        f.debug_struct("AuditDatabase")
+            .field("url", &crate::audit::pg::redacted(&self.url))
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+/// Default `[audit] database_pool_size`.
+pub const DEFAULT_DATABASE_POOL_SIZE: u64 = 8;
+
+/// The host name, the default `[audit] instance`.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| check_instance(h).is_ok())
+        .unwrap_or_else(|| "gateway".to_owned())
+}
+
+/// An instance name: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+pub fn check_instance(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(format!(
+            "{name:?} is not an instance name: 1 to 64 letters, digits, '.', '_' or '-'"
+        ));
+    }
+    Ok(())
 }
 
 /// Bounds on connections, from `[limits]`: what a slow, idle or hostile
@@ -766,7 +829,114 @@ impl Config {
             .as_deref()
             .map(resolve)
             .unwrap_or_else(|| data_dir.join("audit-signing.key"));
+        let segment_bytes = raw.audit.segment_bytes.unwrap_or(64 << 20);
+        if !(4096..=(1 << 40)).contains(&segment_bytes) {
+            return Err(err(format!(
+                "audit.segment_bytes: must be 4096 to 1099511627776 (1 TiB), got {segment_bytes}"
+            )));
+        }
+        let hours = |key: &str, value: Option<u64>, per: u64, max: u64| match value {
+            None => Ok(None),
+            Some(v) if (1..=max).contains(&v) => Ok(Some(std::time::Duration::from_secs(v * per))),
+            Some(v) => Err(err(format!("audit.{key}: must be 1 to {max}, got {v}"))),
+        };
+        let segment_max_age = hours(
+            "segment_max_age_hours",
+            raw.audit.segment_max_age_hours,
+            3600,
+            24 * 366,
+        )?;
+        let retain = hours("retain_days", raw.audit.retain_days, 86_400, 36_600)?;
+        let archive_dir = raw.audit.archive_dir.as_deref().map(resolve);
+        if let Some(archive) = &archive_dir {
+            if archive == &audit_dir || archive.starts_with(&audit_dir) {
+                return Err(err(format!(
+                    "audit.archive_dir: {} is inside the audit folder {}; give it a folder of its own (another disk is best)",
+                    archive.display(),
+                    audit_dir.display()
+                )));
+            }
+            if retain.is_none() {
+                return Err(err(
+                    "audit.archive_dir: set audit.retain_days too: segments move to the archive once older than that"
+                        .into(),
+                ));
+            }
+        }
+        let files = crate::audit::FileOptions {
+            segment_bytes,
+            segment_max_age,
+            retain,
+            archive_dir,
+        };
+        if raw.audit.database_url.is_some() {
+            for (key, set) in [
+                ("segment_bytes", raw.audit.segment_bytes.is_some()),
+                (
+                    "segment_max_age_hours",
+                    raw.audit.segment_max_age_hours.is_some(),
+                ),
+                ("retain_days", raw.audit.retain_days.is_some()),
+                ("archive_dir", raw.audit.archive_dir.is_some()),
+            ] {
+                if set {
+                    return Err(err(format!(
+                        "audit.{key}: applies to the log in files, not with audit.database_url"
+                    )));
+                }
+            }
+        }
+        let database = match &raw.audit.database_url {
+            None => None,
+            Some(url) => {
+                if raw.audit.dir.is_some() {
+                    return Err(err(
+                        "audit.dir and audit.database_url: the log is kept in one place; remove one"
+                            .into(),
+                    ));
+                }
+                if !(url.starts_with("postgresql://") || url.starts_with("postgres://")) {
+                    return Err(err(
+                        "audit.database_url: expected postgresql://user[:password]@host[:port]/database"
+                            .into(),
+                    ));
+                }
+                if let Err(e) = url.parse::<tokio_postgres::Config>() {
+                    return Err(err(format!(
+                        "audit.database_url: {e}; expected postgresql://user[:password]@host[:port]/database"
+                    )));
+                }
+                let pool_size = raw
+                    .audit
+                    .database_pool_size
+                    .unwrap_or(DEFAULT_DATABASE_POOL_SIZE);
+                if !(1..=256).contains(&pool_size) {
+                    return Err(err(format!(
+                        "audit.database_pool_size: must be 1 to 256, got {pool_size}"
+                    )));
+                }
+                Some(AuditDatabase {
+                    url: url.clone(),
+                    pool_size: pool_size as usize,
+                })
+            }
+        };
+        if database.is_none() && raw.audit.database_pool_size.is_some() {
+            return Err(err(
+                "audit.database_pool_size: only with audit.database_url".into(),
+            ));
+        }
+        let instance = match &raw.audit.instance {
+            Some(name) => {
+                check_instance(name).map_err(|e| err(format!("audit.instance: {e}")))?;
+                name.clone()
+            }
+            None => host_name(),
+        };
         let audit = AuditSettings {
+            database,
+            instance,
+            files,
             dir: audit_dir,
             signing_key,
             checkpoint_every_records,
@@ -1164,6 +1334,51 @@ client_ca = "ca.pem"
     }
 
     #[test]
+    fn audit_database_is_off_by_default_and_names_its_keys() {
+        let c = parse("").unwrap();
+        assert!(c.audit.database.is_none());
+        assert!(check_instance(&c.audit.instance).is_ok());
+        let c = parse(
+            "[audit]\ndatabase_url = \"postgresql://gw:secret@db.example.vn:5433/audit\"\n\
+             instance = \"gw-1\"\ndatabase_pool_size = 4\n",
+        )
+        .unwrap();
+        let db = c.audit.database.as_ref().unwrap();
+        assert_eq!(db.pool_size, 4);
+        assert_eq!(c.audit.instance, "gw-1");
+        // The password stays out of debug output.
+        assert!(!format!("{c:?}").contains("secret"));
+        for (text, key) in [
+            (
+                "database_url = \"mysql://x\"",
+                "audit.database_url: expected",
+            ),
+            (
+                "database_url = \"postgresql://h/db?sslmode=nope\"",
+                "audit.database_url",
+            ),
+            ("instance = \"a:b\"", "audit.instance"),
+            ("instance = \"\"", "audit.instance"),
+            ("database_pool_size = 4", "only with audit.database_url"),
+            (
+                "database_url = \"postgresql://h/db\"\ndatabase_pool_size = 0",
+                "audit.database_pool_size",
+            ),
+            (
+                "database_url = \"postgresql://h/db\"\ndir = \"a\"",
+                "audit.dir and audit.database_url",
+            ),
+            (
+                "database = \"postgresql://h/db\"",
+                "unknown field `database`",
+            ),
+        ] {
+            let e = parse(&format!("[audit]\n{text}\n")).unwrap_err();
+            assert!(e.message.contains(key), "{text}: {}", e.message);
+        }
+    }
+
+    #[test]
     fn bad_admin_settings_name_the_line_and_key() {
         let e = parse("\n[admin]\nlisten = \"localhost\"\n").unwrap_err();
         assert!(
@@ -1194,5 +1409,60 @@ client_ca = "ca.pem"
         assert!(e.contains("is the gRPC port"), "{e}");
         let other: SocketAddr = "127.0.0.1:50052".parse().unwrap();
         assert!(admin_settings(&raw, other, "x").is_ok());
+    }
+
+    #[test]
+    fn segments_and_retention_default_and_can_be_set() {
+        let c = parse("").unwrap();
+        assert_eq!(c.audit.files.segment_bytes, 64 << 20);
+        assert_eq!(
+            (c.audit.files.segment_max_age, c.audit.files.retain),
+            (None, None)
+        );
+        assert!(c.audit.files.archive_dir.is_none());
+        let c = parse(
+            "[audit]\nsegment_bytes = 1048576\nsegment_max_age_hours = 24\nretain_days = 365\narchive_dir = \"/srv/archive\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.audit.files.segment_bytes, 1 << 20);
+        assert_eq!(
+            c.audit.files.segment_max_age,
+            Some(Duration::from_secs(86_400))
+        );
+        assert_eq!(
+            c.audit.files.retain,
+            Some(Duration::from_secs(365 * 86_400))
+        );
+        assert_eq!(
+            c.audit.files.archive_dir.as_deref(),
+            Some(Path::new("/srv/archive"))
+        );
+    }
+
+    #[test]
+    fn bad_segment_and_retention_keys_say_what_to_change() {
+        for (text, expected) in [
+            (
+                "segment_bytes = 100",
+                "audit.segment_bytes: must be 4096 to",
+            ),
+            (
+                "segment_max_age_hours = 0",
+                "audit.segment_max_age_hours: must be 1 to",
+            ),
+            ("retain_days = 0", "audit.retain_days: must be 1 to"),
+            (
+                "archive_dir = \"/srv/archive\"",
+                "audit.archive_dir: set audit.retain_days too",
+            ),
+            (
+                "retain_days = 30\narchive_dir = \"data/audit/old\"",
+                "is inside the audit folder",
+            ),
+            ("retention_days = 30", "unknown field `retention_days`"),
+        ] {
+            let e = parse(&format!("[audit]\n{text}\n")).unwrap_err();
+            assert!(e.message.contains(expected), "{text}: {}", e.message);
+        }
     }
 }

@@ -231,18 +231,37 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     });
     let upstreams = Arc::new(Upstreams::from_config(config)?);
     let signer = Signer::load_or_create(&config.audit.signing_key)?;
-    let audit = Arc::new(
-        AuditLog::open(
-            &config.audit.dir,
-            signer,
-            AuditOptions {
-                checkpoint_every_records: config.audit.checkpoint_every_records,
-                checkpoint_every: config.audit.checkpoint_every,
-                ..AuditOptions::default()
-            },
-        )
-        .await?,
-    );
+    let audit_options = AuditOptions {
+        checkpoint_every_records: config.audit.checkpoint_every_records,
+        checkpoint_every: config.audit.checkpoint_every,
+        files: config.audit.files.clone(),
+        clock: Arc::clone(&options.clock),
+        ..AuditOptions::default()
+    };
+    let audit = Arc::new(match &config.audit.database {
+        None => AuditLog::open(&config.audit.dir, signer, audit_options).await?,
+        Some(db) => {
+            let store = crate::audit::pg::PgStore::connect(
+                &db.url,
+                db.pool_size,
+                &config.audit.instance,
+                &signer,
+            )
+            .await?;
+            tracing::info!(
+                database = %crate::audit::pg::redacted(&db.url),
+                instance = %config.audit.instance,
+                "access log in PostgreSQL"
+            );
+            AuditLog::open_store(Box::new(store), signer, audit_options).await?
+        }
+    });
+    // Page tokens: sealed with the key the instances share when the log's
+    // store keeps one, else with a key of this process.
+    let page_keys = match audit.reader().page_token_secret()? {
+        Some(secret) => crate::service::page_token::Keys::from_secret(&secret),
+        None => crate::service::page_token::Keys::random(),
+    };
     // Receipts are signed with the access log's key (which opening the log
     // created if it was missing).
     let receipts = match config.audit.receipts {
@@ -264,6 +283,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         store,
         verify_budget,
         audit: Arc::clone(&audit),
+        page_keys: Arc::new(page_keys),
         upstreams: Arc::clone(&upstreams),
         agency_limits: Arc::default(),
         metrics: metrics.clone(),

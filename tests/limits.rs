@@ -77,7 +77,7 @@ fn records(gw_dir: &std::path::Path) -> Vec<serde_json::Value> {
     let dir = gw_dir.join("data/audit");
     interop_gateway::audit::verify_file(&dir, None).expect("the access log verifies");
     let mut out = Vec::new();
-    interop_gateway::audit::export(&dir, None, None, &mut out).unwrap();
+    interop_gateway::audit::export(&dir, None, None, None, &mut out).unwrap();
     String::from_utf8(out)
         .unwrap()
         .lines()

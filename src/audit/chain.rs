@@ -7,6 +7,9 @@
 //!   `CHECKPOINT_TAG || n as u64 big-endian || hash_n || time_unix_ms as i64
 //!   big-endian`.
 //!
+//! - A retirement statement (records 1 to `n` deleted by retention, with
+//!   no archive) is the same signature under `RETIRED_TAG`.
+//!
 //! The tags separate the two uses of the key material and version the
 //! formulas; each ends in a NUL so neither is a prefix of the other.
 
@@ -22,6 +25,7 @@ pub const GENESIS: [u8; 32] = [0; 32];
 
 const RECORD_TAG: &[u8] = b"interop-gateway/audit/record/v1\0";
 const CHECKPOINT_TAG: &[u8] = b"interop-gateway/audit/checkpoint/v1\0";
+const RETIRED_TAG: &[u8] = b"interop-gateway/audit/retired/v1\0";
 
 /// The chain hash of record `seq`, given the hash of the record before it.
 pub fn hash(prev: &[u8; 32], seq: u64, record: &AuditRecord) -> [u8; 32] {
@@ -47,7 +51,7 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     pub fn sign(signer: &Signer, seq: u64, hash: [u8; 32], time_unix_ms: i64) -> Self {
-        let signature = signer.sign(&message(seq, &hash, time_unix_ms));
+        let signature = signer.sign(&message(CHECKPOINT_TAG, seq, &hash, time_unix_ms));
         Self {
             seq,
             hash,
@@ -60,16 +64,40 @@ impl Checkpoint {
     pub fn verify(&self, public_key: &[u8]) -> bool {
         verify_signature(
             public_key,
-            &message(self.seq, &self.hash, self.time_unix_ms),
+            &message(CHECKPOINT_TAG, self.seq, &self.hash, self.time_unix_ms),
+            &self.signature,
+        )
+    }
+
+    /// A signed statement that records 1 to `seq` (the chain head there
+    /// being `hash`) were deleted under the retention rule at
+    /// `time_unix_ms`, with no archive to keep them. Signed under its own
+    /// tag, so it can never pass for a checkpoint nor a checkpoint for it.
+    pub fn sign_retired(signer: &Signer, seq: u64, hash: [u8; 32], time_unix_ms: i64) -> Self {
+        let signature = signer.sign(&message(RETIRED_TAG, seq, &hash, time_unix_ms));
+        Self {
+            seq,
+            hash,
+            time_unix_ms,
+            signature,
+        }
+    }
+
+    /// Whether this is a retirement statement (see [`Checkpoint::sign_retired`])
+    /// signed by `public_key`.
+    pub fn verify_retired(&self, public_key: &[u8]) -> bool {
+        verify_signature(
+            public_key,
+            &message(RETIRED_TAG, self.seq, &self.hash, self.time_unix_ms),
             &self.signature,
         )
     }
 }
 
-/// The bytes a checkpoint signature covers.
-fn message(seq: u64, hash: &[u8; 32], time_unix_ms: i64) -> Vec<u8> {
-    let mut msg = Vec::with_capacity(CHECKPOINT_TAG.len() + 48);
-    msg.extend_from_slice(CHECKPOINT_TAG);
+/// The bytes a checkpoint (or retirement) signature covers.
+fn message(tag: &[u8], seq: u64, hash: &[u8; 32], time_unix_ms: i64) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(tag.len() + 48);
+    msg.extend_from_slice(tag);
     msg.extend_from_slice(&seq.to_be_bytes());
     msg.extend_from_slice(hash);
     msg.extend_from_slice(&time_unix_ms.to_be_bytes());

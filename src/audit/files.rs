@@ -1,5 +1,5 @@
 //! The files of an audit directory and how the small ones are replaced: the
-//! log itself is only ever appended to (by the writer), while `audit.head`,
+//! segments are only ever appended to (by the writer), while `audit.head`,
 //! `audit.pub` and the signing key are written whole, to a temp file that is
 //! fsynced and renamed over the old one, so a crash leaves the old file or
 //! the new one, never half of either.
@@ -16,7 +16,8 @@ use super::{
     signer, AuditError,
 };
 
-/// The append-only log.
+/// The single append-only file of earlier versions, migrated to segments
+/// on first open ([`super::segments`]).
 pub const LOG_FILE: &str = "audit.log";
 /// The latest signed checkpoint, so that cutting lines off the end of the log
 /// (checkpoints included) is detected.
@@ -94,6 +95,23 @@ pub(crate) fn write_head(dir: &Path, cp: &Checkpoint) -> io::Result<()> {
     let mut buf = Vec::with_capacity(256);
     line::write_checkpoint(&mut buf, cp)?;
     replace_file(&dir.join(HEAD_FILE), &buf, false)
+}
+
+/// Writes `audit.pub` for `signer` in `dir` (created if missing) on first
+/// open, and refuses a folder whose `audit.pub` is another key's.
+pub(crate) fn ensure_public_key(dir: &Path, signer: &super::Signer) -> Result<(), AuditError> {
+    fs::create_dir_all(dir).map_err(|source| AuditError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let path = dir.join(PUB_FILE);
+    match read_public_key(dir)? {
+        Some(stored) if stored != signer.public_key() => Err(AuditError::KeyMismatch { path }),
+        Some(_) => Ok(()),
+        None => replace_file(&path, signer.public_key_pem().as_bytes(), false)
+            .and_then(|()| sync_parent(&path))
+            .map_err(|source| AuditError::Io { path, source }),
+    }
 }
 
 /// Reads the public key stored beside the log, if there is one.

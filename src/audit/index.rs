@@ -1,59 +1,256 @@
-//! The in-memory subject index behind transparency queries ("who read my
-//! records?"): per subject, the seqs and file offsets of the records naming
-//! it. Records themselves stay on disk and are read back by offset, so memory
-//! is 16 bytes per (subject, record) pair plus a map slot and the subject
-//! string per distinct subject. Measured with the benchmark
-//! (`AUDIT_BENCH_INDEX=1000000`): 1M records over 250k distinct subjects add
-//! 48 MB of resident memory, and reopening (verifying and indexing the 486 MB
-//! log) takes 2.1 s.
+//! The file log's on-disk index (`index.sqlite` beside the segments, SQLite
+//! in WAL mode): per subject, the seqs of the records naming it and where
+//! each record's line is (segment and byte offset); per checkpoint, where
+//! its line is. Records stay in the segments and are read back by position,
+//! so a page of `ListAccessRecords` costs one index range read and a few
+//! positioned reads, whatever the history, and memory holds none of it.
+//!
+//! The writer updates the index in the same group as the segment (one
+//! transaction per group, committed after the segment's fsync and before
+//! the group is acknowledged). `synchronous=NORMAL` does not fsync the
+//! index: after a power loss it may lag the segments, and opening the log
+//! re-indexes from the segments whatever it lacks (`indexed_seq`). Readers
+//! never see rows past the last acknowledged seq (they filter on it), so an
+//! index briefly ahead of a failed group shows nothing unacknowledged.
 
-use std::{collections::HashMap, fs::File, io};
+use std::{fs::File, io, path::Path};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::record::AuditRecord;
 
-#[derive(Clone, Copy, Debug)]
-struct Entry {
-    seq: u64,
-    offset: u64,
+/// The index file, in the audit folder.
+pub const INDEX_FILE: &str = "index.sqlite";
+
+/// Where a line is: the segment (by its first seq) and the byte offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Position {
+    pub segment: u64,
+    pub offset: u64,
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct SubjectIndex {
-    by_subject: HashMap<String, Vec<Entry>>,
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-impl SubjectIndex {
-    /// Adds a committed record. Records arrive in seq order, so each list
-    /// stays sorted. Only subjects that are valid identifiers are indexed:
-    /// a refused call naming made-up subjects is in the log but costs the
-    /// index nothing (and nobody can list records under such a subject).
-    pub fn insert(&mut self, seq: u64, offset: u64, record: &AuditRecord) {
+fn from_i64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn sql_err(e: rusqlite::Error) -> io::Error {
+    io::Error::other(format!("{INDEX_FILE}: {e}"))
+}
+
+/// Opens (creating) the index read-write, for the writer.
+pub(crate) fn open_writer(dir: &Path) -> io::Result<Connection> {
+    let conn = Connection::open(dir.join(INDEX_FILE)).map_err(sql_err)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL;
+         PRAGMA synchronous=NORMAL;
+         CREATE TABLE IF NOT EXISTS subjects(
+             subject TEXT NOT NULL,
+             seq INTEGER NOT NULL,
+             segment INTEGER NOT NULL,
+             offset INTEGER NOT NULL,
+             PRIMARY KEY(subject, seq)) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS marks(
+             seq INTEGER PRIMARY KEY,
+             segment INTEGER NOT NULL,
+             offset INTEGER NOT NULL);
+         CREATE TABLE IF NOT EXISTS meta(
+             key TEXT PRIMARY KEY,
+             value INTEGER NOT NULL);",
+    )
+    .map_err(sql_err)?;
+    Ok(conn)
+}
+
+/// Opens the index read-only, for readers.
+pub(crate) fn open_reader(dir: &Path) -> io::Result<Connection> {
+    Connection::open_with_flags(
+        dir.join(INDEX_FILE),
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sql_err)
+}
+
+/// The last seq whose record is in the index (0 for none).
+pub(crate) fn indexed_seq(conn: &Connection) -> io::Result<u64> {
+    conn.query_row(
+        "SELECT value FROM meta WHERE key = 'indexed_seq'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()
+    .map(|v| v.map_or(0, from_i64))
+    .map_err(sql_err)
+}
+
+/// Rows added inside one transaction: begin, add, then commit (or roll
+/// back, dropping everything added).
+pub(crate) struct Batch<'c> {
+    conn: &'c Connection,
+    last_seq: Option<u64>,
+}
+
+impl<'c> Batch<'c> {
+    pub fn begin(conn: &'c Connection) -> io::Result<Self> {
+        conn.execute_batch("BEGIN").map_err(sql_err)?;
+        Ok(Self {
+            conn,
+            last_seq: None,
+        })
+    }
+
+    /// Indexes a record's valid subjects (once each) at `at`. Subjects that
+    /// are not identifiers (a refused call's made-up values) are not
+    /// indexed: nobody can list records under them.
+    pub fn record(&mut self, seq: u64, at: Position, record: &AuditRecord) -> io::Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO subjects(subject, seq, segment, offset) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(sql_err)?;
         for subject in &record.subjects {
-            if !crate::domain::is_subject_key(subject) {
-                continue;
-            }
-            let entries = self.by_subject.entry(subject.clone()).or_default();
-            // A subject named twice in one record is one entry.
-            if entries.last().is_none_or(|e| e.seq < seq) {
-                entries.push(Entry { seq, offset });
+            if crate::domain::is_subject_key(subject) {
+                stmt.execute(params![
+                    subject,
+                    to_i64(seq),
+                    to_i64(at.segment),
+                    to_i64(at.offset)
+                ])
+                .map_err(sql_err)?;
             }
         }
+        self.last_seq = Some(seq);
+        Ok(())
     }
 
-    /// Up to `limit` (seq, offset) pairs for `subject` with seq strictly
-    /// below `before_seq`, newest first.
-    pub fn page(&self, subject: &str, before_seq: Option<u64>, limit: usize) -> Vec<(u64, u64)> {
-        let Some(entries) = self.by_subject.get(subject) else {
-            return Vec::new();
-        };
-        let end = before_seq.map_or(entries.len(), |b| entries.partition_point(|e| e.seq < b));
-        entries[..end]
-            .iter()
-            .rev()
-            .take(limit)
-            .map(|e| (e.seq, e.offset))
-            .collect()
+    /// Notes where the checkpoint at `seq` is (the latest position wins:
+    /// a segment's opening copy of the previous segment's final checkpoint).
+    pub fn mark(&mut self, seq: u64, at: Position) -> io::Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO marks(seq, segment, offset) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![to_i64(seq), to_i64(at.segment), to_i64(at.offset)])
+            })
+            .map_err(sql_err)?;
+        Ok(())
     }
+
+    pub fn commit(self) -> io::Result<()> {
+        if let Some(seq) = self.last_seq {
+            self.conn
+                .execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('indexed_seq', ?1)",
+                    [to_i64(seq)],
+                )
+                .map_err(sql_err)?;
+        }
+        self.conn.execute_batch("COMMIT").map_err(sql_err)
+    }
+
+    pub fn rollback(self) {
+        let _ = self.conn.execute_batch("ROLLBACK");
+    }
+}
+
+/// Drops every row past `last_seq` (a group that failed after its rows were
+/// committed, or an index ahead of segments restored from a backup).
+pub(crate) fn forget_after(conn: &Connection, last_seq: u64) -> io::Result<()> {
+    let last = to_i64(last_seq);
+    conn.execute_batch("BEGIN").map_err(sql_err)?;
+    let done = (|| {
+        conn.execute("DELETE FROM subjects WHERE seq > ?1", [last])?;
+        conn.execute("DELETE FROM marks WHERE seq > ?1", [last])?;
+        conn.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'indexed_seq' AND value > ?1",
+            [last],
+        )?;
+        conn.execute_batch("COMMIT")
+    })();
+    if done.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    done.map_err(sql_err)
+}
+
+/// Drops every row about records up to `through` (deleted by retention).
+pub(crate) fn forget_through(conn: &Connection, through: u64) -> io::Result<()> {
+    let through = to_i64(through);
+    conn.execute("DELETE FROM subjects WHERE seq <= ?1", [through])
+        .and_then(|_| conn.execute("DELETE FROM marks WHERE seq < ?1", [through]))
+        .map(drop)
+        .map_err(sql_err)
+}
+
+/// The position of the last checkpoint line noted in `segment`.
+pub(crate) fn last_mark_in(conn: &Connection, segment: u64) -> io::Result<Option<(u64, u64)>> {
+    conn.query_row(
+        "SELECT seq, offset FROM marks WHERE segment = ?1 ORDER BY seq DESC LIMIT 1",
+        [to_i64(segment)],
+        |r| Ok((from_i64(r.get(0)?), from_i64(r.get(1)?))),
+    )
+    .optional()
+    .map_err(sql_err)
+}
+
+/// A row's (seq, segment, offset) columns.
+fn seq_and_position(r: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, Position)> {
+    Ok((
+        from_i64(r.get(0)?),
+        Position {
+            segment: from_i64(r.get(1)?),
+            offset: from_i64(r.get(2)?),
+        },
+    ))
+}
+
+/// The last checkpoint at or before `seq`, and where its line is.
+pub(crate) fn mark_at_or_before(
+    conn: &Connection,
+    seq: u64,
+) -> io::Result<Option<(u64, Position)>> {
+    conn.query_row(
+        "SELECT seq, segment, offset FROM marks WHERE seq <= ?1 ORDER BY seq DESC LIMIT 1",
+        [to_i64(seq)],
+        seq_and_position,
+    )
+    .optional()
+    .map_err(sql_err)
+}
+
+/// Up to `limit` (seq, position) of records naming `subject` with seq
+/// strictly below `before` and at most `last`, newest first.
+pub(crate) fn page(
+    conn: &Connection,
+    subject: &str,
+    before: u64,
+    last: u64,
+    limit: usize,
+) -> io::Result<Vec<(u64, Position)>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, segment, offset FROM subjects
+             WHERE subject = ?1 AND seq < ?2 AND seq <= ?3
+             ORDER BY seq DESC LIMIT ?4",
+        )
+        .map_err(sql_err)?;
+    let rows = stmt
+        .query_map(
+            params![
+                subject,
+                to_i64(before),
+                to_i64(last),
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ],
+            seq_and_position,
+        )
+        .map_err(sql_err)?;
+    rows.collect::<Result<_, _>>().map_err(sql_err)
 }
 
 /// Reads the line starting at `offset`, without its newline, with positioned
@@ -99,44 +296,73 @@ mod tests {
     const EVEN: &str = "001099000002";
     const ODD: &str = "001099000001";
 
+    fn at(seq: u64) -> Position {
+        Position {
+            segment: 1,
+            offset: seq * 100,
+        }
+    }
+
+    fn seqs(rows: Vec<(u64, Position)>) -> Vec<u64> {
+        rows.into_iter().map(|(s, _)| s).collect()
+    }
+
     #[test]
-    fn pages_run_newest_first_strictly_below_before_seq() {
-        let mut index = SubjectIndex::default();
+    fn pages_run_newest_first_below_before_and_up_to_the_last_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_writer(dir.path()).unwrap();
+        let mut batch = Batch::begin(&conn).unwrap();
         for seq in 1..=10 {
             let subject = if seq % 2 == 0 { EVEN } else { ODD };
-            index.insert(seq, seq * 100, &sample(seq, subject));
+            batch.record(seq, at(seq), &sample(seq, subject)).unwrap();
         }
+        batch.commit().unwrap();
+        assert_eq!(indexed_seq(&conn).unwrap(), 10);
+        let reader = open_reader(dir.path()).unwrap();
         assert_eq!(
-            index.page(EVEN, None, 3),
-            vec![(10, 1000), (8, 800), (6, 600)]
+            page(&reader, EVEN, u64::MAX, 10, 3).unwrap(),
+            vec![(10, at(10)), (8, at(8)), (6, at(6))]
         );
-        assert_eq!(index.page(EVEN, Some(6), 3), vec![(4, 400), (2, 200)]);
-        assert_eq!(index.page(EVEN, Some(2), 3), vec![]);
-        assert_eq!(index.page(ODD, Some(100), 1), vec![(9, 900)]);
-        assert_eq!(index.page("nobody", None, 3), vec![]);
+        assert_eq!(seqs(page(&reader, EVEN, 6, 10, 3).unwrap()), vec![4, 2]);
+        assert_eq!(
+            seqs(page(&reader, EVEN, 2, 10, 3).unwrap()),
+            Vec::<u64>::new()
+        );
+        assert_eq!(
+            seqs(page(&reader, EVEN, u64::MAX, 7, 2).unwrap()),
+            vec![6, 4]
+        );
+        assert_eq!(
+            seqs(page(&reader, "nobody", u64::MAX, 10, 3).unwrap()),
+            Vec::<u64>::new()
+        );
+        forget_after(&conn, 5).unwrap();
+        assert_eq!(indexed_seq(&conn).unwrap(), 5);
+        assert_eq!(
+            seqs(page(&reader, EVEN, u64::MAX, 10, 9).unwrap()),
+            vec![4, 2]
+        );
     }
 
     #[test]
-    fn a_subject_named_twice_in_one_record_is_listed_once() {
-        let mut index = SubjectIndex::default();
+    fn a_rolled_back_batch_leaves_nothing_and_invalid_subjects_are_not_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_writer(dir.path()).unwrap();
+        let mut batch = Batch::begin(&conn).unwrap();
         let mut r = sample(1, EVEN);
         r.subjects.push(EVEN.into());
-        index.insert(1, 0, &r);
-        assert_eq!(index.page(EVEN, None, 10), vec![(1, 0)]);
-    }
-
-    #[test]
-    fn subjects_that_are_not_identifiers_are_not_indexed() {
-        let mut index = SubjectIndex::default();
-        for seq in 1..=100 {
-            let mut r = sample(seq, &format!("made-up-{seq:012}"));
-            r.subjects.push(format!("invalid:{seq:08x}"));
-            index.insert(seq, seq, &r);
-        }
-        index.insert(101, 101, &sample(101, ODD));
-        assert_eq!(index.by_subject.len(), 1);
-        assert_eq!(index.page("made-up-000000000001", None, 10), vec![]);
-        assert_eq!(index.page(ODD, None, 10), vec![(101, 101)]);
+        r.subjects.push("invalid:0000abcd".into());
+        r.subjects.push("made-up-000000000001".into());
+        batch.record(1, at(1), &r).unwrap();
+        batch.commit().unwrap();
+        let mut batch = Batch::begin(&conn).unwrap();
+        batch.record(2, at(2), &sample(2, EVEN)).unwrap();
+        batch.rollback();
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM subjects", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1);
+        assert_eq!(indexed_seq(&conn).unwrap(), 1);
     }
 
     #[test]

@@ -1,12 +1,15 @@
-//! The bytes of one line of `audit.log` (and of `audit.head`, which holds one
-//! checkpoint line): writing record and checkpoint lines, and reading a line
-//! back into what it claims, before anything is checked.
+//! The bytes of one line of a log segment (and of `audit.head`, which holds
+//! one checkpoint line, and `audit.retired`, one retirement statement):
+//! writing record and checkpoint lines, and reading a line back into what it
+//! claims, before anything is checked.
 
 use std::io;
 
 use serde::{Deserialize, Serialize};
 
-use super::{chain::Checkpoint, record::AuditRecord};
+use std::borrow::Cow;
+
+use super::{chain::Checkpoint, record::AuditRecord, store::Entry};
 
 /// What one line of the log says.
 #[derive(Debug)]
@@ -74,16 +77,73 @@ pub(crate) fn write_record(
 /// Appends `{"checkpoint":{..}}\n` to `out`.
 pub(crate) fn write_checkpoint(out: &mut Vec<u8>, cp: &Checkpoint) -> io::Result<()> {
     let line = CheckpointOut {
-        checkpoint: CheckpointJson {
-            seq: cp.seq,
-            hash: hex(&cp.hash),
-            time_unix_ms: cp.time_unix_ms,
-            signature: hex(&cp.signature),
-        },
+        checkpoint: checkpoint_json(cp),
     };
     serde_json::to_writer(&mut *out, &line).map_err(io::Error::other)?;
     out.push(b'\n');
     Ok(())
+}
+
+/// Appends the line of `entry` to `out`.
+pub(crate) fn write_entry(out: &mut Vec<u8>, entry: &Entry<'_>) -> io::Result<()> {
+    match entry {
+        Entry::Record { seq, hash, record } => write_record(out, *seq, hash, record),
+        Entry::Checkpoint(cp) => write_checkpoint(out, cp),
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetiredLine {
+    retired: CheckpointJson,
+}
+
+fn checkpoint_json(cp: &Checkpoint) -> CheckpointJson {
+    CheckpointJson {
+        seq: cp.seq,
+        hash: hex(&cp.hash),
+        time_unix_ms: cp.time_unix_ms,
+        signature: hex(&cp.signature),
+    }
+}
+
+fn from_json(cp: CheckpointJson) -> Result<Checkpoint, String> {
+    Ok(Checkpoint {
+        seq: cp.seq,
+        hash: unhex(&cp.hash).ok_or("checkpoint \"hash\" is not 64 hex digits")?,
+        time_unix_ms: cp.time_unix_ms,
+        signature: unhex(&cp.signature).ok_or("checkpoint \"signature\" is not 128 hex digits")?,
+    })
+}
+
+/// Appends `{"retired":{..}}\n`, a retirement statement (see
+/// [`Checkpoint::sign_retired`]), to `out`.
+pub(crate) fn write_retired(out: &mut Vec<u8>, statement: &Checkpoint) -> io::Result<()> {
+    let line = RetiredLine {
+        retired: checkpoint_json(statement),
+    };
+    serde_json::to_writer(&mut *out, &line).map_err(io::Error::other)?;
+    out.push(b'\n');
+    Ok(())
+}
+
+/// Reads a retirement statement line (without its `\n`).
+pub(crate) fn parse_retired(bytes: &[u8]) -> Result<Checkpoint, String> {
+    let line: RetiredLine =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a retirement statement: {e}"))?;
+    from_json(line.retired)
+}
+
+/// Reads one line (without its `\n`) as a store entry.
+pub(crate) fn parse_entry(bytes: &[u8]) -> Result<Entry<'static>, String> {
+    Ok(match parse(bytes)? {
+        Line::Record { seq, hash, record } => Entry::Record {
+            seq,
+            hash,
+            record: Cow::Owned(record),
+        },
+        Line::Checkpoint(cp) => Entry::Checkpoint(cp),
+    })
 }
 
 /// Reads one line (without its `\n`). The error says what is malformed.
@@ -105,13 +165,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Line, String> {
             hash: None,
             record: None,
             checkpoint: Some(cp),
-        } => Ok(Line::Checkpoint(Checkpoint {
-            seq: cp.seq,
-            hash: unhex(&cp.hash).ok_or("checkpoint \"hash\" is not 64 hex digits")?,
-            time_unix_ms: cp.time_unix_ms,
-            signature: unhex(&cp.signature)
-                .ok_or("checkpoint \"signature\" is not 128 hex digits")?,
-        })),
+        } => Ok(Line::Checkpoint(from_json(cp)?)),
         _ => Err(
             "neither a record line (seq, hash, record) nor a checkpoint line (checkpoint)".into(),
         ),

@@ -5,16 +5,22 @@
 //! - [`record`]: the record and its canonical encoding
 //! - [`chain`]: the hash chain and signed checkpoints
 //! - [`signer`]: the Ed25519 signing key
-//! - [`writer`]: the live log ([`AuditLog`]): recovery on open, group commit,
-//!   fail-closed writes, the subject index, committed records for live readers
-//! - [`verify`]: [`verify_file`] and [`export`]
+//! - [`store`]: the storage boundary ([`AuditStore`], [`AuditReader`]) the
+//!   chain is kept behind
+//! - [`writer`]: the live log ([`AuditLog`]): the chain and checkpoints,
+//!   recovery on open, group commit, fail-closed writes, committed records
+//!   for live readers
+//! - [`segments`]: the embedded store ([`FileStore`]): segments, their
+//!   on-disk subject index (`index`), retention, migration
+//! - [`verify`]: [`verify_log`], [`export`], [`for_each_record`]
 //!
 //! # Files
 //!
-//! One directory holds one log:
+//! One directory holds one log (see [`segments`] for how it is cut into
+//! segments, indexed, retained and migrated):
 //!
-//! - `audit.log`: append-only, UTF-8, one JSON object per `\n`-terminated
-//!   line, of two kinds:
+//! - `segments/<first seq>.log`: append-only, UTF-8, one JSON object per
+//!   `\n`-terminated line, of two kinds:
 //!   - record line: `{"seq":N,"hash":"<64 hex>","record":{<AuditRecord>}}`.
 //!     Seqs start at 1 and run without gap. `hash` is the chain hash after
 //!     this record (see [`chain`]): SHA-256 over a domain tag, the previous
@@ -26,8 +32,11 @@
 //!     with `hash` the chain hash after record N and `signature` Ed25519 over
 //!     a tag, N, that hash and T. Written every `checkpoint_every_records`
 //!     records, every `checkpoint_every` when anything was written since the
-//!     last one, on shutdown, and on open when the last run left records
-//!     unsealed.
+//!     last one, on shutdown, on open when the last run left records
+//!     unsealed, and to seal a segment; every segment after the first opens
+//!     with a copy of the checkpoint that sealed the one before.
+//! - `index.sqlite`: the subject index and checkpoint positions, rebuilt
+//!   from the segments when it lags.
 //! - `audit.head`: the latest checkpoint line alone, replaced atomically
 //!   (temp file, fsync, rename, folder fsync) after each checkpoint is
 //!   durable in the log. A new log starts with a signed genesis head
@@ -43,7 +52,9 @@
 //! reordering records (seqs no longer run 1, 2, 3, and the hash covers the
 //! seq), rewriting records *and* recomputing every hash after them (the
 //! next checkpoint's signed hash no longer matches), forging or altering a
-//! checkpoint (its signature fails), and cutting lines off the end,
+//! checkpoint (its signature fails), removing a segment (a gap in seqs, or
+//! a first segment that starts neither at record 1 nor right after the
+//! range `audit.retired` attests), and cutting lines off the end,
 //! checkpoints included (`audit.head` names a checkpoint the log no longer
 //! has). Deleting `audit.head` is itself reported.
 //!
@@ -67,11 +78,16 @@ pub mod chain;
 pub(crate) mod files;
 mod index;
 mod line;
+pub mod pg;
 pub mod record;
+pub mod segments;
 pub mod signer;
+pub mod store;
 pub mod verify;
 pub mod writer;
 
+#[cfg(test)]
+mod segment_tests;
 #[cfg(test)]
 mod tests;
 
@@ -79,9 +95,14 @@ use std::{io, path::PathBuf};
 
 pub use chain::Checkpoint;
 pub use files::{fsync_latencies, HEAD_FILE, LOG_FILE, PUB_FILE};
+pub use index::INDEX_FILE;
 pub use record::AuditRecord;
+pub use segments::{FileOptions, FileStore, MIGRATED_FILE, RETIRED_FILE, SEGMENTS_DIR};
 pub use signer::{parse_public_key_pem, verify_signature, Signer};
-pub use verify::{export, verify_file, VerifyFailure, VerifyReport};
+pub use store::{AuditReader, AuditStore, Entry, Recovered, SubjectRow};
+pub use verify::{
+    export, for_each_record, verify_file, verify_log, VerifyFailure, VerifyReport, VerifyScope,
+};
 pub use writer::{AuditLog, AuditOptions, LiveRecord, LIVE_BUFFER};
 
 /// Everything that can go wrong opening, writing or reading the audit log.

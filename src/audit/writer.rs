@@ -1,28 +1,34 @@
-//! The live log: [`AuditLog::open`] checks and recovers the directory, then
-//! one writer thread owns the file and commits records in groups. Every append
-//! waiting when the writer is free goes into one write and one fsync, and is
-//! acknowledged only after that fsync: throughput grows with concurrency
-//! while every acknowledged record is on disk.
+//! The live log: [`AuditLog::open`] recovers the store (re-verifying only
+//! what follows its last checkpoint), then one writer thread owns the store
+//! and commits records in groups. Every append waiting when the writer is
+//! free goes into one durable group (one write and one fsync for the file
+//! log), and is acknowledged only after it: throughput grows with
+//! concurrency while every acknowledged record is on disk. The hash chain
+//! and the checkpoints are computed here, once, whatever the store
+//! ([`super::store`]).
 //!
-//! Fail closed: when a write or fsync fails, every append of that batch gets
+//! Fail closed: when a group cannot be made durable, every append of it gets
 //! [`AuditError::Unavailable`], the log reports itself unhealthy, and none of
-//! the batch counts as written. Before writing again the writer cuts the file
-//! back to the last length known good, so a half-written or unsynced batch
-//! never becomes part of the chain; the first success reports healthy again.
+//! the group counts as written (the store cuts it off); the first success
+//! reports healthy again.
 //!
-//! Live readers: each committed record is also published, after its fsync,
-//! on a bounded broadcast ([`AuditLog::subscribe`]); with a per-seq offset
-//! table ([`AuditLog::records_after`]) a reader that missed some reads them
-//! back from the file. Publishing never waits: a reader that falls more than
-//! [`LIVE_BUFFER`] records behind is told it lagged.
+//! Live readers: each committed record is also published, after it is
+//! durable, on a bounded broadcast ([`AuditLog::subscribe`]); a reader that
+//! missed some reads them back from the store ([`AuditLog::records_after`]).
+//! Publishing never waits: a reader that falls more than [`LIVE_BUFFER`]
+//! records behind is told it lagged.
 
 use std::{
-    fs::{self, File, OpenOptions},
+    borrow::Cow,
+    fs::File,
     future::Future,
-    io::{self, BufReader, Write},
+    io,
     num::{NonZeroU64, NonZeroUsize},
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -32,14 +38,16 @@ use tokio::{
     time::{Instant, MissedTickBehavior},
 };
 
+use crate::clock::{Clock, SystemClock};
+
 use super::{
     chain::{self, Checkpoint, GENESIS},
-    files::{self, LOG_FILE, PUB_FILE},
-    index::{self, SubjectIndex},
-    line::{self, Line},
+    files::{self, HEAD_FILE},
     record::AuditRecord,
+    segments::{FileOptions, FileStore, Sink},
     signer::Signer,
-    verify::{self, ScanError, VerifyFailure},
+    store::{AuditReader, AuditStore, Entry, SubjectRow},
+    verify::{ChainCheck, VerifyFailure},
     AuditError,
 };
 
@@ -55,6 +63,10 @@ pub struct AuditOptions {
     pub checkpoint_every: Duration,
     /// At most this many appends per write and fsync.
     pub max_batch: NonZeroUsize,
+    /// Segments, retention and archive of the embedded log.
+    pub files: FileOptions,
+    /// The time checkpoints carry and retention is measured against.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for AuditOptions {
@@ -63,6 +75,8 @@ impl Default for AuditOptions {
             checkpoint_every_records: const { NonZeroU64::new(1000).unwrap() },
             checkpoint_every: Duration::from_secs(10),
             max_batch: const { NonZeroUsize::new(1024).unwrap() },
+            files: FileOptions::default(),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -78,8 +92,8 @@ pub struct LiveRecord {
     pub record: AuditRecord,
 }
 
-/// An open audit log. Appends go to the single writer task through a
-/// channel; queries read committed lines back from the file.
+/// An open audit log. Appends go to the single writer thread through a
+/// channel; queries go to the store's read side.
 pub struct AuditLog {
     tx: mpsc::Sender<Msg>,
     shared: Arc<Shared>,
@@ -90,12 +104,12 @@ pub struct AuditLog {
 
 /// What queries share with the writer.
 struct Shared {
-    path: PathBuf,
-    /// A read-only handle for positioned reads of committed lines.
-    reader: File,
-    index: RwLock<SubjectIndex>,
-    /// File offset of every committed record: seq `s` at `s - 1`.
-    offsets: RwLock<Vec<u64>>,
+    /// The store's read side.
+    reader: Arc<dyn AuditReader>,
+    /// Seq of the last committed record.
+    last_seq: AtomicU64,
+    /// Records opening re-verified: those after the last checkpoint.
+    reverified: u64,
     /// Committed records, for live readers.
     live: broadcast::Sender<Arc<LiveRecord>>,
 }
@@ -115,14 +129,17 @@ enum Msg {
 }
 
 impl AuditLog {
-    /// Opens (or creates) the log in `dir`, signing checkpoints with `signer`.
+    /// Opens (or creates) the embedded log in `dir` (segments and their
+    /// index, see [`super::segments`]), signing checkpoints with `signer`.
     ///
-    /// The whole file is verified first, exactly as [`super::verify_file`]
-    /// does, and a log that fails is refused with the first bad line and
-    /// record. Then a crash is recovered from: a final line without its
-    /// newline (a write that was never acknowledged) is cut off, and records
-    /// after the last checkpoint are sealed with a fresh one. Must be called
-    /// inside a tokio runtime; the writer task runs on it.
+    /// Only what follows the last checkpoint is read and verified, so
+    /// opening costs the same whatever the history; a log that fails is
+    /// refused with the first bad line and record. A crash is recovered
+    /// from: a final line without its newline (a write that was never
+    /// acknowledged) is cut off, and records after the last checkpoint are
+    /// sealed with a fresh one. A folder in the single-file format of
+    /// earlier versions is migrated first. Must be called inside a tokio
+    /// runtime.
     pub async fn open(
         dir: &Path,
         signer: Signer,
@@ -131,13 +148,35 @@ impl AuditLog {
         Self::open_with_sink(dir, signer, opts, |file| Box::new(file)).await
     }
 
-    /// [`AuditLog::open`], with the log file wrapped by `wrap` (tests inject
-    /// failing sinks through this).
+    /// [`AuditLog::open`], with each segment file wrapped by `wrap` (tests
+    /// inject failing sinks through this).
     pub(crate) async fn open_with_sink(
         dir: &Path,
         signer: Signer,
         opts: AuditOptions,
-        wrap: impl FnOnce(File) -> Box<dyn Sink> + Send + 'static,
+        wrap: impl Fn(File) -> Box<dyn Sink> + Send + Sync + 'static,
+    ) -> Result<AuditLog, AuditError> {
+        let dir = dir.to_owned();
+        let public_key = signer.public_key();
+        // The public key beside the log, written on first open and checked
+        // on every other: a log is signed with one key.
+        let key_dir = dir.clone();
+        let signer = tokio::task::spawn_blocking(move || {
+            files::ensure_public_key(&key_dir, &signer).map(|()| signer)
+        })
+        .await
+        .map_err(|e| AuditError::Unavailable(format!("opening the log failed: {e}")))??;
+        let store = FileStore::with_wrap(&dir, public_key, opts.files.clone(), Arc::new(wrap));
+        Self::open_store(Box::new(store), signer, opts).await
+    }
+
+    /// Opens the log kept in `store`: recovers it (verifying what follows
+    /// its last checkpoint), then starts the writer thread on it. Must be
+    /// called inside a tokio runtime.
+    pub async fn open_store(
+        store: Box<dyn AuditStore>,
+        signer: Signer,
+        opts: AuditOptions,
     ) -> Result<AuditLog, AuditError> {
         if opts.checkpoint_every.is_zero()
             || Instant::now().checked_add(opts.checkpoint_every).is_none()
@@ -147,12 +186,13 @@ impl AuditLog {
                 opts.checkpoint_every
             )));
         }
-        let dir = dir.to_owned();
         let every_records = opts.checkpoint_every_records.get();
-        let writer =
-            tokio::task::spawn_blocking(move || Writer::recover(dir, signer, every_records, wrap))
-                .await
-                .map_err(|e| AuditError::Unavailable(format!("opening the log failed: {e}")))??;
+        let clock = Arc::clone(&opts.clock);
+        let writer = tokio::task::spawn_blocking(move || {
+            Writer::recover(store, signer, every_records, clock)
+        })
+        .await
+        .map_err(|e| AuditError::Unavailable(format!("opening the log failed: {e}")))??;
 
         let shared = Arc::clone(&writer.shared);
         let (health_tx, health) = watch::channel(true);
@@ -208,23 +248,22 @@ impl AuditLog {
         }
     }
 
-    /// Up to `limit` committed records naming `subject`, newest first, with
-    /// seq strictly below `before_seq` (pass the last seq of a page to get
-    /// the next). Reads the lines back from the file: blocking, but only
-    /// `limit` positioned reads of recently written, usually cached, lines.
+    /// Up to `limit` committed records naming `subject`, newest first,
+    /// strictly older than the row whose cursor is `before` (the last
+    /// cursor of a page gets the next). Blocking: one index read and a few
+    /// positioned reads of the segments.
     pub fn records_for_subject(
         &self,
         subject: &str,
-        before_seq: Option<u64>,
+        before: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<(u64, AuditRecord)>, AuditError> {
-        let page = self
-            .shared
-            .index
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .page(subject, before_seq, limit);
-        self.read_records(page)
+    ) -> Result<Vec<SubjectRow>, AuditError> {
+        self.shared.reader.subject_page(subject, before, limit)
+    }
+
+    /// The store's read side, for callers that hold it apart from the log.
+    pub fn reader(&self) -> Arc<dyn AuditReader> {
+        Arc::clone(&self.shared.reader)
     }
 
     /// Committed records from now on, in seq order. A receiver more than
@@ -235,63 +274,23 @@ impl AuditLog {
 
     /// Seq of the last committed record (0 for an empty log).
     pub fn last_seq(&self) -> u64 {
-        self.shared
-            .offsets
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .len() as u64
+        self.shared.last_seq.load(Ordering::Acquire)
     }
 
     /// Up to `limit` committed records with seq strictly above `after_seq`,
-    /// oldest first, read back from the file. Blocking.
+    /// oldest first, read back from the store. Blocking.
     pub fn records_after(
         &self,
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<(u64, AuditRecord)>, AuditError> {
-        let wanted: Vec<(u64, u64)> = {
-            let offsets = self
-                .shared
-                .offsets
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let start = usize::try_from(after_seq).unwrap_or(usize::MAX);
-            offsets
-                .iter()
-                .enumerate()
-                .skip(start)
-                .take(limit)
-                .map(|(i, offset)| (i as u64 + 1, *offset))
-                .collect()
-        };
-        self.read_records(wanted)
+        self.shared.reader.records_after(after_seq, limit)
     }
 
-    /// Reads the records at the given (seq, offset) pairs back from the file.
-    fn read_records(&self, at: Vec<(u64, u64)>) -> Result<Vec<(u64, AuditRecord)>, AuditError> {
-        let corrupt = |what: String| AuditError::Corrupt {
-            path: self.shared.path.clone(),
-            what,
-        };
-        at.into_iter()
-            .map(|(seq, offset)| {
-                let bytes = index::read_line_at(&self.shared.reader, offset).map_err(|source| {
-                    AuditError::Io {
-                        path: self.shared.path.clone(),
-                        source,
-                    }
-                })?;
-                match line::parse(&bytes) {
-                    Ok(Line::Record {
-                        seq: found, record, ..
-                    }) if found == seq => Ok((seq, record)),
-                    Ok(_) => Err(corrupt(format!(
-                        "the line at offset {offset} is not record {seq}"
-                    ))),
-                    Err(what) => Err(corrupt(format!("record {seq} at offset {offset}: {what}"))),
-                }
-            })
-            .collect()
+    /// How many records opening the log re-verified (those after its last
+    /// checkpoint): the work start-up did, whatever the history.
+    pub fn reverified_on_open(&self) -> u64 {
+        self.shared.reverified
     }
 
     /// Appends queued and not yet taken by the writer.
@@ -346,56 +345,27 @@ impl AuditLog {
     }
 }
 
-/// Where the writer's bytes go. A `File` in production; tests wrap it to
-/// make writes or fsyncs fail on demand.
-pub(crate) trait Sink: Send + 'static {
-    fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
-    /// Makes appended bytes durable (`fdatasync`).
-    fn sync(&mut self) -> io::Result<()>;
-    /// Cuts the file back to `len` bytes, durably.
-    fn truncate(&mut self, len: u64) -> io::Result<()>;
-}
-
-impl Sink for File {
-    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.write_all(bytes)
-    }
-
-    fn sync(&mut self) -> io::Result<()> {
-        self.sync_data()
-    }
-
-    fn truncate(&mut self, len: u64) -> io::Result<()> {
-        self.set_len(len)?;
-        self.sync_data()
-    }
-}
-
-/// The writer's state: the file, the key and the chain position. Moved into
-/// the blocking section for each commit and back, so no lock guards it.
+/// The writer's state: the store, the key and the chain position. Owned by
+/// the writer thread, so no lock guards it.
 struct Writer {
-    sink: Box<dyn Sink>,
+    store: Box<dyn AuditStore>,
     signer: Signer,
-    dir: PathBuf,
+    clock: Arc<dyn Clock>,
     shared: Arc<Shared>,
     every_records: u64,
     /// Seq the next record gets.
     next_seq: u64,
     /// Chain hash after record `next_seq - 1`.
     head: [u8; 32],
-    /// Length of the committed part of the file; bytes past it are not part
-    /// of the log.
-    len: u64,
     /// Records since the last checkpoint.
     since_checkpoint: u64,
     /// Seq of the last checkpoint.
     sealed: u64,
-    /// Bytes past `len` may be in the file (a failed commit could not cut
-    /// them off): the next commit must truncate first.
-    dirty: bool,
     /// The next sealing commit writes a checkpoint even with no new records:
     /// after a failure, the timer's probe that the log is writable again.
     probe: bool,
+    /// The last commit failed: the next tick probes.
+    failed: bool,
 }
 
 /// What a successful commit did.
@@ -406,125 +376,130 @@ struct Committed {
 }
 
 impl Writer {
-    /// Verifies the directory's log and recovers from a crash (see
+    /// Recovers `store` and verifies what follows its last checkpoint (see
     /// [`AuditLog::open`]). Blocking.
     fn recover(
-        dir: PathBuf,
+        mut store: Box<dyn AuditStore>,
         signer: Signer,
         every_records: u64,
-        wrap: impl FnOnce(File) -> Box<dyn Sink>,
+        clock: Arc<dyn Clock>,
     ) -> Result<Writer, AuditError> {
-        let io_at = |path: &Path| {
-            let path = path.to_owned();
-            move |source| AuditError::Io { path, source }
-        };
-        fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+        let location = store.location();
+        let recovered = store.recover()?;
         let public_key = signer.public_key();
-        let pub_path = dir.join(PUB_FILE);
-        match files::read_public_key(&dir)? {
-            Some(stored) if stored != public_key => {
-                return Err(AuditError::KeyMismatch { path: pub_path })
-            }
-            Some(_) => {}
-            None => {
-                files::replace_file(&pub_path, signer.public_key_pem().as_bytes(), false)
-                    .and_then(|()| files::sync_parent(&pub_path))
-                    .map_err(io_at(&pub_path))?;
-            }
-        }
         let broken = |failure: VerifyFailure| AuditError::Broken {
-            dir: dir.clone(),
+            dir: PathBuf::from(&location),
             failure,
         };
-        // Read before the log: see `files::read_head`.
-        let stored_head = files::read_head(&dir).map_err(|what| {
+        let fail = |(seq, what): (Option<u64>, String)| {
             broken(VerifyFailure {
-                seq: None,
-                line: 0,
-                what,
+                seq,
+                ..VerifyFailure::new(format!("after the last checkpoint: {what}"))
             })
-        })?;
-        let path = dir.join(LOG_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(io_at(&path))?;
-        let reader = File::open(&path).map_err(io_at(&path))?;
-        let mut index = SubjectIndex::default();
-        let mut offsets = Vec::new();
-        let scan = verify::scan(
-            BufReader::new(&reader),
-            &public_key,
-            |seq, offset, record| {
-                offsets.push(offset);
-                index.insert(seq, offset, record)
-            },
-        )
-        .map_err(|e| match e {
-            ScanError::Io { source, .. } => AuditError::Io {
-                path: path.clone(),
-                source,
-            },
-            ScanError::Bad(failure) => broken(failure),
-        })?;
-        verify::check_head(&scan, stored_head.as_ref(), &public_key).map_err(broken)?;
-
-        if scan.torn_tail_bytes > 0 {
-            tracing::warn!(
-                path = %path.display(),
-                bytes = scan.torn_tail_bytes,
-                after_record = scan.records,
-                "removing a torn final line left by a crash (it was never acknowledged)"
-            );
-            file.set_len(scan.complete_len)
-                .and_then(|()| file.sync_data())
-                .map_err(io_at(&path))?;
+        };
+        let mut entries = recovered.tail.iter();
+        let mut check =
+            match recovered.tail.first() {
+                Some(Entry::Checkpoint(cp)) => {
+                    entries.next();
+                    ChainCheck::from_checkpoint(&public_key, cp).map_err(fail)?
+                }
+                _ if recovered.sealed_records == 0 => ChainCheck::new(&public_key, 0, GENESIS),
+                _ => return Err(broken(VerifyFailure::new(
+                    "the store returned records after its last checkpoint without that checkpoint",
+                ))),
+            };
+        let base = check.seq;
+        for entry in entries {
+            check.push(entry).map_err(fail)?;
         }
-
-        let sealed = scan.sealed_seq();
+        let head_seen = recovered.head.as_ref().is_some_and(|h| {
+            recovered
+                .tail
+                .iter()
+                .any(|e| matches!(e, Entry::Checkpoint(cp) if cp.seq == h.seq && cp.hash == h.hash))
+        });
+        // The head must be signed, and the chain must reach it; a head inside
+        // what was re-read must be one of its checkpoints.
+        match &recovered.head {
+            None if check.seq > 0 => {
+                return Err(broken(VerifyFailure::new(format!(
+                    "{HEAD_FILE} is missing, so lines cut off the end of the log cannot be \
+                     detected: it was deleted"
+                ))))
+            }
+            Some(h) if !h.verify(&public_key) => {
+                return Err(broken(VerifyFailure::new(format!(
+                    "the checkpoint in {HEAD_FILE} does not verify with the public key: \
+                     it was forged or altered, or the key is not this log's"
+                ))))
+            }
+            Some(h) if h.seq == 0 && h.hash == GENESIS => {}
+            Some(h) if h.seq > check.seq => {
+                return Err(broken(VerifyFailure {
+                    seq: Some(check.seq + 1),
+                    ..VerifyFailure::new(format!(
+                        "truncation detected: {HEAD_FILE} holds a signed checkpoint at record {}, \
+                         but the log ends after record {}: records were removed from the end",
+                        h.seq, check.seq
+                    ))
+                }))
+            }
+            Some(h) if h.seq >= base && !head_seen => {
+                return Err(broken(VerifyFailure::new(format!(
+                    "the signed checkpoint at record {} in {HEAD_FILE} is not in the log: \
+                     checkpoint lines were removed or the log was rewritten",
+                    h.seq
+                ))))
+            }
+            _ => {}
+        }
+        let sealed = check.last_checkpoint.as_ref().map_or(0, |cp| cp.seq);
+        let reread = check.records;
         let mut writer = Writer {
-            sink: wrap(file),
-            signer,
-            dir: dir.clone(),
             shared: Arc::new(Shared {
-                path: path.clone(),
-                reader,
-                index: RwLock::new(index),
-                offsets: RwLock::new(offsets),
+                reader: store.reader(),
+                last_seq: AtomicU64::new(check.seq),
+                reverified: reread,
                 live: broadcast::channel(LIVE_BUFFER).0,
             }),
+            store,
+            signer,
+            clock,
             every_records,
-            next_seq: scan.records + 1,
-            head: scan.head_hash,
-            len: scan.complete_len,
-            since_checkpoint: scan.records - sealed,
+            next_seq: check.seq + 1,
+            head: check.hash,
+            since_checkpoint: check.seq - sealed,
             probe: false,
+            failed: false,
             sealed,
-            dirty: false,
         };
+        tracing::info!(
+            location = %location,
+            last_record = check.seq,
+            reverified = reread,
+            "access log opened"
+        );
 
-        // Bring audit.head up to the log: a new log gets a signed genesis
-        // head, and a crash between a checkpoint's fsync and the head's
-        // rename left the head one checkpoint behind.
-        let head_path = dir.join(files::HEAD_FILE);
-        let newer = match (&stored_head, &scan.last_checkpoint) {
-            (None, _) => Some(Checkpoint::sign(&writer.signer, 0, GENESIS, now_unix_ms())),
-            (Some(stored), Some(last)) if last.seq > stored.seq => Some(last.clone()),
-            _ => None,
-        };
-        if let Some(cp) = newer {
-            files::write_head(&dir, &cp)
-                .and_then(|()| files::sync_parent(&head_path))
-                .map_err(io_at(&head_path))?;
+        // A new log gets a signed genesis head, so that deleting it is seen.
+        if recovered.head.is_none() && check.seq == 0 {
+            let genesis = Checkpoint::sign(&writer.signer, 0, GENESIS, writer.clock.now_unix_ms());
+            writer
+                .store
+                .keep_genesis(&genesis)
+                .map_err(|source| AuditError::Io {
+                    path: PathBuf::from(&location),
+                    source,
+                })?;
         }
-
         if writer.since_checkpoint > 0 {
             let unsealed = writer.since_checkpoint;
-            writer.commit(&[], true).map_err(io_at(&path))?;
+            writer.commit(&[], true).map_err(|source| AuditError::Io {
+                path: PathBuf::from(&location),
+                source,
+            })?;
             tracing::info!(
-                path = %path.display(),
+                location = %location,
                 records = unsealed,
                 "sealed records the last run left after its final checkpoint"
             );
@@ -533,30 +508,18 @@ impl Writer {
     }
 
     /// Writes `records` with the checkpoints due among them (and one at the
-    /// end if `seal` and anything is unsealed), in one write and one fsync,
-    /// then adds them to the index. All or nothing: on error the state is
-    /// unchanged and the file is cut back to the committed length.
+    /// end if `seal` and anything is unsealed), as one durable group. All or
+    /// nothing: on error the chain position is unchanged.
     fn commit(&mut self, records: &[AuditRecord], seal: bool) -> io::Result<Committed> {
         let result = self.try_commit(records, seal);
         self.probe = false;
-        if result.is_err() && self.dirty {
-            // Cut the failed batch off now; if even that fails, the next
-            // commit tries again before writing anything.
-            if self.sink.truncate(self.len).is_ok() {
-                self.dirty = false;
-            }
-        }
+        self.failed = result.is_err();
         result
     }
 
     fn try_commit(&mut self, records: &[AuditRecord], seal: bool) -> io::Result<Committed> {
-        if self.dirty {
-            self.sink.truncate(self.len)?;
-            self.dirty = false;
-        }
         let first_seq = self.next_seq;
-        let mut buf = Vec::with_capacity(records.len() * 512 + 256);
-        let mut offsets = Vec::with_capacity(records.len());
+        let mut group = Vec::with_capacity(records.len() + 2);
         let mut head = self.head;
         let mut since = self.since_checkpoint;
         let mut last_cp = None;
@@ -564,73 +527,54 @@ impl Writer {
         for record in records {
             seq += 1;
             head = chain::hash(&head, seq, record);
-            offsets.push(self.len + buf.len() as u64);
-            line::write_record(&mut buf, seq, &head, record)?;
+            group.push(Entry::Record {
+                seq,
+                hash: head,
+                record: Cow::Borrowed(record),
+            });
             since += 1;
             if since >= self.every_records {
-                last_cp = Some(self.checkpoint(&mut buf, seq, head)?);
+                let cp = Checkpoint::sign(&self.signer, seq, head, self.clock.now_unix_ms());
+                last_cp = Some(cp.seq);
+                group.push(Entry::Checkpoint(cp));
                 since = 0;
             }
         }
         if seal && (since > 0 || self.probe) {
-            last_cp = Some(self.checkpoint(&mut buf, seq, head)?);
+            let cp = Checkpoint::sign(&self.signer, seq, head, self.clock.now_unix_ms());
+            last_cp = Some(cp.seq);
+            group.push(Entry::Checkpoint(cp));
             since = 0;
         }
-        if buf.is_empty() {
+        if group.is_empty() {
             return Ok(Committed {
                 first_seq,
                 sealed: None,
             });
         }
-
-        self.dirty = true;
-        self.sink.append(&buf)?;
-        self.sink.sync()?;
-        if let Some(cp) = &last_cp {
-            // The head only ever names a checkpoint already durable in the
-            // log. If it cannot be replaced the batch fails (the old head
-            // still matches the log once the batch is cut off); once renamed,
-            // a failed folder sync at worst leaves the previous head after a
-            // crash, which verification accepts.
-            files::write_head(&self.dir, cp)?;
-            if let Err(e) = files::sync_parent(&self.dir.join(files::HEAD_FILE)) {
-                tracing::warn!(error = %e, "could not sync the audit folder after replacing audit.head");
-            }
-        }
-        self.dirty = false;
-
-        {
-            let mut index = self
-                .shared
-                .index
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            for (i, record) in records.iter().enumerate() {
-                index.insert(first_seq + i as u64, offsets[i], record);
-            }
-        }
-        self.shared
-            .offsets
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .extend_from_slice(&offsets);
+        self.store.append(&group)?;
         self.next_seq = seq + 1;
         self.head = head;
-        self.len += buf.len() as u64;
         self.since_checkpoint = since;
-        if let Some(cp) = &last_cp {
-            self.sealed = cp.seq;
+        self.shared.last_seq.store(seq, Ordering::Release);
+        if let Some(cp) = last_cp {
+            self.sealed = cp;
         }
         Ok(Committed {
             first_seq,
-            sealed: last_cp.map(|cp| cp.seq),
+            sealed: last_cp,
         })
     }
 
-    fn checkpoint(&self, buf: &mut Vec<u8>, seq: u64, head: [u8; 32]) -> io::Result<Checkpoint> {
-        let cp = Checkpoint::sign(&self.signer, seq, head, now_unix_ms());
-        line::write_checkpoint(buf, &cp)?;
-        Ok(cp)
+    /// Applies the store's retention rule; a failure is logged and retried
+    /// at the next tick (nothing is lost by waiting).
+    fn expire(&mut self) {
+        let signer = &self.signer;
+        let now = self.clock.now_unix_ms();
+        let attest = |seq, hash| Checkpoint::sign_retired(signer, seq, hash, now);
+        if let Err(e) = self.store.expire(now, &attest) {
+            tracing::error!(error = %e, "applying the access log's retention failed; retrying later");
+        }
     }
 }
 
@@ -663,6 +607,7 @@ fn run(
         let mut records = Vec::new();
         let mut replies = Vec::new();
         let mut seal = false;
+        let mut expire = false;
         #[cfg(test)]
         let mut crashed = false;
         let mut take = |msg: Msg, stopping: &mut bool| match msg {
@@ -678,10 +623,15 @@ fn run(
                 // write (a checkpoint of the current head), so health comes
                 // back even when no call arrives to try.
                 let healthy = *health.borrow();
-                if !healthy || writer.since_checkpoint > 0 || writer.dirty {
+                if !healthy
+                    || writer.since_checkpoint > 0
+                    || writer.failed
+                    || writer.store.wants_checkpoint(writer.clock.now_unix_ms())
+                {
                     writer.probe = !healthy;
                     seal = true;
                 }
+                expire = healthy;
             }
             Msg::Shutdown => *stopping = true,
             #[cfg(test)]
@@ -703,7 +653,12 @@ fn run(
         if crashed {
             return Ok(());
         }
-        let seal = seal || stopping;
+        let seal = seal
+            || stopping
+            || (!records.is_empty() && writer.store.wants_checkpoint(writer.clock.now_unix_ms()));
+        if expire && !stopping {
+            writer.expire();
+        }
         if records.is_empty() && !seal {
             continue;
         }
@@ -757,7 +712,7 @@ fn run(
                 }
                 if stopping {
                     return Err(AuditError::Io {
-                        path: writer.shared.path.clone(),
+                        path: PathBuf::from(writer.store.location()),
                         source: e,
                     });
                 }
@@ -769,7 +724,7 @@ fn run(
     }
 }
 
-fn now_unix_ms() -> i64 {
+pub(crate) fn now_unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

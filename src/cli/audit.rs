@@ -1,5 +1,6 @@
 //! `interop-gateway audit verify | export | public-key`: checking and reading
-//! the access log offline, from its files alone.
+//! the access log offline, from its files alone, or from its PostgreSQL
+//! database (every instance's chain).
 
 use std::{io::Write, path::PathBuf};
 
@@ -14,17 +15,28 @@ pub struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AuditCommand {
-    /// Walk the whole log: every hash link and checkpoint signature. Exits 1
-    /// naming the first broken record when anything was changed, removed,
-    /// reordered or truncated past a checkpoint.
+    /// Walk the whole log, segments and archive: every hash link, checkpoint
+    /// signature and link between segments. Exits 1 naming the first broken
+    /// record when anything was changed, removed, reordered or truncated
+    /// past a checkpoint.
     Verify {
         #[command(flatten)]
         config: ConfigArg,
+        /// Verify only the segment starting at this record (its file name,
+        /// leading zeros optional), from its own signed opening checkpoint;
+        /// repeat it for several, whose links are checked where adjacent.
+        #[arg(long = "segment", value_name = "FIRST_SEQ")]
+        segments: Vec<u64>,
         /// Public key (PEM) to check signatures with; by default the
         /// `audit.pub` beside the log. Pass a copy kept elsewhere to detect a
         /// log re-signed with a swapped key.
         #[arg(long)]
         public_key: Option<PathBuf>,
+        /// Verify the log kept in this PostgreSQL database (every instance's
+        /// chain) instead of the config's; by default the config's
+        /// `[audit] database_url` when it has one.
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
     },
     /// Print access records as JSON lines.
     Export {
@@ -38,6 +50,11 @@ pub enum AuditCommand {
         /// parcel `commune/sheet/number`).
         #[arg(long)]
         subject: Option<String>,
+        /// Export from this PostgreSQL database (every instance) instead of
+        /// the config's log; by default the config's `[audit] database_url`
+        /// when it has one.
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
     },
     /// Print the log's signing public key (PEM), to keep apart from the log.
     PublicKey {
@@ -48,8 +65,12 @@ pub enum AuditCommand {
 
 pub fn run(args: Args) -> Result<(), Failure> {
     match args.command {
-        AuditCommand::Verify { config, public_key } => {
-            let config = load_config(&config.config)?;
+        AuditCommand::Verify {
+            config,
+            public_key,
+            database_url,
+            segments,
+        } => {
             let key = match public_key {
                 Some(p) => {
                     let text = std::fs::read_to_string(&p).map_err(|e| {
@@ -61,13 +82,43 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 }
                 None => None,
             };
-            match audit::verify_file(&config.audit.dir, key.as_ref()) {
+            let config = match source(&config, database_url)? {
+                Source::Database(url) => return verify_database(&url, key.as_ref()),
+                Source::Files(config) => config,
+            };
+            let started = std::time::Instant::now();
+            let scope = audit::VerifyScope {
+                dir: &config.audit.dir,
+                archive_dir: config.audit.files.archive_dir.as_deref(),
+                public_key: key.as_ref(),
+                segments: (!segments.is_empty()).then_some(segments.as_slice()),
+            };
+            match audit::verify_log(scope) {
                 Ok(report) => {
+                    let took = started.elapsed().as_secs_f64();
                     println!(
-                        "access log {}: OK, {} records, {} checkpoints",
+                        "access log {}: OK, {} records, {} checkpoints{}",
                         config.audit.dir.display(),
                         report.records,
-                        report.checkpoints
+                        report.checkpoints,
+                        match (report.segments, segments.is_empty()) {
+                            (0, _) => String::new(),
+                            (n, true) =>
+                                format!(", {n} segments ({} archived)", report.archived_segments),
+                            (n, false) => format!(
+                                ", {n} selected segments and the links between adjacent ones"
+                            ),
+                        }
+                    );
+                    if let Some(through) = report.retired_through {
+                        println!(
+                            "records 1 to {through} were deleted under retention, as the signed statement in {} attests",
+                            audit::RETIRED_FILE
+                        );
+                    }
+                    println!(
+                        "verified in {took:.2} s ({:.0} records/s)",
+                        report.records as f64 / took.max(1e-9)
                     );
                     match report.last_checkpoint {
                         Some((seq, time)) => println!(
@@ -94,23 +145,63 @@ pub fn run(args: Args) -> Result<(), Failure> {
             config,
             since,
             subject,
+            database_url,
         } => {
-            let config = load_config(&config.config)?;
             let since = since
                 .as_deref()
                 .map(parse_day_start)
                 .transpose()
                 .map_err(|e| Failure::new(EXIT_CONFIG, format!("--since: {e}")))?;
+            let source = source(&config, database_url)?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            audit::export(&config.audit.dir, since, subject.as_deref(), &mut out)
-                .map_err(|e| Failure::new(EXIT_FAILED, e))?;
+            let config = match source {
+                Source::Files(config) => config,
+                Source::Database(url) => {
+                    super::runtime()?
+                        .block_on(audit::pg::export_database(
+                            &url,
+                            since,
+                            subject.as_deref(),
+                            &mut out,
+                        ))
+                        .map_err(|e| Failure::new(EXIT_FAILED, e))?;
+                    return out
+                        .flush()
+                        .map_err(|e| Failure::new(EXIT_FAILED, format!("stdout: {e}")));
+                }
+            };
+            audit::export(
+                &config.audit.dir,
+                config.audit.files.archive_dir.as_deref(),
+                since,
+                subject.as_deref(),
+                &mut out,
+            )
+            .map_err(|e| Failure::new(EXIT_FAILED, e))?;
             out.flush()
                 .map_err(|e| Failure::new(EXIT_FAILED, format!("stdout: {e}")))?;
             Ok(())
         }
         AuditCommand::PublicKey { config } => {
             let config = load_config(&config.config)?;
+            if config.audit.database.is_some() {
+                // No audit.pub in a database: the key is the signing key's.
+                let key = &config.audit.signing_key;
+                if !key.exists() {
+                    return Err(Failure::new(
+                        EXIT_FAILED,
+                        format!(
+                            "{}: not found (the gateway creates it on first start)",
+                            key.display()
+                        ),
+                    ));
+                }
+                let signer =
+                    audit::Signer::load_or_create(key).map_err(|e| Failure::new(EXIT_FAILED, e))?;
+                print!("{}", signer.public_key_pem());
+                return Ok(());
+            }
             let path = config.audit.dir.join(audit::PUB_FILE);
             let pem = std::fs::read_to_string(&path).map_err(|e| {
                 Failure::new(
@@ -127,6 +218,63 @@ pub fn run(args: Args) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// Where the log to read is.
+enum Source {
+    Files(Box<crate::config::Config>),
+    Database(String),
+}
+
+/// `--database-url` when given (no config is read then), else the config's
+/// `[audit] database_url`, else the config's files.
+fn source(config: &ConfigArg, database_url: Option<String>) -> Result<Source, Failure> {
+    if let Some(url) = database_url {
+        if !(url.starts_with("postgresql://") || url.starts_with("postgres://")) {
+            return Err(Failure::new(
+                EXIT_CONFIG,
+                "--database-url: expected postgresql://user[:password]@host[:port]/database",
+            ));
+        }
+        return Ok(Source::Database(url));
+    }
+    let config = load_config(&config.config)?;
+    Ok(match &config.audit.database {
+        Some(db) => Source::Database(db.url.clone()),
+        None => Source::Files(Box::new(config)),
+    })
+}
+
+/// `audit verify` on a database: every instance's chain.
+fn verify_database(url: &str, key: Option<&[u8; 32]>) -> Result<(), Failure> {
+    let shown = audit::pg::redacted(url);
+    let reports = super::runtime()?
+        .block_on(audit::pg::verify_database(url, key))
+        .map_err(|e| match e {
+            audit::pg::DatabaseVerifyError::Unavailable(e) => {
+                Failure::new(EXIT_FAILED, format!("access log {shown}: {e}"))
+            }
+            broken => Failure::new(EXIT_FAILED, format!("access log {shown}: BROKEN: {broken}")),
+        })?;
+    let records: u64 = reports.iter().map(|r| r.records).sum();
+    println!(
+        "access log {shown}: OK, {} instances, {records} records",
+        reports.len()
+    );
+    for r in &reports {
+        println!(
+            "instance {}: {} records, {} checkpoints, last after record {} at {}",
+            r.instance,
+            r.records,
+            r.checkpoints,
+            r.last_checkpoint.0,
+            super::format_time(r.last_checkpoint.1)
+        );
+        for line in tail_lines(r.unsealed_tail, 0) {
+            println!("  {line}");
+        }
+    }
+    Ok(())
 }
 
 /// What `audit verify` says about the end of the log past its last

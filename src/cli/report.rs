@@ -3,13 +3,9 @@
 //! `report verifications` (in [`verifications`]): agencies by failed and
 //! refused `VerifyCitizen` calls.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    fs::File,
-    io::{BufRead, BufReader},
-};
+use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::{load_config, parse_date, vn_day, ConfigArg, Failure, EXIT_CONFIG, EXIT_FAILED};
 use crate::{audit::AuditRecord, policy};
@@ -75,12 +71,6 @@ pub struct ReuseRow {
     /// Distinct dossiers served from re-used data (a lookup with data or a
     /// successful verification).
     pub dossiers_served: u64,
-}
-
-#[derive(Deserialize)]
-struct Line {
-    #[serde(default)]
-    record: Option<AuditRecord>,
 }
 
 #[derive(Default)]
@@ -336,28 +326,20 @@ pub fn run(args: Args) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Every record of the access log named by `config`.
+/// Every record of the access log named by `config`, from its segments and
+/// its archive alike. Every line must parse (a torn tail left by a crash is
+/// repaired when the gateway next starts).
 fn read_log(config: &crate::config::Config) -> Result<Vec<AuditRecord>, Failure> {
-    let path = config.audit.dir.join(crate::audit::LOG_FILE);
-    let file = File::open(&path)
-        .map_err(|e| Failure::new(EXIT_FAILED, format!("{}: {e}", path.display())))?;
     let mut records = Vec::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line
-            .map_err(|e| Failure::new(EXIT_FAILED, format!("{}:{}: {e}", path.display(), i + 1)))?;
-        // Checkpoint lines carry no record; every line must parse (a torn
-        // tail left by a crash is repaired when the gateway next starts).
-        match serde_json::from_str::<Line>(&line) {
-            Ok(Line { record: Some(r) }) => records.push(r),
-            Ok(Line { record: None }) => {}
-            Err(e) => {
-                return Err(Failure::new(
-                    EXIT_FAILED,
-                    format!("{}:{}: {e} (run `audit verify`)", path.display(), i + 1),
-                ))
-            }
-        }
-    }
+    crate::audit::for_each_record(
+        &config.audit.dir,
+        config.audit.files.archive_dir.as_deref(),
+        |_, record| {
+            records.push(record);
+            Ok(())
+        },
+    )
+    .map_err(|e| Failure::new(EXIT_FAILED, format!("{e} (run `audit verify`)")))?;
     Ok(records)
 }
 

@@ -324,44 +324,54 @@ impl AccessLogService for Core {
             |call, req| async move {
                 check_subject(&req.subject_id)?;
                 let size = page_token::page_size(req.page_size)?;
+                // The position is the store's own cursor (for the file log,
+                // a seq in decimal, as tokens have always carried).
                 let before = if req.page_token.is_empty() {
                     None
                 } else {
-                    match page_token::open(&req.page_token, TOKEN_KIND, &req.subject_id).as_deref()
+                    match self
+                        .page_keys
+                        .open(&req.page_token, TOKEN_KIND, &req.subject_id)
                     {
-                        Some([seq]) => Some(
-                            seq.parse::<u64>()
-                                .map_err(|_| page_token::invalid("subject_id"))?,
-                        ),
+                        Some(mut parts) if parts.len() == 1 => parts.pop(),
                         _ => return Err(page_token::invalid("subject_id")),
                     }
                 };
-                // The log is read from its file: keep that off the async threads.
+                // The store's reads block: keep them off the async threads.
                 let audit = std::sync::Arc::clone(&self.audit);
                 let subject = req.subject_id.clone();
                 let mut rows = tokio::task::spawn_blocking(move || {
-                    audit.records_for_subject(&subject, before, size + 1)
+                    audit.records_for_subject(&subject, before.as_deref(), size + 1)
                 })
                 .await
                 .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()))
+                .and_then(|r| match r {
+                    // A token sealed by this gateway whose position the store
+                    // cannot read: treat it as any other bad token.
+                    Err(crate::audit::AuditError::Options(_)) => Ok(None),
+                    Err(e) => Err(e.to_string()),
+                    Ok(rows) => Ok(Some(rows)),
+                })
                 .map_err(|e| {
                     tracing::error!(error = %e, "access log read failed");
                     RequestError::AuditUnavailable(
                         "the access log cannot be read right now; retry later".into(),
                     )
-                })?;
+                })?
+                .ok_or_else(|| page_token::invalid("subject_id"))?;
                 let more = rows.len() > size;
                 rows.truncate(size);
                 let next_page_token = match (more, rows.last()) {
-                    (true, Some((seq, _))) => {
-                        page_token::seal(TOKEN_KIND, &req.subject_id, &[seq.to_string()])
-                    }
+                    (true, Some(row)) => self.page_keys.seal(
+                        TOKEN_KIND,
+                        &req.subject_id,
+                        std::slice::from_ref(&row.cursor),
+                    ),
                     _ => String::new(),
                 };
                 let records = rows
                     .into_iter()
-                    .map(|(_, r)| Core::access_record(&call.snapshot, r))
+                    .map(|row| Core::access_record(&call.snapshot, row.record))
                     .collect();
                 Ok(Answer {
                     response: ListAccessRecordsResponse {

@@ -200,8 +200,8 @@ fn check_holder(id: &str) -> Result<(), RequestError> {
 const TOKEN_KIND: &str = "p1";
 
 /// Encodes the last key of a page, bound to the holder it was issued for.
-pub fn encode_page_token(holder: &str, last: &ParcelKey) -> String {
-    page_token::seal(
+pub fn encode_page_token(keys: &page_token::Keys, holder: &str, last: &ParcelKey) -> String {
+    keys.seal(
         TOKEN_KIND,
         holder,
         &[
@@ -212,9 +212,13 @@ pub fn encode_page_token(holder: &str, last: &ParcelKey) -> String {
     )
 }
 
-fn decode_page_token(token: &str, holder: &str) -> Result<ParcelKey, RequestError> {
+fn decode_page_token(
+    keys: &page_token::Keys,
+    token: &str,
+    holder: &str,
+) -> Result<ParcelKey, RequestError> {
     let bad = || page_token::invalid("holder_id");
-    match page_token::open(token, TOKEN_KIND, holder).as_deref() {
+    match keys.open(token, TOKEN_KIND, holder).as_deref() {
         Some([commune, sheet, number]) => Ok(ParcelKey {
             commune_code: commune.clone(),
             map_sheet: sheet.parse().map_err(|_| bad())?,
@@ -318,7 +322,11 @@ impl LandRegistryService for Core {
                 let after = if req.page_token.is_empty() {
                     None
                 } else {
-                    Some(decode_page_token(&req.page_token, &req.holder_id)?)
+                    Some(decode_page_token(
+                        &self.page_keys,
+                        &req.page_token,
+                        &req.holder_id,
+                    )?)
                 };
                 // One row more than the page tells whether another page exists.
                 let mut rows = self
@@ -329,7 +337,9 @@ impl LandRegistryService for Core {
                 let more = rows.len() > size;
                 rows.truncate(size);
                 let next_page_token = match (more, rows.last()) {
-                    (true, Some((key, _))) => encode_page_token(&req.holder_id, key),
+                    (true, Some((key, _))) => {
+                        encode_page_token(&self.page_keys, &req.holder_id, key)
+                    }
                     _ => String::new(),
                 };
                 let parcels = rows
@@ -373,11 +383,12 @@ mod tests {
             map_sheet: 12,
             parcel_number: 345,
         };
-        let t = encode_page_token("092085000123", &key);
-        assert_eq!(decode_page_token(&t, "092085000123").unwrap(), key);
-        assert!(decode_page_token(&t, "092085000124").is_err());
-        assert!(decode_page_token("zz", "092085000123").is_err());
-        assert!(decode_page_token("abc", "092085000123").is_err());
+        let keys = page_token::Keys::random();
+        let t = encode_page_token(&keys, "092085000123", &key);
+        assert_eq!(decode_page_token(&keys, &t, "092085000123").unwrap(), key);
+        assert!(decode_page_token(&keys, &t, "092085000124").is_err());
+        assert!(decode_page_token(&keys, "zz", "092085000123").is_err());
+        assert!(decode_page_token(&keys, "abc", "092085000123").is_err());
         let raw: Vec<u8> = (0..t.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&t[i..i + 2], 16).unwrap())

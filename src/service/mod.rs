@@ -52,6 +52,9 @@ pub struct Core {
     pub upstreams: Arc<crate::upstream::Upstreams>,
     /// Failed `VerifyCitizen` calls per agency and personal id.
     pub verify_budget: Arc<crate::verify_budget::VerifyBudget>,
+    /// The keys page tokens are sealed with (shared by every instance when
+    /// the access log is in PostgreSQL).
+    pub page_keys: Arc<page_token::Keys>,
     /// Turns true when the server shuts down: long calls (watches) end.
     pub stopping: tokio::sync::watch::Receiver<bool>,
     /// Each agency's token bucket and calls in flight; the limits

@@ -13,49 +13,83 @@ const SEP: char = '\u{1f}';
 /// Longest token accepted, in characters.
 const MAX_LEN: usize = 512;
 
-/// The keys tokens are sealed with: random per process, so a token is valid
-/// for the life of the gateway that issued it and cannot be forged or read
-/// from outside. The second key makes nonces (see [`nonce`]).
-struct Keys {
+/// The keys tokens are sealed with. With the file log they are random per
+/// process ([`Keys::random`]): a token is valid for the life of the gateway
+/// that issued it. With the PostgreSQL log every instance derives them from
+/// the secret the database keeps ([`Keys::from_secret`]), so any instance
+/// accepts any other's tokens. Either way they cannot be forged or read from
+/// outside.
+pub struct Keys {
     aead: LessSafeKey,
+    /// Makes nonces (see [`Keys::nonce`]).
     nonces: ring::hmac::Key,
+    /// Random per process: instances sharing the keys never derive the same
+    /// nonce from their counters.
+    salt: [u8; 16],
+    counter: std::sync::atomic::AtomicU64,
 }
 
-fn keys() -> &'static Keys {
-    static KEYS: std::sync::OnceLock<Keys> = std::sync::OnceLock::new();
-    KEYS.get_or_init(|| {
-        let rng = ring::rand::SystemRandom::new();
-        let mut secret = [0u8; 64];
-        if ring::rand::SecureRandom::fill(&rng, &mut secret).is_err() {
-            // No system randomness: derive from the clock and address
-            // space, still unknown to callers.
-            let seed = format!("{:?}{:p}", std::time::SystemTime::now(), &rng);
-            let d = ring::digest::digest(&ring::digest::SHA512, seed.as_bytes());
-            secret.copy_from_slice(d.as_ref());
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("page_token::Keys(..)")
+    }
+}
+
+/// `out.len()` bytes of system randomness, or, without any, of the clock and
+/// address space (still unknown to callers).
+fn random(out: &mut [u8]) {
+    let rng = ring::rand::SystemRandom::new();
+    if ring::rand::SecureRandom::fill(&rng, out).is_err() {
+        let seed = format!("{:?}{:p}", std::time::SystemTime::now(), &rng);
+        let d = ring::digest::digest(&ring::digest::SHA512, seed.as_bytes());
+        for (o, b) in out.iter_mut().zip(d.as_ref().iter().cycle()) {
+            *o = *b;
         }
+    }
+}
+
+impl Keys {
+    /// Keys of this process alone.
+    pub fn random() -> Keys {
+        let mut secret = [0u8; 64];
+        random(&mut secret);
+        Keys::from_secret(&secret)
+    }
+
+    /// Keys from a 64-byte secret: the first half keys the AEAD, the second
+    /// the nonces.
+    pub fn from_secret(secret: &[u8; 64]) -> Keys {
         let (aead, nonces) = secret.split_at(32);
+        let mut salt = [0u8; 16];
+        random(&mut salt);
         Keys {
             // 32 bytes is ChaCha20-Poly1305's key length, so this cannot fail.
             aead: LessSafeKey::new(
                 UnboundKey::new(&CHACHA20_POLY1305, aead).unwrap_or_else(|_| unreachable!()),
             ),
             nonces: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, nonces),
+            salt,
+            counter: std::sync::atomic::AtomicU64::new(0),
         }
-    })
-}
+    }
 
-/// A fresh nonce: a keyed PRF (HMAC-SHA256) of a process-wide counter, cut
-/// to 96 bits. Unique for every token of this process's key (so the AEAD
-/// stays safe), unpredictable, and telling nothing of the counter; no
-/// system call, and nothing that can fail, per token.
-fn nonce() -> [u8; NONCE_LEN] {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tag = ring::hmac::sign(&keys().nonces, &n.to_be_bytes());
-    let mut out = [0u8; NONCE_LEN];
-    out.copy_from_slice(&tag.as_ref()[..NONCE_LEN]);
-    out
+    /// A fresh nonce: a keyed PRF (HMAC-SHA256) of this process's salt and
+    /// counter, cut to 96 bits. Unique for every token of this key (so the
+    /// AEAD stays safe, also across instances sharing it), unpredictable,
+    /// and telling nothing of the counter; no system call, and nothing that
+    /// can fail, per token.
+    fn nonce(&self) -> [u8; NONCE_LEN] {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut input = [0u8; 24];
+        input[..16].copy_from_slice(&self.salt);
+        input[16..].copy_from_slice(&n.to_be_bytes());
+        let tag = ring::hmac::sign(&self.nonces, &input);
+        let mut out = [0u8; NONCE_LEN];
+        out.copy_from_slice(&tag.as_ref()[..NONCE_LEN]);
+        out
+    }
 }
 
 fn aad(kind: &str, bound_to: &str) -> Vec<u8> {
@@ -75,46 +109,48 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// A token of `kind` for the listing of `bound_to` at `position`: nonce and
-/// sealed position. Neither the position nor the binding can be read from it
-/// (a personal id must not travel in tokens that end up in client logs).
-pub fn seal(kind: &str, bound_to: &str, position: &[String]) -> String {
-    let nonce_bytes = nonce();
-    let mut body = position.join(&SEP.to_string()).into_bytes();
-    let sealed = keys().aead.seal_in_place_append_tag(
-        Nonce::assume_unique_for_key(nonce_bytes),
-        Aad::from(aad(kind, bound_to)),
-        &mut body,
-    );
-    if sealed.is_err() {
-        // Only for inputs of gigabytes; positions are a few dozen bytes.
-        return String::new();
+impl Keys {
+    /// A token of `kind` for the listing of `bound_to` at `position`: nonce and
+    /// sealed position. Neither the position nor the binding can be read from it
+    /// (a personal id must not travel in tokens that end up in client logs).
+    pub fn seal(&self, kind: &str, bound_to: &str, position: &[String]) -> String {
+        let nonce_bytes = self.nonce();
+        let mut body = position.join(&SEP.to_string()).into_bytes();
+        let sealed = self.aead.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce_bytes),
+            Aad::from(aad(kind, bound_to)),
+            &mut body,
+        );
+        if sealed.is_err() {
+            // Only for inputs of gigabytes; positions are a few dozen bytes.
+            return String::new();
+        }
+        nonce_bytes
+            .iter()
+            .chain(body.iter())
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
-    nonce_bytes
-        .iter()
-        .chain(body.iter())
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
-/// The position in a token of `kind` issued for `bound_to`, if it is one.
-pub fn open(token: &str, kind: &str, bound_to: &str) -> Option<Vec<String>> {
-    if token.len() > MAX_LEN {
-        return None;
+    /// The position in a token of `kind` issued for `bound_to`, if it is one.
+    pub fn open(&self, token: &str, kind: &str, bound_to: &str) -> Option<Vec<String>> {
+        if token.len() > MAX_LEN {
+            return None;
+        }
+        let bytes = unhex(token)?;
+        if bytes.len() < NONCE_LEN {
+            return None;
+        }
+        let (nonce_bytes, sealed) = bytes.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce_bytes).ok()?;
+        let mut sealed = sealed.to_vec();
+        let plain = self
+            .aead
+            .open_in_place(nonce, Aad::from(aad(kind, bound_to)), &mut sealed)
+            .ok()?;
+        let position = std::str::from_utf8(plain).ok()?;
+        Some(position.split(SEP).map(str::to_owned).collect())
     }
-    let bytes = unhex(token)?;
-    if bytes.len() < NONCE_LEN {
-        return None;
-    }
-    let (nonce_bytes, sealed) = bytes.split_at(NONCE_LEN);
-    let nonce = Nonce::try_assume_unique_for_key(nonce_bytes).ok()?;
-    let mut sealed = sealed.to_vec();
-    let plain = keys()
-        .aead
-        .open_in_place(nonce, Aad::from(aad(kind, bound_to)), &mut sealed)
-        .ok()?;
-    let position = std::str::from_utf8(plain).ok()?;
-    Some(position.split(SEP).map(str::to_owned).collect())
 }
 
 /// Page size when the caller sets none.
@@ -146,6 +182,19 @@ pub fn invalid(bound_field: &str) -> RequestError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn seal(kind: &str, bound_to: &str, position: &[String]) -> String {
+        keys().seal(kind, bound_to, position)
+    }
+
+    fn open(token: &str, kind: &str, bound_to: &str) -> Option<Vec<String>> {
+        keys().open(token, kind, bound_to)
+    }
+
+    fn keys() -> &'static Keys {
+        static KEYS: std::sync::OnceLock<Keys> = std::sync::OnceLock::new();
+        KEYS.get_or_init(Keys::random)
+    }
 
     /// Found by `fuzz_page_tokens`: a hex digit put in upper case still
     /// opened, so a token "changed in any way" was not always refused.
@@ -213,5 +262,17 @@ mod tests {
         // Cut short or extended: refused too.
         assert_eq!(open(&t[..t.len() - 2], "x1", "092085000123"), None);
         assert_eq!(open(&format!("{t}00"), "x1", "092085000123"), None);
+    }
+
+    #[test]
+    fn keys_from_one_secret_open_each_others_tokens_and_never_share_a_nonce() {
+        let secret = [7u8; 64];
+        let (a, b) = (Keys::from_secret(&secret), Keys::from_secret(&secret));
+        let t = a.seal("x1", "s", &["9".into()]);
+        assert_eq!(b.open(&t, "x1", "s"), Some(vec!["9".to_owned()]));
+        // Both start their counters at 0, yet their nonces differ.
+        assert_ne!(a.nonce(), b.nonce());
+        assert_eq!(Keys::from_secret(&[8u8; 64]).open(&t, "x1", "s"), None);
+        assert_eq!(Keys::random().open(&t, "x1", "s"), None);
     }
 }

@@ -2,6 +2,8 @@
 //! records, and a real gateway on 127.0.0.1:0 called over mTLS.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::path::{Path, PathBuf};
 
 use interop_gateway::{
@@ -644,4 +646,32 @@ pub async fn scrape(admin: &str) -> String {
     let (status, body) = http_get(admin, "/metrics").await;
     assert_eq!(status, 200, "{body}");
     body
+}
+
+/// Asserts every request id in `answered` is among the records of an
+/// `audit export` output (JSON lines with `record.request_id`).
+pub fn assert_all_in_export(answered: &[String], export_stdout: &[u8]) {
+    let logged: std::collections::HashSet<String> = String::from_utf8_lossy(export_stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["record"]["request_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let missing: Vec<&String> = answered.iter().filter(|id| !logged.contains(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} answered calls not in the log",
+        missing.len()
+    );
+}
+
+/// Runs `interop-gateway <args> --config <config>` and returns its output.
+pub fn gateway_cli(args: &[&str], config: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_interop-gateway"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
 }

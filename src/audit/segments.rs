@@ -1,0 +1,1036 @@
+//! The embedded access log ([`FileStore`]): the chain kept in segment files,
+//! with an SQLite subject index beside them ([`super::index`]), so memory
+//! and start-up stay the same whatever the history.
+//!
+//! - `segments/<first seq, 20 digits>.log`: record and checkpoint lines (see
+//!   the [module documentation](super)). Every segment after the first opens
+//!   with a copy of the signed checkpoint that closed the one before it, so
+//!   each can be verified on its own and the link between two is checked.
+//!   The newest segment is appended to; once it holds at least
+//!   `segment_bytes`, or is older than `segment_max_age`, the store asks for
+//!   a checkpoint ([`AuditStore::wants_checkpoint`]), and right after it the
+//!   segment is sealed and a new one opened (created as a temp file, fsynced,
+//!   renamed).
+//! - Opening reads the newest segment from its last checkpoint known to the
+//!   index (only what follows it), and re-indexes from the segments what
+//!   the index lacks (none of it after a clean stop).
+//! - Retention: sealed segments whose last checkpoint is older than
+//!   `retain` move to `archive_dir`, or, with no archive, are deleted and a
+//!   signed statement (`audit.retired`) names the range deleted and the
+//!   chain head at its end, so verification still proves the log continuous.
+//! - A folder in the single-file format of earlier versions (`audit.log`)
+//!   is migrated on first open: verified, copied as the first segment,
+//!   verified again, then renamed `audit.log.migrated` (kept, never deleted).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    fs::{self, File, OpenOptions},
+    io::{self, BufReader, Seek, SeekFrom, Write},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use rusqlite::Connection;
+
+use super::{
+    chain::Checkpoint,
+    files::{self, LOG_FILE},
+    index::{self, Batch, Position},
+    line,
+    record::AuditRecord,
+    store::{AuditReader, AuditStore, Entry, Recovered, SubjectRow},
+    verify::{self, ReadError, VerifyFailure, VerifyScope},
+    AuditError,
+};
+
+/// The folder of segment files, in the audit folder.
+pub const SEGMENTS_DIR: &str = "segments";
+/// What a migrated single-file log is renamed to, in the audit folder.
+pub const MIGRATED_FILE: &str = "audit.log.migrated";
+/// The signed statement of the range deleted under retention.
+pub const RETIRED_FILE: &str = "audit.retired";
+
+/// The file name of the segment whose first record is `first`.
+pub fn segment_file_name(first: u64) -> String {
+    format!("{first:020}.log")
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".log")?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// A segment file and where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentFile {
+    /// The seq of its first record.
+    pub first: u64,
+    pub path: PathBuf,
+    /// In the archive rather than the audit folder.
+    pub archived: bool,
+}
+
+/// The segments in `dir` and in `archive`, by first seq (a seq in both is
+/// listed twice, for verification to report). Other files are ignored.
+pub fn list_segments(dir: &Path, archive: Option<&Path>) -> io::Result<Vec<SegmentFile>> {
+    let mut out = Vec::new();
+    let folders = [(dir.join(SEGMENTS_DIR), false)]
+        .into_iter()
+        .chain(archive.map(|a| (a.to_owned(), true)));
+    for (folder, archived) in folders {
+        let entries = match fs::read_dir(&folder) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && archived => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            if let Some(first) = entry.file_name().to_str().and_then(parse_segment_name) {
+                out.push(SegmentFile {
+                    first,
+                    path: entry.path(),
+                    archived,
+                });
+            }
+        }
+    }
+    out.sort_by_key(|s| (s.first, s.archived));
+    Ok(out)
+}
+
+/// Opens the segment starting at `first`, in the audit folder or else the
+/// archive.
+fn open_segment(dir: &Path, archive: Option<&Path>, first: u64) -> io::Result<File> {
+    let name = segment_file_name(first);
+    match File::open(dir.join(SEGMENTS_DIR).join(&name)) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match archive {
+            Some(a) => File::open(a.join(&name)),
+            None => Err(e),
+        },
+        other => other,
+    }
+}
+
+/// Reads `audit.retired`, if there is one (its signature is the caller's
+/// to check).
+pub(crate) fn read_retired(dir: &Path) -> Result<Option<Checkpoint>, String> {
+    match fs::read(dir.join(RETIRED_FILE)) {
+        Ok(bytes) => line::parse_retired(bytes.trim_ascii_end())
+            .map(Some)
+            .map_err(|e| format!("{RETIRED_FILE} is malformed: {e}")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {RETIRED_FILE}: {e}")),
+    }
+}
+
+/// How segments are sealed and kept.
+#[derive(Clone, Debug)]
+pub struct FileOptions {
+    /// Seal the newest segment once it holds at least this many bytes.
+    pub segment_bytes: u64,
+    /// ...or once its first line is older than this.
+    pub segment_max_age: Option<Duration>,
+    /// Sealed segments whose last checkpoint is older than this leave the
+    /// audit folder (to `archive_dir`, or deleted with a signed statement).
+    pub retain: Option<Duration>,
+    pub archive_dir: Option<PathBuf>,
+}
+
+impl Default for FileOptions {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 64 << 20,
+            segment_max_age: None,
+            retain: None,
+            archive_dir: None,
+        }
+    }
+}
+
+/// Where the writer's bytes go. A `File` opened for appending in
+/// production; tests wrap it to make writes or fsyncs fail on demand.
+pub(crate) trait Sink: Send + 'static {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Makes appended bytes durable (`fdatasync`).
+    fn sync(&mut self) -> io::Result<()>;
+    /// Cuts the file back to `len` bytes, durably.
+    fn truncate(&mut self, len: u64) -> io::Result<()>;
+}
+
+impl Sink for File {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.write_all(bytes)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.sync_data()
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.set_len(len)?;
+        self.sync_data()
+    }
+}
+
+/// Wraps each newly opened segment file (tests inject faults through it).
+pub(crate) type Wrap = dyn Fn(File) -> Box<dyn Sink> + Send + Sync;
+
+/// The segment being appended to.
+struct Active {
+    first: u64,
+    sink: Box<dyn Sink>,
+    /// Length of its committed part; bytes past it are not part of the log.
+    len: u64,
+    /// Bytes past `len` may be in the file (a failed group could not be cut
+    /// off): the next append cuts them first.
+    dirty: bool,
+    /// When its first line was written.
+    started_ms: i64,
+}
+
+/// A sealed segment still in the audit folder.
+#[derive(Debug)]
+struct Sealed {
+    first: u64,
+    last: u64,
+    /// Time of its closing checkpoint.
+    end_ms: i64,
+}
+
+/// The embedded access log. See the module documentation.
+pub struct FileStore {
+    dir: PathBuf,
+    public_key: [u8; 32],
+    opts: FileOptions,
+    wrap: Arc<Wrap>,
+    active: Option<Active>,
+    conn: Option<Connection>,
+    /// Seq of the last record of an acknowledged group; readers see no more.
+    committed: Arc<AtomicU64>,
+    sealed: VecDeque<Sealed>,
+    /// The index may hold rows past `committed` (a group failed after its
+    /// rows were committed): drop them before the next group.
+    index_ahead: bool,
+    reader: Arc<FileReader>,
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> AuditError {
+    let path = path.to_owned();
+    move |source| AuditError::Io { path, source }
+}
+
+impl FileStore {
+    /// A store for the folder `dir`, whose checkpoints verify with
+    /// `public_key` (a migration verifies the old file with it). Nothing is
+    /// read before [`AuditStore::recover`].
+    pub fn new(dir: &Path, public_key: [u8; 32], opts: FileOptions) -> Self {
+        Self::with_wrap(dir, public_key, opts, Arc::new(|file| Box::new(file)))
+    }
+
+    pub(crate) fn with_wrap(
+        dir: &Path,
+        public_key: [u8; 32],
+        opts: FileOptions,
+        wrap: Arc<Wrap>,
+    ) -> Self {
+        let committed = Arc::new(AtomicU64::new(0));
+        let reader = Arc::new(FileReader {
+            dir: dir.to_owned(),
+            archive: opts.archive_dir.clone(),
+            conn: Mutex::new(None),
+            committed: Arc::clone(&committed),
+        });
+        Self {
+            dir: dir.to_owned(),
+            public_key,
+            opts,
+            wrap,
+            active: None,
+            conn: None,
+            committed,
+            sealed: VecDeque::new(),
+            index_ahead: false,
+            reader,
+        }
+    }
+
+    fn segments_dir(&self) -> PathBuf {
+        self.dir.join(SEGMENTS_DIR)
+    }
+
+    fn broken(&self, failure: VerifyFailure) -> AuditError {
+        AuditError::Broken {
+            dir: self.dir.clone(),
+            failure,
+        }
+    }
+
+    /// Migrates a single-file log of earlier versions, once (see the module
+    /// documentation). A crash part-way leaves either the old file alone
+    /// (redone at the next open) or the segments complete.
+    fn migrate(&self) -> Result<(), AuditError> {
+        let old = self.dir.join(LOG_FILE);
+        let seg_dir = self.segments_dir();
+        let kept = self.dir.join(MIGRATED_FILE);
+        if old.exists() && kept.exists() {
+            // Never replace the copy a migration kept.
+            return Err(AuditError::Io {
+                path: old,
+                source: io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{MIGRATED_FILE} is already there from an earlier migration; move one \
+                         of the two out of the audit folder, then start again"
+                    ),
+                ),
+            });
+        }
+        if seg_dir.exists() {
+            if old.exists() {
+                // A migration stopped after its segments were in place.
+                fs::rename(&old, &kept).map_err(io_at(&old))?;
+                files::sync_parent(&kept).map_err(io_at(&kept))?;
+            }
+            return Ok(());
+        }
+        if !old.exists() {
+            return Ok(());
+        }
+        tracing::info!(
+            path = %old.display(),
+            "migrating the access log to segments: verifying it first"
+        );
+        let (before, complete_len) =
+            verify::verify_legacy(&self.dir, &self.public_key).map_err(|f| self.broken(f))?;
+        let tmp_dir = self.dir.join("segments.tmp");
+        match fs::remove_dir_all(&tmp_dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_at(&tmp_dir)(e)),
+            _ => {}
+        }
+        fs::create_dir_all(&tmp_dir).map_err(io_at(&tmp_dir))?;
+        let first = tmp_dir.join(segment_file_name(1));
+        {
+            let mut from = File::open(&old).map_err(io_at(&old))?;
+            let mut to = File::create(&first).map_err(io_at(&first))?;
+            // Only complete lines: a torn last line was never acknowledged.
+            io::copy(&mut io::Read::take(&mut from, complete_len), &mut to)
+                .and_then(|_| to.sync_all())
+                .map_err(io_at(&first))?;
+        }
+        files::sync_parent(&first).map_err(io_at(&first))?;
+        // Verify the copy where it is, before it replaces anything.
+        let staged = self.dir.join("segments.verify");
+        let _ = fs::remove_dir_all(&staged);
+        fs::create_dir_all(&staged).map_err(io_at(&staged))?;
+        let after = (|| {
+            for name in [files::HEAD_FILE, files::PUB_FILE] {
+                let from = self.dir.join(name);
+                if from.exists() {
+                    fs::copy(&from, staged.join(name))?;
+                }
+            }
+            fs::rename(&tmp_dir, staged.join(SEGMENTS_DIR))?;
+            Ok::<_, io::Error>(())
+        })()
+        .map_err(io_at(&staged))
+        .and_then(|()| {
+            verify::verify_log(VerifyScope {
+                dir: &staged,
+                archive_dir: None,
+                public_key: Some(&self.public_key),
+                segments: None,
+            })
+            .map_err(|f| self.broken(f))
+        })?;
+        if (after.records, after.last_seq) != (before.records, before.last_seq) {
+            return Err(self.broken(VerifyFailure::new(format!(
+                "the migrated copy holds {} records, the old log {}: the old log is kept as it was",
+                after.records, before.records
+            ))));
+        }
+        fs::rename(staged.join(SEGMENTS_DIR), &seg_dir).map_err(io_at(&seg_dir))?;
+        files::sync_parent(&seg_dir).map_err(io_at(&seg_dir))?;
+        let _ = fs::remove_dir_all(&staged);
+        fs::rename(&old, &kept).map_err(io_at(&old))?;
+        files::sync_parent(&kept).map_err(io_at(&kept))?;
+        tracing::warn!(
+            records = after.records,
+            kept = %kept.display(),
+            "migrated the access log to segments, verified before and after; the old file is kept \
+             renamed (delete it once a copy is archived)"
+        );
+        Ok(())
+    }
+
+    /// Indexes the records after `indexed` in the sealed segments (`segs`,
+    /// all but the newest), for an index that lags or was deleted.
+    fn reindex_sealed(
+        &self,
+        conn: &Connection,
+        segs: &[SegmentFile],
+        indexed: u64,
+    ) -> Result<(), AuditError> {
+        for (i, seg) in segs.iter().enumerate() {
+            let next_first = segs.get(i + 1).map_or(u64::MAX, |s| s.first);
+            if next_first <= indexed + 1 {
+                continue;
+            }
+            tracing::info!(segment = %seg.path.display(), "indexing a sealed segment the index lacks");
+            let file = File::open(&seg.path).map_err(io_at(&seg.path))?;
+            let mut batch = Batch::begin(conn).map_err(io_at(&seg.path))?;
+            let mut n = 0u64;
+            let result = verify::read_entries(BufReader::new(file), 0, |offset, entry| {
+                let at = Position {
+                    segment: seg.first,
+                    offset,
+                };
+                match &entry {
+                    Entry::Record { seq, record, .. } if *seq > indexed => {
+                        n += 1;
+                        batch.record(*seq, at, record)
+                    }
+                    Entry::Checkpoint(cp) => batch.mark(cp.seq, at),
+                    Entry::Record { .. } => Ok(()),
+                }
+            });
+            match result {
+                Ok(_) => batch.commit().map_err(io_at(&seg.path))?,
+                Err(e) => {
+                    batch.rollback();
+                    return Err(self.read_error(&seg.path, e));
+                }
+            }
+            tracing::info!(records = n, "indexed");
+        }
+        Ok(())
+    }
+
+    fn read_error(&self, path: &Path, e: ReadError<io::Error>) -> AuditError {
+        match e {
+            ReadError::Io { source, .. } | ReadError::Refused { error: source, .. } => {
+                AuditError::Io {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
+            ReadError::Malformed { line, what } => self.broken(VerifyFailure {
+                seq: None,
+                line,
+                what: format!("malformed line: {what}"),
+                file: Some(path.to_owned()),
+            }),
+        }
+    }
+
+    fn open_sink(&self, path: &Path) -> Result<Box<dyn Sink>, AuditError> {
+        let file = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(io_at(path))?;
+        Ok((self.wrap)(file))
+    }
+
+    /// Closes the active segment after its final checkpoint `cp` and opens
+    /// the next, which starts with a copy of `cp`.
+    fn rotate(&mut self, cp: &Checkpoint) -> Result<(), AuditError> {
+        let first = cp.seq + 1;
+        let path = self.segments_dir().join(segment_file_name(first));
+        let mut opening = Vec::with_capacity(256);
+        line::write_checkpoint(&mut opening, cp).map_err(io_at(&path))?;
+        files::replace_file(&path, &opening, false)
+            .and_then(|()| files::sync_parent(&path))
+            .map_err(io_at(&path))?;
+        let sink = self.open_sink(&path)?;
+        if let Some(conn) = &self.conn {
+            let noted = Batch::begin(conn).and_then(|mut b| {
+                b.mark(
+                    cp.seq,
+                    Position {
+                        segment: first,
+                        offset: 0,
+                    },
+                )?;
+                b.commit()
+            });
+            if let Err(e) = noted {
+                // Only costs the next open a longer read of this segment.
+                tracing::warn!(error = %e, "could not index the new segment's opening checkpoint");
+            }
+        }
+        if let Some(old) = self.active.replace(Active {
+            first,
+            sink,
+            len: opening.len() as u64,
+            dirty: false,
+            started_ms: cp.time_unix_ms,
+        }) {
+            self.sealed.push_back(Sealed {
+                first: old.first,
+                last: cp.seq,
+                end_ms: cp.time_unix_ms,
+            });
+        }
+        tracing::info!(segment = %path.display(), "sealed the access log's segment and opened the next");
+        Ok(())
+    }
+
+    fn rotation_due(&self, now_unix_ms: i64) -> bool {
+        let Some(active) = &self.active else {
+            return false;
+        };
+        let has_records = self.committed.load(Ordering::Acquire) >= active.first;
+        let full = active.len >= self.opts.segment_bytes;
+        let old = self.opts.segment_max_age.is_some_and(|age| {
+            let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+            now_unix_ms.saturating_sub(active.started_ms) >= age_ms
+        });
+        has_records && (full || old)
+    }
+
+    fn try_append(&mut self, group: &[Entry<'_>]) -> io::Result<()> {
+        let conn = self
+            .conn
+            .as_ref()
+            .ok_or_else(|| io::Error::other("the access log was not opened"))?;
+        let active = self
+            .active
+            .as_mut()
+            .ok_or_else(|| io::Error::other("the access log was not opened"))?;
+        if active.dirty {
+            active.sink.truncate(active.len)?;
+            active.dirty = false;
+        }
+        if self.index_ahead {
+            index::forget_after(conn, self.committed.load(Ordering::Acquire))?;
+            self.index_ahead = false;
+        }
+        let mut buf = Vec::with_capacity(group.len() * 512 + 256);
+        let mut batch = Batch::begin(conn)?;
+        let mut last_record = None;
+        let mut last_cp = None;
+        let filled = (|| {
+            for entry in group {
+                let at = Position {
+                    segment: active.first,
+                    offset: active.len + buf.len() as u64,
+                };
+                line::write_entry(&mut buf, entry)?;
+                match entry {
+                    Entry::Record { seq, record, .. } => {
+                        batch.record(*seq, at, record)?;
+                        last_record = Some(*seq);
+                    }
+                    Entry::Checkpoint(cp) => {
+                        batch.mark(cp.seq, at)?;
+                        last_cp = Some(cp);
+                    }
+                }
+            }
+            Ok::<_, io::Error>(())
+        })();
+        if let Err(e) = filled {
+            batch.rollback();
+            return Err(e);
+        }
+        if buf.is_empty() {
+            batch.rollback();
+            return Ok(());
+        }
+        let cut_back = |active: &mut Active| {
+            if active.sink.truncate(active.len).is_ok() {
+                active.dirty = false;
+            }
+        };
+        active.dirty = true;
+        if let Err(e) = active.sink.append(&buf).and_then(|()| active.sink.sync()) {
+            batch.rollback();
+            cut_back(active);
+            return Err(e);
+        }
+        if let Err(e) = batch.commit() {
+            cut_back(active);
+            return Err(e);
+        }
+        if let Some(cp) = last_cp {
+            // The head only ever names a checkpoint already durable in the
+            // log. If it cannot be replaced the group fails (the old head
+            // still matches the log once the group is cut off); once renamed,
+            // a failed folder sync at worst leaves the previous head after a
+            // crash, which verification accepts.
+            if let Err(e) = files::write_head(&self.dir, cp) {
+                cut_back(active);
+                if index::forget_after(conn, self.committed.load(Ordering::Acquire)).is_err() {
+                    self.index_ahead = true;
+                }
+                return Err(e);
+            }
+            if let Err(e) = files::sync_parent(&self.dir.join(files::HEAD_FILE)) {
+                tracing::warn!(error = %e, "could not sync the audit folder after replacing audit.head");
+            }
+        }
+        active.dirty = false;
+        active.len += buf.len() as u64;
+        if let Some(seq) = last_record {
+            self.committed.store(seq, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Moves or deletes sealed segments past retention. Each deletion is
+    /// first attested by `attest` (a signed statement of the range deleted
+    /// and the chain head at its end, written to `audit.retired`).
+    pub fn expire(
+        &mut self,
+        now_unix_ms: i64,
+        attest: &dyn Fn(u64, [u8; 32]) -> Checkpoint,
+    ) -> Result<u64, AuditError> {
+        let Some(retain) = self.opts.retain else {
+            return Ok(0);
+        };
+        let retain_ms = i64::try_from(retain.as_millis()).unwrap_or(i64::MAX);
+        let mut moved = 0;
+        while let Some(oldest) = self.sealed.front() {
+            if now_unix_ms.saturating_sub(oldest.end_ms) < retain_ms {
+                break;
+            }
+            let name = segment_file_name(oldest.first);
+            let from = self.segments_dir().join(&name);
+            match &self.opts.archive_dir {
+                Some(archive) => {
+                    fs::create_dir_all(archive).map_err(io_at(archive))?;
+                    let to = archive.join(&name);
+                    move_file(&from, &to)?;
+                    tracing::info!(from = %from.display(), to = %to.display(), "archived a sealed segment past retention");
+                }
+                None => {
+                    // The chain head at the segment's end: the checkpoint
+                    // that opens the next segment.
+                    let next = self.segments_dir().join(segment_file_name(oldest.last + 1));
+                    let cp = first_checkpoint(&next)?.ok_or_else(|| {
+                        self.broken(VerifyFailure {
+                            file: Some(next.clone()),
+                            ..VerifyFailure::new("the segment does not open with a checkpoint")
+                        })
+                    })?;
+                    let statement = attest(oldest.last, cp.hash);
+                    let mut text = Vec::with_capacity(256);
+                    line::write_retired(&mut text, &statement).map_err(io_at(&from))?;
+                    let path = self.dir.join(RETIRED_FILE);
+                    files::replace_file(&path, &text, false)
+                        .and_then(|()| files::sync_parent(&path))
+                        .map_err(io_at(&path))?;
+                    fs::remove_file(&from).map_err(io_at(&from))?;
+                    files::sync_parent(&from).map_err(io_at(&from))?;
+                    if let Some(conn) = &self.conn {
+                        index::forget_through(conn, oldest.last).map_err(io_at(&from))?;
+                    }
+                    tracing::warn!(
+                        segment = %from.display(),
+                        through = oldest.last,
+                        "deleted a sealed segment past retention (no archive_dir); audit.retired attests it"
+                    );
+                }
+            }
+            self.sealed.pop_front();
+            moved += 1;
+        }
+        Ok(moved)
+    }
+}
+
+/// Renames `from` to `to`, or copies (fsynced) and removes it when they are
+/// on different file systems.
+fn move_file(from: &Path, to: &Path) -> Result<(), AuditError> {
+    if fs::rename(from, to).is_err() {
+        let mut tmp = to.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        fs::copy(from, &tmp)
+            .and_then(|_| File::open(&tmp)?.sync_all())
+            .and_then(|()| fs::rename(&tmp, to))
+            .map_err(io_at(to))?;
+        fs::remove_file(from).map_err(io_at(from))?;
+    }
+    files::sync_parent(to).map_err(io_at(to))?;
+    files::sync_parent(from).map_err(io_at(from))
+}
+
+/// The first line of a segment, when it is a checkpoint.
+fn first_checkpoint(path: &Path) -> Result<Option<Checkpoint>, AuditError> {
+    let file = File::open(path).map_err(io_at(path))?;
+    let bytes = match index::read_line_at(&file, 0) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(io_at(path)(e)),
+    };
+    Ok(match line::parse_entry(&bytes) {
+        Ok(Entry::Checkpoint(cp)) => Some(cp),
+        _ => None,
+    })
+}
+
+impl AuditStore for FileStore {
+    fn recover(&mut self) -> Result<Recovered, AuditError> {
+        fs::create_dir_all(&self.dir).map_err(io_at(&self.dir))?;
+        self.migrate()?;
+        let seg_dir = self.segments_dir();
+        fs::create_dir_all(&seg_dir).map_err(io_at(&seg_dir))?;
+        // Read before the segments: see `files::read_head`.
+        let head =
+            files::read_head(&self.dir).map_err(|what| self.broken(VerifyFailure::new(what)))?;
+        let mut segs = list_segments(&self.dir, None).map_err(io_at(&seg_dir))?;
+        if segs.is_empty() {
+            let path = seg_dir.join(segment_file_name(1));
+            files::replace_file(&path, b"", false)
+                .and_then(|()| files::sync_parent(&path))
+                .map_err(io_at(&path))?;
+            segs = list_segments(&self.dir, None).map_err(io_at(&seg_dir))?;
+        }
+        let Some(active) = segs.pop() else {
+            return Err(AuditError::Unavailable(format!(
+                "no segment in {}",
+                seg_dir.display()
+            )));
+        };
+        let index_path = self.dir.join(index::INDEX_FILE);
+        let conn = index::open_writer(&self.dir).map_err(io_at(&index_path))?;
+        let indexed = index::indexed_seq(&conn).map_err(io_at(&index_path))?;
+        if indexed + 1 < active.first && !segs.is_empty() {
+            self.reindex_sealed(&conn, &segs, indexed)?;
+        }
+
+        // Read the active segment from its last checkpoint the index knows.
+        let file = OpenOptions::new()
+            .read(true)
+            .open(&active.path)
+            .map_err(io_at(&active.path))?;
+        let start = match index::last_mark_in(&conn, active.first).map_err(io_at(&index_path))? {
+            Some((seq, offset)) => match index::read_line_at(&file, offset)
+                .ok()
+                .and_then(|bytes| line::parse_entry(&bytes).ok())
+            {
+                Some(Entry::Checkpoint(cp)) if cp.seq == seq => offset,
+                _ => 0,
+            },
+            None => 0,
+        };
+        let mut reader = BufReader::new(&file);
+        reader
+            .seek(SeekFrom::Start(start))
+            .map_err(io_at(&active.path))?;
+        let mut tail: Vec<Entry<'static>> = Vec::new();
+        let mut last_seq = active.first.saturating_sub(1);
+        let mut started_ms = None;
+        let mut batch = Batch::begin(&conn).map_err(io_at(&index_path))?;
+        let read = verify::read_entries(reader, start, |offset, entry| {
+            let at = Position {
+                segment: active.first,
+                offset,
+            };
+            match &entry {
+                Entry::Record { seq, record, .. } => {
+                    if *seq > indexed {
+                        batch.record(*seq, at, record)?;
+                    }
+                    last_seq = *seq;
+                    if offset == 0 {
+                        started_ms = Some(record.time_unix_ms);
+                    }
+                }
+                Entry::Checkpoint(cp) => {
+                    if cp.seq >= indexed {
+                        batch.mark(cp.seq, at)?;
+                    }
+                    if offset == 0 {
+                        started_ms = Some(cp.time_unix_ms);
+                    }
+                    last_seq = last_seq.max(cp.seq);
+                    // Only what follows the last checkpoint needs checking.
+                    tail.clear();
+                }
+            }
+            tail.push(entry);
+            Ok(())
+        });
+        let end = match read {
+            Ok(end) => {
+                batch.commit().map_err(io_at(&index_path))?;
+                end
+            }
+            Err(e) => {
+                batch.rollback();
+                return Err(self.read_error(&active.path, e));
+            }
+        };
+        if end.torn_tail_bytes > 0 {
+            tracing::warn!(
+                path = %active.path.display(),
+                bytes = end.torn_tail_bytes,
+                after_record = last_seq,
+                "removing a torn final line left by a crash (it was never acknowledged)"
+            );
+            OpenOptions::new()
+                .write(true)
+                .open(&active.path)
+                .and_then(|f| {
+                    f.set_len(end.complete_len)?;
+                    f.sync_data()
+                })
+                .map_err(io_at(&active.path))?;
+        }
+        if indexed > last_seq {
+            index::forget_after(&conn, last_seq).map_err(io_at(&index_path))?;
+        }
+        if start > 0 && started_ms.is_none() {
+            started_ms = first_checkpoint(&active.path)?.map(|cp| cp.time_unix_ms);
+        }
+
+        // Sealed segments still here, for retention: each ends where the next
+        // begins, at the checkpoint the next one opens with.
+        let mut sealed = VecDeque::with_capacity(segs.len());
+        let mut nexts = segs.iter().skip(1).chain(std::iter::once(&active));
+        for seg in &segs {
+            let Some(next) = nexts.next() else { break };
+            let end_ms = first_checkpoint(&next.path)?.map_or(0, |cp| cp.time_unix_ms);
+            sealed.push_back(Sealed {
+                first: seg.first,
+                last: next.first - 1,
+                end_ms,
+            });
+        }
+        self.sealed = sealed;
+
+        let sealed_records = match tail.first() {
+            Some(Entry::Checkpoint(cp)) => cp.seq,
+            _ => 0,
+        };
+        self.committed.store(last_seq, Ordering::Release);
+        let sink = self.open_sink(&active.path)?;
+        self.active = Some(Active {
+            first: active.first,
+            sink,
+            len: end.complete_len,
+            dirty: false,
+            started_ms: started_ms.unwrap_or_else(super::writer::now_unix_ms),
+        });
+        self.conn = Some(conn);
+        Ok(Recovered {
+            head,
+            tail,
+            sealed_records,
+        })
+    }
+
+    fn append(&mut self, group: &[Entry<'_>]) -> io::Result<()> {
+        self.try_append(group)?;
+        if let Some(Entry::Checkpoint(cp)) = group.last() {
+            if self.rotation_due(cp.time_unix_ms) {
+                if let Err(e) = self.rotate(cp) {
+                    // The group is durable; sealing waits for the next checkpoint.
+                    tracing::error!(error = %e, "could not open the next segment of the access log");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn keep_genesis(&mut self, genesis: &Checkpoint) -> io::Result<()> {
+        files::write_head(&self.dir, genesis)?;
+        files::sync_parent(&self.dir.join(files::HEAD_FILE))
+    }
+
+    fn wants_checkpoint(&self, now_unix_ms: i64) -> bool {
+        self.rotation_due(now_unix_ms)
+    }
+
+    fn expire(
+        &mut self,
+        now_unix_ms: i64,
+        attest: &dyn Fn(u64, [u8; 32]) -> Checkpoint,
+    ) -> Result<u64, AuditError> {
+        FileStore::expire(self, now_unix_ms, attest)
+    }
+
+    fn reader(&self) -> Arc<dyn AuditReader> {
+        Arc::clone(&self.reader) as Arc<dyn AuditReader>
+    }
+
+    fn location(&self) -> String {
+        self.dir.display().to_string()
+    }
+}
+
+/// The read side of the file log: the index for positions, positioned reads
+/// of the segments (in the audit folder or the archive) for records.
+pub struct FileReader {
+    dir: PathBuf,
+    archive: Option<PathBuf>,
+    /// Opened on first use (the writer creates the file).
+    conn: Mutex<Option<Connection>>,
+    committed: Arc<AtomicU64>,
+}
+
+impl FileReader {
+    fn with_conn<T>(&self, f: impl FnOnce(&Connection) -> io::Result<T>) -> Result<T, AuditError> {
+        let path = self.dir.join(index::INDEX_FILE);
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            *guard = Some(index::open_reader(&self.dir).map_err(io_at(&path))?);
+        }
+        match guard.as_ref() {
+            Some(conn) => f(conn).map_err(io_at(&path)),
+            None => Err(AuditError::Unavailable("the index is not open".into())),
+        }
+    }
+
+    fn corrupt(&self, segment: u64, what: String) -> AuditError {
+        AuditError::Corrupt {
+            path: self.dir.join(SEGMENTS_DIR).join(segment_file_name(segment)),
+            what,
+        }
+    }
+}
+
+impl AuditReader for FileReader {
+    fn subject_page(
+        &self,
+        subject: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SubjectRow>, AuditError> {
+        let before = match before {
+            None => u64::MAX,
+            Some(cursor) => cursor.parse::<u64>().map_err(|_| {
+                AuditError::Options(format!("{cursor:?} is not a cursor of this access log"))
+            })?,
+        };
+        let last = self.committed.load(Ordering::Acquire);
+        let rows = self.with_conn(|c| index::page(c, subject, before, last, limit))?;
+        let mut files: HashMap<u64, File> = HashMap::new();
+        let mut out = Vec::with_capacity(rows.len());
+        for (seq, at) in rows {
+            let file = match files.entry(at.segment) {
+                std::collections::hash_map::Entry::Occupied(f) => f.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                    open_segment(&self.dir, self.archive.as_deref(), at.segment).map_err(
+                        |source| AuditError::Io {
+                            path: self
+                                .dir
+                                .join(SEGMENTS_DIR)
+                                .join(segment_file_name(at.segment)),
+                            source,
+                        },
+                    )?,
+                ),
+            };
+            let bytes = index::read_line_at(file, at.offset).map_err(|source| AuditError::Io {
+                path: self
+                    .dir
+                    .join(SEGMENTS_DIR)
+                    .join(segment_file_name(at.segment)),
+                source,
+            })?;
+            match line::parse_entry(&bytes) {
+                Ok(Entry::Record {
+                    seq: found, record, ..
+                }) if found == seq => out.push(SubjectRow {
+                    cursor: seq.to_string(),
+                    record: record.into_owned(),
+                }),
+                Ok(_) => {
+                    return Err(self.corrupt(
+                        at.segment,
+                        format!("the line at offset {} is not record {seq}", at.offset),
+                    ))
+                }
+                Err(what) => {
+                    return Err(self.corrupt(
+                        at.segment,
+                        format!("record {seq} at offset {}: {what}", at.offset),
+                    ))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn records_after(
+        &self,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, AuditRecord)>, AuditError> {
+        let last = self.committed.load(Ordering::Acquire);
+        let mut out = Vec::new();
+        if after_seq >= last || limit == 0 {
+            return Ok(out);
+        }
+        let (mut segment, mut offset) = match self
+            .with_conn(|c| index::mark_at_or_before(c, after_seq))?
+        {
+            Some((_, at)) => (at.segment, at.offset),
+            None => {
+                // No checkpoint before it: from the oldest segment there is.
+                let segs = list_segments(&self.dir, self.archive.as_deref()).map_err(|source| {
+                    AuditError::Io {
+                        path: self.dir.clone(),
+                        source,
+                    }
+                })?;
+                match segs.first() {
+                    Some(s) => (s.first, 0),
+                    None => return Ok(out),
+                }
+            }
+        };
+        let mut seen = after_seq;
+        loop {
+            let file = match open_segment(&self.dir, self.archive.as_deref(), segment) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !out.is_empty() => return Ok(out),
+                Err(source) => {
+                    return Err(AuditError::Io {
+                        path: self.dir.join(SEGMENTS_DIR).join(segment_file_name(segment)),
+                        source,
+                    })
+                }
+            };
+            let mut reader = BufReader::new(file);
+            reader
+                .seek(SeekFrom::Start(offset))
+                .map_err(|source| AuditError::Io {
+                    path: self.dir.join(SEGMENTS_DIR).join(segment_file_name(segment)),
+                    source,
+                })?;
+            let mut last_in_file = segment.saturating_sub(1);
+            let read = verify::read_entries(reader, offset, |_, entry| {
+                if let Entry::Record { seq, record, .. } = entry {
+                    last_in_file = seq;
+                    if seq > seen && seq <= last {
+                        seen = seq;
+                        out.push((seq, record.into_owned()));
+                    }
+                    if out.len() >= limit || seq >= last {
+                        return Err(io::Error::other("enough"));
+                    }
+                }
+                Ok(())
+            });
+            match read {
+                Ok(_) => {}
+                Err(ReadError::Refused { .. }) => return Ok(out),
+                Err(e) => return Err(self.corrupt(segment, format!("{e:?}"))),
+            }
+            if seen >= last || last_in_file < segment {
+                return Ok(out);
+            }
+            segment = last_in_file + 1;
+            offset = 0;
+        }
+    }
+}
