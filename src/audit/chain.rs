@@ -25,11 +25,16 @@ const CHECKPOINT_TAG: &[u8] = b"interop-gateway/audit/checkpoint/v1\0";
 
 /// The chain hash of record `seq`, given the hash of the record before it.
 pub fn hash(prev: &[u8; 32], seq: u64, record: &AuditRecord) -> [u8; 32] {
+    hash_canonical(prev, seq, &record.canonical_bytes())
+}
+
+/// [`hash`], given the record's canonical bytes already encoded.
+pub fn hash_canonical(prev: &[u8; 32], seq: u64, canonical: &[u8]) -> [u8; 32] {
     let mut ctx = digest::Context::new(&digest::SHA256);
     ctx.update(RECORD_TAG);
     ctx.update(prev);
     ctx.update(&seq.to_be_bytes());
-    ctx.update(&record.canonical_bytes());
+    ctx.update(canonical);
     let mut out = [0; 32];
     out.copy_from_slice(ctx.finish().as_ref());
     out

@@ -23,6 +23,9 @@ pub(crate) enum Line {
     Checkpoint(Checkpoint),
 }
 
+/// The line of a record as serde writes it: the reference
+/// [`write_encoded`] is checked against.
+#[cfg(test)]
 #[derive(Serialize)]
 struct RecordOut<'a> {
     seq: u64,
@@ -55,6 +58,7 @@ struct AnyLine {
 }
 
 /// Appends `{"seq":..,"hash":..,"record":{..}}\n` to `out`.
+#[cfg(test)]
 pub(crate) fn write_record(
     out: &mut Vec<u8>,
     seq: u64,
@@ -68,6 +72,47 @@ pub(crate) fn write_record(
     };
     serde_json::to_writer(&mut *out, &line).map_err(io::Error::other)?;
     out.push(b'\n');
+    Ok(())
+}
+
+/// A record encoded before it has a seq: its canonical bytes (what the chain
+/// hashes) and its JSON (what its line carries). Made in the caller's task,
+/// so the single writer only chains and copies bytes.
+pub(crate) struct Encoded {
+    pub record: AuditRecord,
+    pub canonical: Vec<u8>,
+    json: Vec<u8>,
+}
+
+impl Encoded {
+    pub fn new(record: AuditRecord) -> io::Result<Encoded> {
+        let json = serde_json::to_vec(&record).map_err(io::Error::other)?;
+        Ok(Encoded {
+            canonical: record.canonical_bytes(),
+            json,
+            record,
+        })
+    }
+}
+
+/// Appends the line of `encoded` as record `seq` with chain hash `hash`:
+/// byte for byte what [`write_record`] writes for the same record.
+pub(crate) fn write_encoded(
+    out: &mut Vec<u8>,
+    seq: u64,
+    hash: &[u8; 32],
+    encoded: &Encoded,
+) -> io::Result<()> {
+    use io::Write;
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    write!(out, "{{\"seq\":{seq},\"hash\":\"")?;
+    for b in hash {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 15)]);
+    }
+    out.extend_from_slice(b"\",\"record\":");
+    out.extend_from_slice(&encoded.json);
+    out.extend_from_slice(b"}\n");
     Ok(())
 }
 
@@ -160,6 +205,35 @@ mod tests {
                 assert_eq!((seq, hash, record), (3, [0xab; 32], r));
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_encoded_record_writes_the_same_line_as_the_record() {
+        let mut odd = sample(7, "tab\there \"quoted\" \\ back\u{1}slash");
+        odd.officer_id = "cán bộ \u{2028} 017".into();
+        odd.fields.clear();
+        odd.relay_agency_code = "000.00.00.H13".into();
+        odd.reason = "VERIFICATION_LIMIT".into();
+        let mut negative = sample(0, "001099012345");
+        negative.time_unix_ms = -1;
+        negative.latency_us = u64::MAX;
+        for (seq, r) in [
+            (1, sample(1, "001099012345")),
+            (u64::MAX, odd),
+            (42, negative),
+        ] {
+            let hash: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(37));
+            let mut direct = Vec::new();
+            write_record(&mut direct, seq, &hash, &r).unwrap();
+            let encoded = Encoded::new(r.clone()).unwrap();
+            assert_eq!(encoded.canonical, r.canonical_bytes());
+            let mut ahead = Vec::new();
+            write_encoded(&mut ahead, seq, &hash, &encoded).unwrap();
+            assert_eq!(
+                String::from_utf8(ahead).unwrap(),
+                String::from_utf8(direct).unwrap()
+            );
         }
     }
 

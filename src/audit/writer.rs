@@ -36,7 +36,7 @@ use super::{
     chain::{self, Checkpoint, GENESIS},
     files::{self, LOG_FILE, PUB_FILE},
     index::{self, SubjectIndex},
-    line::{self, Line},
+    line::{self, Encoded, Line},
     record::AuditRecord,
     signer::Signer,
     verify::{self, ScanError, VerifyFailure},
@@ -105,7 +105,7 @@ struct Shared {
     reason = "nearly every message is an Append; boxing it would cost an allocation per record to shrink a message sent once"
 )]
 enum Msg {
-    Append(AuditRecord, oneshot::Sender<Result<u64, AuditError>>),
+    Append(Encoded, oneshot::Sender<Result<u64, AuditError>>),
     /// The checkpoint timer fired.
     Tick,
     Shutdown,
@@ -193,15 +193,22 @@ impl AuditLog {
     /// Queues `record` and resolves to its seq once it is on disk (written
     /// and fsynced). The future does not borrow the log, so it can be spawned.
     /// Once queued the record is written even if the future is dropped.
+    ///
+    /// The record is encoded here, in the caller's task: the writer, which
+    /// every append waits on in turn, only chains and writes the bytes.
     pub fn append(
         &self,
         record: AuditRecord,
     ) -> impl Future<Output = Result<u64, AuditError>> + Send + 'static {
         let tx = self.tx.clone();
+        let encoded = Encoded::new(record);
         async move {
             let stopped = || AuditError::Unavailable("the audit writer has stopped".into());
+            let encoded = encoded.map_err(|e| {
+                AuditError::Unavailable(format!("the access record cannot be encoded: {e}"))
+            })?;
             let (reply, answer) = oneshot::channel();
-            tx.send(Msg::Append(record, reply))
+            tx.send(Msg::Append(encoded, reply))
                 .await
                 .map_err(|_| stopped())?;
             answer.await.map_err(|_| stopped())?
@@ -525,7 +532,7 @@ impl Writer {
     /// end if `seal` and anything is unsealed), in one write and one fsync,
     /// then adds them to the index. All or nothing: on error the state is
     /// unchanged and the file is cut back to the committed length.
-    fn commit(&mut self, records: &[AuditRecord], seal: bool) -> io::Result<Committed> {
+    fn commit(&mut self, records: &[Encoded], seal: bool) -> io::Result<Committed> {
         let result = self.try_commit(records, seal);
         self.probe = false;
         if result.is_err() && self.dirty {
@@ -538,7 +545,7 @@ impl Writer {
         result
     }
 
-    fn try_commit(&mut self, records: &[AuditRecord], seal: bool) -> io::Result<Committed> {
+    fn try_commit(&mut self, records: &[Encoded], seal: bool) -> io::Result<Committed> {
         if self.dirty {
             self.sink.truncate(self.len)?;
             self.dirty = false;
@@ -552,9 +559,9 @@ impl Writer {
         let mut seq = first_seq - 1;
         for record in records {
             seq += 1;
-            head = chain::hash(&head, seq, record);
+            head = chain::hash_canonical(&head, seq, &record.canonical);
             offsets.push(self.len + buf.len() as u64);
-            line::write_record(&mut buf, seq, &head, record)?;
+            line::write_encoded(&mut buf, seq, &head, record)?;
             since += 1;
             if since >= self.every_records {
                 last_cp = Some(self.checkpoint(&mut buf, seq, head)?);
@@ -595,7 +602,7 @@ impl Writer {
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             for (i, record) in records.iter().enumerate() {
-                index.insert(first_seq + i as u64, offsets[i], record);
+                index.insert(first_seq + i as u64, offsets[i], &record.record);
             }
         }
         self.shared
@@ -725,8 +732,9 @@ fn run(
                 }
                 let live = &writer.shared.live;
                 if live.receiver_count() > 0 {
-                    for (i, record) in records.into_iter().enumerate() {
+                    for (i, encoded) in records.into_iter().enumerate() {
                         let seq = committed.first_seq + i as u64;
+                        let record = encoded.record;
                         // No receiver left is not an error.
                         let _ = live.send(Arc::new(LiveRecord { seq, record }));
                     }
