@@ -96,16 +96,17 @@ def main(out):
     gp99 = opened["gateway"]["latency_ms"]["p99"]
     bp99 = opened["baseline"]["latency_ms"]["p99"]
     pp99 = opened["proxy"]["latency_ms"]["p99"]
-    bound = 1.5 * bp99 + fsync["p99_ms"]
+    # Issue 12's targets for the embedded access log.
+    bound = 2 * bp99 + fsync["p99_ms"]
     emit("| target | measured | |")
     emit("|---|---|---|")
     emit(
-        f"| gateway saturation >= 0.8 x baseline | {div(g['throughput_rps'], base['throughput_rps']):.2f} x "
-        f"| {check(g['throughput_rps'] >= 0.8 * base['throughput_rps'])} |"
+        f"| gateway saturation >= 0.85 x baseline | {div(g['throughput_rps'], base['throughput_rps']):.2f} x "
+        f"| {check(g['throughput_rps'] >= 0.85 * base['throughput_rps'])} |"
     )
     emit(
-        f"| gateway p99 at half load <= 1.5 x baseline p99 + fsync p99 | {gp99:.2f} ms vs "
-        f"1.5 x {bp99:.2f} + {fsync['p99_ms']:.2f} = {bound:.2f} ms | {check(gp99 <= bound)} |"
+        f"| gateway p99 at half load <= 2 x baseline p99 + fsync p99 | {gp99:.2f} ms vs "
+        f"2 x {bp99:.2f} + {fsync['p99_ms']:.2f} = {bound:.2f} ms | {check(gp99 <= bound)} |"
     )
     emit(
         f"| gateway saturation >= nginx proxy's | {g['throughput_rps']:.0f} vs {p['throughput_rps']:.0f} req/s "

@@ -126,7 +126,7 @@ mod targets {
                 dossier_id: dossier.clone(),
                 officer_id: officer,
             };
-            let kept = service::recorded::context(&ctx, 64);
+            let kept = service::recorded::context(ctx, 64);
             prop_assert!(
                 kept.procedure_code == procedure
                     || service::recorded::is_placeholder(&kept.procedure_code)

@@ -151,6 +151,18 @@ fn new_request_id() -> String {
     format!("{:016x}{:016x}", high.hash_one(n), low.hash_one(n))
 }
 
+/// `id` as the value of a [`REQUEST_ID_HEADER`]. It is unique to every
+/// call, so it is marked never-indexed: HPACK then sends it as a literal
+/// instead of adding it to both ends' header tables on every call (evicting
+/// entries that would have repeated).
+pub fn request_id_value(
+    id: &str,
+) -> Result<MetadataValue<tonic::metadata::Ascii>, tonic::metadata::errors::InvalidMetadataValue> {
+    let mut value = MetadataValue::try_from(id)?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
 /// Whether `id` has the form of [`new_request_id`]'s ids.
 fn is_request_id(id: &str) -> bool {
     id.len() == 32
@@ -352,7 +364,7 @@ impl Core {
                     ),
                     Err(e) => (requested_subjects, Vec::new(), e.code(), e.reason_text()),
                 };
-                let (context, subjects) = recordable(&context, subjects);
+                let (context, subjects) = recordable(context, subjects);
                 let mut fields = fields;
                 fields.sort();
                 fields.dedup();
@@ -411,9 +423,7 @@ impl Core {
         // The id names a record in the access log, so it is only given out
         // when that record exists.
         let recorded = !matches!(result, Err(RequestError::AuditUnavailable(_)));
-        let id = MetadataValue::try_from(request_id.as_str())
-            .ok()
-            .filter(|_| recorded);
+        let id = request_id_value(&request_id).ok().filter(|_| recorded);
         match result {
             Ok(answer) => {
                 let mut response = Response::new(answer.response);
@@ -445,7 +455,7 @@ impl Core {
 /// What the access record keeps of a call's context and subjects: validated
 /// values as they are, anything else as a placeholder (see [`recorded`]).
 fn recordable(
-    context: &AccessContext,
+    context: AccessContext,
     subjects: Vec<String>,
 ) -> (recorded::RecordedContext, Vec<String>) {
     let mut subjects = recorded::subjects(subjects);

@@ -90,16 +90,17 @@ mod officer_id_tests {
 }
 
 /// The recordable form of a call's context. An absent field stays empty.
-pub fn context(ctx: &AccessContext, max_officer_id: usize) -> RecordedContext {
+/// Takes the context by value: its strings move into the record.
+pub fn context(ctx: AccessContext, max_officer_id: usize) -> RecordedContext {
     let non_empty = |s: &str, ok: bool| s.is_empty() || ok;
     RecordedContext {
-        procedure_code: kept_if(ctx.procedure_code.clone(), |s| {
+        procedure_code: kept_if(ctx.procedure_code, |s| {
             non_empty(s, domain::agency::parse_procedure_code(s).is_ok())
         }),
-        dossier_id: kept_if(ctx.dossier_id.clone(), |s| {
+        dossier_id: kept_if(ctx.dossier_id, |s| {
             non_empty(s, domain::agency::parse_dossier_id(s).is_ok())
         }),
-        officer_id: kept_if(ctx.officer_id.clone(), |s| officer_id_ok(s, max_officer_id)),
+        officer_id: kept_if(ctx.officer_id, |s| officer_id_ok(s, max_officer_id)),
     }
 }
 
@@ -123,7 +124,7 @@ mod tests {
             dossier_id: "\u{1b}[2J\u{1b}[31mCALL 0900000000 FOR REFUND\r".into(),
             officer_id: "cb-017".into(),
         };
-        let r = context(&ctx, 64);
+        let r = context(ctx.clone(), 64);
         assert!(is_placeholder(&r.procedure_code), "{r:?}");
         assert!(is_placeholder(&r.dossier_id), "{r:?}");
         assert_eq!(r.officer_id, "cb-017");
@@ -135,12 +136,12 @@ mod tests {
             dossier_id: "000.00.20.H13-241205-0001".into(),
             officer_id: "bell\u{7}".into(),
         };
-        let r = context(&good, 64);
+        let r = context(good, 64);
         assert_eq!(r.procedure_code, "1.004227");
         assert_eq!(r.dossier_id, "000.00.20.H13-241205-0001");
         assert!(is_placeholder(&r.officer_id));
         assert_eq!(
-            context(&AccessContext::default(), 64),
+            context(AccessContext::default(), 64),
             RecordedContext::default()
         );
     }

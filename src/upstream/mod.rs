@@ -250,7 +250,7 @@ impl Upstream {
             .map_err(|e| RequestError::Internal(format!("method path {method}: {e}")))?;
         let consumer = MetadataValue::try_from(consumer)
             .map_err(|e| RequestError::Internal(format!("agency code as metadata: {e}")))?;
-        let request_id = MetadataValue::try_from(request_id)
+        let request_id = crate::service::request_id_value(request_id)
             .map_err(|e| RequestError::Internal(format!("request id as metadata: {e}")))?;
         let deadline = Instant::now() + self.timeout;
         self.budget.deposit();
