@@ -355,3 +355,30 @@ async fn without_admin_there_is_no_listener_and_nothing_is_counted() {
     assert!(gw.running().metrics().is_none());
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_are_counted_by_result() {
+    let mut gw = gateway().await;
+    let admin = gw.admin.clone().expect("[admin] is configured");
+    let good = gw.text.clone();
+    // A key the config does not know: refused whole, the old config stays.
+    gw.reload_with(&format!("{good}\nno_such_key = 1\n"))
+        .unwrap_err();
+    gw.reload_with(&good).unwrap();
+    gw.reload_with(&good).unwrap();
+    let text = scrape(&admin).await;
+    for (result, count) in [("ok", 2.0), ("error", 1.0)] {
+        assert_eq!(
+            metric(
+                &text,
+                "interop_gateway_config_reloads_total",
+                &[("result", result)]
+            ),
+            Some(count),
+            "{text}"
+        );
+    }
+    // The gateway still answers under the reloaded config.
+    let mut land = gw.client(LAND_OFFICE).await;
+    land.citizen.get_citizen(citizen_request()).await.unwrap();
+}
