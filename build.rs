@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "interop/land/v1/land.proto",
     "interop/business/v1/business.proto",
     "interop/audit/v1/access_log.proto",
+    "interop/audit/v1/witness.proto",
     "interop/catalog/v1/catalog.proto",
 ];
 

@@ -88,6 +88,18 @@ struct RawAudit {
     segment_max_age_hours: Option<u64>,
     retain_days: Option<u64>,
     archive_dir: Option<PathBuf>,
+    #[serde(default)]
+    witnesses: Vec<RawWitness>,
+}
+
+/// One entry of `[audit] witnesses`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWitness {
+    address: String,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 /// `[limits]`: every key optional, each with its default in [`Limits`].
@@ -208,6 +220,24 @@ pub struct AuditSettings {
     /// Segment sealing, retention and the archive (`segment_bytes`,
     /// `segment_max_age_hours`, `retain_days`, `archive_dir`).
     pub files: crate::audit::FileOptions,
+    /// `witnesses`: gateways every checkpoint is sent to for countersigning.
+    pub witnesses: Vec<WitnessSettings>,
+}
+
+/// How to reach a witness (another gateway's `WitnessService`) over mutual
+/// TLS: one entry of `[audit] witnesses`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WitnessSettings {
+    /// `host:port` (an `https://` prefix, if written, is dropped).
+    pub address: String,
+    /// The host of `address`: the name verified on the witness's server
+    /// certificate.
+    pub server_name: String,
+    /// Roots for the witness's server certificate.
+    pub ca: PathBuf,
+    /// This gateway's client certificate and key toward the witness.
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// The PostgreSQL access log, from `[audit] database_url`.
@@ -933,7 +963,16 @@ impl Config {
             }
             None => host_name(),
         };
+        let witnesses = raw
+            .audit
+            .witnesses
+            .iter()
+            .enumerate()
+            .map(|(i, w)| witness_settings(i, w, &resolve))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err)?;
         let audit = AuditSettings {
+            witnesses,
             database,
             instance,
             files,
@@ -1076,14 +1115,7 @@ fn registry_entry(
                 ));
             }
             let readable = |key: &str, path: &Path| {
-                let path = resolve(path);
-                std::fs::File::open(&path).map(drop).map_err(|e| {
-                    format!(
-                        "registry[{i}].upstream.{key}: cannot read {}: {e}",
-                        path.display()
-                    )
-                })?;
-                Ok::<_, String>(path)
+                readable(&format!("registry[{i}].upstream.{key}"), resolve(path))
             };
             let (ca, cert, key) = (
                 readable("ca", &u.ca)?,
@@ -1117,6 +1149,38 @@ fn registry_entry(
         service,
         owner: r.owner.clone(),
         upstream,
+    })
+}
+
+/// `path` when it can be opened for reading; else an error naming `key`.
+fn readable(key: &str, path: PathBuf) -> Result<PathBuf, String> {
+    match std::fs::File::open(&path) {
+        Ok(_) => Ok(path),
+        Err(e) => Err(format!("{key}: cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Validates one `[audit] witnesses` entry (index `i`); errors name the key.
+fn witness_settings(
+    i: usize,
+    w: &RawWitness,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<WitnessSettings, String> {
+    let address = w.address.strip_prefix("https://").unwrap_or(&w.address);
+    let (host, _port) = split_host_port(address).ok_or_else(|| {
+        format!(
+            "audit.witnesses[{i}].address: {:?} is not host:port (for example \"witness.example.gov.vn:50051\" or \"127.0.0.1:50061\")",
+            w.address
+        )
+    })?;
+    let readable =
+        |key: &str, path: &Path| readable(&format!("audit.witnesses[{i}].{key}"), resolve(path));
+    Ok(WitnessSettings {
+        address: address.to_owned(),
+        server_name: host.to_owned(),
+        ca: readable("ca", &w.ca)?,
+        cert: readable("cert", &w.cert)?,
+        key: readable("key", &w.key)?,
     })
 }
 

@@ -48,6 +48,20 @@ pub mod reason {
     pub const MALFORMED_REQUEST: &str = "MALFORMED_REQUEST";
     /// The call ran past its `grpc-timeout` or `[limits] max_call_ms`.
     pub const DEADLINE_EXCEEDED: &str = "DEADLINE_EXCEEDED";
+    /// A witness refuses a checkpoint older than one it countersigned for
+    /// that log (FAILED_PRECONDITION).
+    pub const LOG_ROLLED_BACK: &str = "LOG_ROLLED_BACK";
+    /// A witness refuses a checkpoint that disagrees with the chain it
+    /// countersigned for that log (FAILED_PRECONDITION).
+    pub const LOG_FORKED: &str = "LOG_FORKED";
+    /// The request's `consistency` is not at the seq the witness last
+    /// countersigned (FAILED_PRECONDITION, metadata `witnessed_seq`).
+    pub const WITNESS_STATE_MISMATCH: &str = "WITNESS_STATE_MISMATCH";
+    /// A checkpoint's signature does not verify with the given log key
+    /// (INVALID_ARGUMENT).
+    pub const BAD_CHECKPOINT_SIGNATURE: &str = "BAD_CHECKPOINT_SIGNATURE";
+    /// A witness cannot keep its state right now (UNAVAILABLE).
+    pub const WITNESS_UNAVAILABLE: &str = "WITNESS_UNAVAILABLE";
 }
 
 /// One field violation: the request field path and what is wrong with it.
@@ -85,6 +99,14 @@ pub enum RequestError {
         message: String,
         metadata: Vec<(String, String)>,
     },
+    /// The request cannot be served in the state the gateway holds (a
+    /// witness's countersigned position), whatever the caller's rights.
+    #[error("{message}")]
+    FailedPrecondition {
+        reason: &'static str,
+        message: String,
+        metadata: Vec<(String, String)>,
+    },
     #[error("{resource_type} {name} is not in the registry")]
     NotFound {
         resource_type: &'static str,
@@ -117,6 +139,9 @@ pub enum RequestError {
     DeadlineExceeded(String),
     #[error("{0}")]
     AuditUnavailable(String),
+    /// A witness cannot read or write its own state.
+    #[error("{0}")]
+    WitnessUnavailable(String),
     /// The gateway is shutting down: a long call (a watch) ends early.
     #[error("{0}")]
     ShuttingDown(String),
@@ -158,12 +183,14 @@ impl RequestError {
             RequestError::InvalidArgument { .. } => Code::InvalidArgument,
             RequestError::PermissionDenied { .. } => Code::PermissionDenied,
             RequestError::NotFound { .. } => Code::NotFound,
+            RequestError::FailedPrecondition { .. } => Code::FailedPrecondition,
             RequestError::ResourceExhausted { .. } | RequestError::RequestTooLarge { .. } => {
                 Code::ResourceExhausted
             }
             RequestError::Unavailable(_)
             | RequestError::Overloaded { .. }
             | RequestError::AuditUnavailable(_)
+            | RequestError::WitnessUnavailable(_)
             | RequestError::ShuttingDown(_) => Code::Unavailable,
             RequestError::Internal(_) => Code::Internal,
             RequestError::DeadlineExceeded(_) => Code::DeadlineExceeded,
@@ -193,6 +220,7 @@ impl RequestError {
             RequestError::Unauthenticated { reason, .. }
             | RequestError::InvalidArgument { reason, .. }
             | RequestError::PermissionDenied { reason, .. }
+            | RequestError::FailedPrecondition { reason, .. }
             | RequestError::ResourceExhausted { reason, .. } => reason,
             RequestError::NotFound { .. } => reason::RECORD_NOT_FOUND,
             RequestError::Unavailable(_) => reason::STORE_UNAVAILABLE,
@@ -200,6 +228,7 @@ impl RequestError {
             RequestError::RequestTooLarge { .. } => reason::REQUEST_TOO_LARGE,
             RequestError::DeadlineExceeded(_) => reason::DEADLINE_EXCEEDED,
             RequestError::AuditUnavailable(_) => reason::AUDIT_UNAVAILABLE,
+            RequestError::WitnessUnavailable(_) => reason::WITNESS_UNAVAILABLE,
             RequestError::ShuttingDown(_) => reason::SHUTTING_DOWN,
             RequestError::Internal(_) => reason::INTERNAL,
             RequestError::UpstreamUnavailable { .. } => reason::UPSTREAM_UNAVAILABLE,
@@ -277,7 +306,8 @@ impl From<RequestError> for Status {
                         .collect::<Vec<_>>(),
                 );
             }
-            RequestError::PermissionDenied { metadata: m, .. } => {
+            RequestError::PermissionDenied { metadata: m, .. }
+            | RequestError::FailedPrecondition { metadata: m, .. } => {
                 metadata.extend(m.iter().cloned());
             }
             RequestError::UpstreamUnavailable { service, owner, .. } => {

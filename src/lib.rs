@@ -5,7 +5,8 @@
 //! ([`identity`]), is checked against grants ([`policy`], [`fieldmask`]), is
 //! answered from a registry ([`registry`]) through a thin service adapter
 //! ([`service`]), and is logged ([`audit`]); its answer carries a signed
-//! receipt ([`receipt`]). [`catalog`] describes what the gateway serves;
+//! receipt ([`receipt`]); its checkpoints are countersigned by other
+//! gateways ([`witness`]). [`catalog`] describes what the gateway serves;
 //! [`metrics`] counts calls and [`admin`] serves the counts and readiness.
 
 #![forbid(unsafe_code)]
@@ -43,3 +44,4 @@ pub mod snapshot;
 pub mod tls;
 pub mod upstream;
 pub mod verify_budget;
+pub mod witness;

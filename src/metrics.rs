@@ -101,6 +101,37 @@ struct OwnerLabels {
     owner: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WitnessLabels {
+    witness: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WitnessResultLabels {
+    witness: String,
+    result: &'static str,
+}
+
+/// How sending a checkpoint to a witness ended: the `result` label of
+/// `interop_gateway_witness_countersign_total`.
+pub mod witness_result {
+    /// Countersigned, verified and kept.
+    pub const OK: &str = "ok";
+    /// The witness countersigned a later checkpoint than this log has, or
+    /// this log no longer has the record the witness countersigned.
+    pub const LOG_ROLLED_BACK: &str = "log_rolled_back";
+    /// The log disagrees with the chain the witness countersigned.
+    pub const LOG_FORKED: &str = "log_forked";
+    /// Not reached: connection refused, handshake failed, timed out.
+    pub const UNAVAILABLE: &str = "unavailable";
+    /// Any other refusal by the witness.
+    pub const REFUSED: &str = "refused";
+    /// The witness answered with a countersignature that does not verify.
+    pub const BAD_COUNTERSIGNATURE: &str = "bad_countersignature";
+    /// This gateway could not read its chain or keep the receipt.
+    pub const ERROR: &str = "error";
+}
+
 /// Why a TLS handshake on the gRPC port failed: the `reason` label of
 /// `interop_gateway_handshake_failures_total`.
 pub mod handshake_reason {
@@ -281,6 +312,8 @@ pub struct Metrics {
     certificates: Mutex<Vec<WatchedCertificate>>,
     forwarded_calls: Family<ForwardedLabels, Counter>,
     forwarded_failures: Family<OwnerLabels, Counter>,
+    witness_countersign: Family<WitnessResultLabels, Counter>,
+    witness_last_seq: Family<WitnessLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -319,6 +352,8 @@ impl Metrics {
             certificates: Mutex::default(),
             forwarded_calls: Family::default(),
             forwarded_failures: Family::default(),
+            witness_countersign: Family::default(),
+            witness_last_seq: Family::default(),
         };
         // Both results exist from the start, so `increase()` sees the first.
         for result in ["ok", "error"] {
@@ -381,7 +416,37 @@ impl Metrics {
             "Forwarded calls that got no answer from the owner (unreachable, handshake failed, timed out, or the owner known down)",
             m.forwarded_failures.clone(),
         );
+        registry.register(
+            "interop_gateway_witness_countersign",
+            "Checkpoints sent to a witness (configured address), by result (ok, log_rolled_back, log_forked, unavailable, refused, bad_countersignature, error)",
+            m.witness_countersign.clone(),
+        );
+        registry.register(
+            "interop_gateway_witness_last_seq",
+            "Seq of the latest checkpoint a witness (configured address) countersigned",
+            m.witness_last_seq.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts one checkpoint sent to the witness at `witness` (its configured
+    /// address) by how it ended ([`witness_result`]).
+    pub fn witness_countersign(&self, witness: &str, result: &'static str) {
+        self.witness_countersign
+            .get_or_create(&WitnessResultLabels {
+                witness: witness.to_owned(),
+                result,
+            })
+            .inc();
+    }
+
+    /// The seq of the latest checkpoint `witness` countersigned.
+    pub fn witness_last_seq(&self, witness: &str, seq: u64) {
+        self.witness_last_seq
+            .get_or_create(&WitnessLabels {
+                witness: witness.to_owned(),
+            })
+            .set(i64::try_from(seq).unwrap_or(i64::MAX));
     }
 
     /// Counts a configuration reload; `ok` false when the new config was

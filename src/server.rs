@@ -28,11 +28,15 @@ use crate::{
     metrics::{CallMetricsLayer, Metrics},
     policy,
     proto::{
-        audit::v1::access_log_service_server::AccessLogServiceServer,
+        audit::v1::{
+            access_log_service_server::AccessLogServiceServer,
+            witness_service_server::WitnessServiceServer,
+        },
         business::v1::business_registry_service_server::BusinessRegistryServiceServer,
         catalog::v1::catalog_service_server::CatalogServiceServer,
         citizen::v1::citizen_registry_service_server::CitizenRegistryServiceServer,
-        land::v1::land_registry_service_server::LandRegistryServiceServer, FILE_DESCRIPTOR_SET,
+        land::v1::land_registry_service_server::LandRegistryServiceServer,
+        FILE_DESCRIPTOR_SET,
     },
     registry::{Store, StoreError},
     service::Core,
@@ -41,6 +45,9 @@ use crate::{
     upstream::Upstreams,
     verify_budget::{BudgetError, VerifyBudget},
 };
+
+/// How long a stop waits for the witnesses to take the final checkpoint.
+const WITNESS_GRACE: Duration = Duration::from_secs(3);
 
 /// Handshaken connections waiting for tonic to pick them up.
 const ACCEPT_BACKLOG: usize = 256;
@@ -65,6 +72,8 @@ pub enum ServeError {
     Audit(#[from] AuditError),
     #[error(transparent)]
     Upstream(#[from] crate::upstream::UpstreamError),
+    #[error(transparent)]
+    Witness(#[from] crate::witness::WitnessConfigError),
     #[error(transparent)]
     Budget(#[from] BudgetError),
     #[error(transparent)]
@@ -273,8 +282,33 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     let verify_budget = Arc::new(VerifyBudget::open(
         &config.verify_budget_path(),
         &config.limits,
-        options.clock,
+        Arc::clone(&options.clock),
     )?);
+    // Countersigning other gateways' checkpoints, with the access log's key;
+    // and sending this log's checkpoints to its own witnesses.
+    let log_signer = Signer::load_or_create(&config.audit.signing_key)?;
+    let witnessing = crate::witness::spawn(
+        &config.audit.witnesses,
+        crate::witness::LogSide {
+            key: log_signer.public_key(),
+            instance: match config.audit.database {
+                Some(_) => config.audit.instance.clone(),
+                None => String::new(),
+            },
+            reader: audit.reader(),
+            receipts: crate::witness::LogSide::receipts_dir(config),
+            metrics: metrics.clone(),
+        },
+        audit.checkpoints(),
+    )?;
+    let witness = crate::service::witness::Witness {
+        live: Arc::clone(&live),
+        store: Arc::new(crate::audit::witness::WitnessStore::new(
+            &config.data_dir.join(crate::audit::witness::WITNESS_DIR),
+            log_signer,
+        )),
+        clock: Arc::clone(&options.clock),
+    };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let core = Core {
         stopping: shutdown_rx.clone(),
@@ -361,6 +395,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         .add_service(BusinessRegistryServiceServer::new(core.clone()))
         .add_service(CatalogServiceServer::new(core.clone()))
         .add_service(AccessLogServiceServer::new(core))
+        .add_service(WitnessServiceServer::new(witness))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
@@ -411,6 +446,14 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         match Arc::try_unwrap(audit) {
             Ok(log) => log.shutdown().await?,
             Err(log) => log.close().await,
+        }
+        // The witnesses get the final checkpoint, within a bound: a witness
+        // that does not answer does not hold up the stop.
+        let deadline = tokio::time::Instant::now() + WITNESS_GRACE;
+        for mut task in witnessing {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+            }
         }
         Ok(())
     });
@@ -574,6 +617,7 @@ async fn set_health(
         .chain([
             policy::ACCESS_LOG_SERVICE,
             <CatalogServiceServer<Core> as tonic::server::NamedService>::NAME,
+            <WitnessServiceServer<crate::service::witness::Witness> as tonic::server::NamedService>::NAME,
         ]);
     for service in services {
         reporter.set_service_status(service, status).await;

@@ -87,6 +87,7 @@ fn export_writes_the_repository_protos_and_a_descriptor_set_naming_every_service
         services,
         [
             "interop.audit.v1.AccessLogService",
+            "interop.audit.v1.WitnessService",
             "interop.business.v1.BusinessRegistryService",
             "interop.catalog.v1.CatalogService",
             "interop.citizen.v1.CitizenRegistryService",

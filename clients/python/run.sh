@@ -33,6 +33,7 @@ mkdir -p "$GEN"
   "$REPO/proto/interop/land/v1/land.proto" \
   "$REPO/proto/interop/business/v1/business.proto" \
   "$REPO/proto/interop/audit/v1/access_log.proto" \
+  "$REPO/proto/interop/audit/v1/witness.proto" \
   "$REPO/proto/interop/catalog/v1/catalog.proto"
 
 export INTEROP_GATEWAY_BIN="${INTEROP_GATEWAY_BIN:-$REPO/target/release/interop-gateway}"

@@ -184,7 +184,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 }
 
 /// Exactly `N` bytes of hex, either case.
-fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+pub(crate) fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
     let s = s.as_bytes();
     if s.len() != 2 * N {
         return None;

@@ -13,6 +13,8 @@
 //! - [`segments`]: the embedded store ([`FileStore`]): segments, their
 //!   on-disk subject index (`index`), retention, migration
 //! - [`verify`]: [`verify_log`], [`export`], [`for_each_record`]
+//! - [`witness`]: countersigned checkpoints (the witness's rule and state,
+//!   the receipts, and checking a log against them)
 //!
 //! # Files
 //!
@@ -62,8 +64,10 @@
 //! can be changed or removed by someone who recomputes their hashes (at most
 //! `checkpoint_every_records` records or `checkpoint_every` of traffic), and
 //! rolling the log *and* `audit.head` back together to an earlier state. Both
-//! are closed by sending checkpoints to a witness outside the machine, which
-//! is a deployment matter above this module.
+//! are closed by sending checkpoints to a witness outside the machine
+//! (`[audit] witnesses`, see [`witness`]): a log older than a checkpoint a
+//! witness countersigned, or disagreeing with it, fails
+//! `audit verify --witness-receipts`.
 //!
 //! # Crashes
 //!
@@ -84,6 +88,7 @@ pub mod segments;
 pub mod signer;
 pub mod store;
 pub mod verify;
+pub mod witness;
 pub mod writer;
 
 #[cfg(test)]
@@ -101,7 +106,8 @@ pub use segments::{FileOptions, FileStore, MIGRATED_FILE, RETIRED_FILE, SEGMENTS
 pub use signer::{parse_public_key_pem, verify_signature, Signer};
 pub use store::{AuditReader, AuditStore, Entry, Recovered, SubjectRow};
 pub use verify::{
-    export, for_each_record, verify_file, verify_log, VerifyFailure, VerifyReport, VerifyScope,
+    export, for_each_record, verify_file, verify_log, verify_log_observing, VerifyFailure,
+    VerifyReport, VerifyScope,
 };
 pub use writer::{AuditLog, AuditOptions, LiveRecord, LIVE_BUFFER};
 

@@ -859,9 +859,114 @@ impl AuditReader for PgReader {
         })
     }
 
+    fn chain_hash_at(&self, seq: u64) -> Result<Option<[u8; 32]>, AuditError> {
+        if seq == 0 {
+            return Ok(Some(GENESIS));
+        }
+        let inner = &self.inner;
+        inner.block_on("reading the audit database", async {
+            let conn = client(&inner.pool).await?;
+            let row = conn
+                .query_opt(
+                    "SELECT hash FROM audit_records WHERE instance = $1 AND seq = $2",
+                    &[&inner.instance, &to_i64(seq)],
+                )
+                .await
+                .map_err(db_err("reading the audit database"))?;
+            row.map(|row| {
+                let hash: Vec<u8> = row.get(0);
+                <[u8; 32]>::try_from(hash.as_slice()).map_err(|_| {
+                    AuditError::Unavailable(format!(
+                        "record {}/{seq} has a hash of {} bytes, not 32",
+                        inner.instance,
+                        hash.len()
+                    ))
+                })
+            })
+            .transpose()
+        })
+    }
+
     fn page_token_secret(&self) -> Result<Option<[u8; 64]>, AuditError> {
         Ok(Some(self.inner.secret))
     }
+}
+
+/// One instance's chain at the seqs witnesses countersigned.
+#[derive(Clone, Debug)]
+pub struct ChainPoints {
+    pub instance: String,
+    pub public_key: [u8; 32],
+    /// The instance's last record.
+    pub last_seq: u64,
+    /// The chain hash after each wanted seq the chain has.
+    pub hashes: std::collections::BTreeMap<u64, [u8; 32]>,
+}
+
+/// For checking witnesses' countersignatures: every instance's key and last
+/// seq, and its chain hashes at the seqs `wanted` names for it (by
+/// instance name; `""` is no instance).
+pub async fn chain_points(
+    url: &str,
+    wanted: &std::collections::BTreeMap<String, Vec<u64>>,
+) -> Result<Vec<ChainPoints>, AuditError> {
+    let config = parse_url(url)?;
+    let (conn, connection) = config.connect(NoTls).await.map_err(db_err("connecting"))?;
+    let driver = tokio::spawn(connection);
+    let failed = db_err("reading the audit database");
+    conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(&failed)?;
+    let instances = conn
+        .query(
+            "SELECT i.instance, i.public_key,
+                    (SELECT coalesce(max(seq), 0) FROM audit_records r WHERE r.instance = i.instance)
+             FROM audit_instances i ORDER BY i.instance",
+            &[],
+        )
+        .await
+        .map_err(&failed)?;
+    let mut out = Vec::new();
+    for row in instances {
+        let instance: String = row.get(0);
+        let key: Vec<u8> = row.get(1);
+        let last: i64 = row.get(2);
+        let public_key = <[u8; 32]>::try_from(key.as_slice()).map_err(|_| {
+            AuditError::Unavailable(format!(
+                "instance {instance}: the public key is not 32 bytes"
+            ))
+        })?;
+        let seqs: Vec<i64> = wanted
+            .get(&instance)
+            .map(|s| s.iter().map(|&q| to_i64(q)).collect())
+            .unwrap_or_default();
+        let mut hashes = std::collections::BTreeMap::new();
+        if !seqs.is_empty() {
+            let rows = conn
+                .query(
+                    "SELECT seq, hash FROM audit_records WHERE instance = $1 AND seq = ANY($2)",
+                    &[&instance, &seqs],
+                )
+                .await
+                .map_err(&failed)?;
+            for r in rows {
+                let seq: i64 = r.get(0);
+                let hash: Vec<u8> = r.get(1);
+                if let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) {
+                    hashes.insert(seq as u64, hash);
+                }
+            }
+        }
+        out.push(ChainPoints {
+            instance,
+            public_key,
+            last_seq: last.max(0) as u64,
+            hashes,
+        });
+    }
+    drop(conn);
+    let _ = driver.await;
+    Ok(out)
 }
 
 /// What [`verify_database`] found for one instance.

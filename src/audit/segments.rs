@@ -965,10 +965,45 @@ impl AuditReader for FileReader {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<(u64, AuditRecord)>, AuditError> {
-        let last = self.committed.load(Ordering::Acquire);
         let mut out = Vec::new();
-        if after_seq >= last || limit == 0 {
+        if limit == 0 {
             return Ok(out);
+        }
+        self.walk_after(after_seq, |seq, _, record| {
+            out.push((seq, record.into_owned()));
+            out.len() < limit
+        })?;
+        Ok(out)
+    }
+
+    fn chain_hash_at(&self, seq: u64) -> Result<Option<[u8; 32]>, AuditError> {
+        if seq == 0 {
+            return Ok(Some(super::chain::GENESIS));
+        }
+        let mut found = None;
+        self.walk_after(seq - 1, |at, hash, _| {
+            if at == seq {
+                found = Some(hash);
+            }
+            false
+        })?;
+        Ok(found)
+    }
+}
+
+impl FileReader {
+    /// Hands the committed records with seq strictly above `after_seq`, oldest
+    /// first, with their chain hashes, to `each` until it returns false: from
+    /// the index's checkpoint at or before `after_seq`, through the segments
+    /// (the archive's too).
+    fn walk_after(
+        &self,
+        after_seq: u64,
+        mut each: impl FnMut(u64, [u8; 32], std::borrow::Cow<'static, AuditRecord>) -> bool,
+    ) -> Result<(), AuditError> {
+        let last = self.committed.load(Ordering::Acquire);
+        if after_seq >= last {
+            return Ok(());
         }
         let (mut segment, mut offset) = match self
             .with_conn(|c| index::mark_at_or_before(c, after_seq))?
@@ -984,15 +1019,16 @@ impl AuditReader for FileReader {
                 })?;
                 match segs.first() {
                     Some(s) => (s.first, 0),
-                    None => return Ok(out),
+                    None => return Ok(()),
                 }
             }
         };
         let mut seen = after_seq;
+        let mut handed = false;
         loop {
             let file = match open_segment(&self.dir, self.archive.as_deref(), segment) {
                 Ok(file) => file,
-                Err(e) if e.kind() == io::ErrorKind::NotFound && !out.is_empty() => return Ok(out),
+                Err(e) if e.kind() == io::ErrorKind::NotFound && handed => return Ok(()),
                 Err(source) => {
                     return Err(AuditError::Io {
                         path: self.dir.join(SEGMENTS_DIR).join(segment_file_name(segment)),
@@ -1009,13 +1045,16 @@ impl AuditReader for FileReader {
                 })?;
             let mut last_in_file = segment.saturating_sub(1);
             let read = verify::read_entries(reader, offset, |_, entry| {
-                if let Entry::Record { seq, record, .. } = entry {
+                if let Entry::Record { seq, hash, record } = entry {
                     last_in_file = seq;
                     if seq > seen && seq <= last {
                         seen = seq;
-                        out.push((seq, record.into_owned()));
+                        handed = true;
+                        if !each(seq, hash, record) {
+                            return Err(io::Error::other("enough"));
+                        }
                     }
-                    if out.len() >= limit || seq >= last {
+                    if seq >= last {
                         return Err(io::Error::other("enough"));
                     }
                 }
@@ -1023,11 +1062,11 @@ impl AuditReader for FileReader {
             });
             match read {
                 Ok(_) => {}
-                Err(ReadError::Refused { .. }) => return Ok(out),
+                Err(ReadError::Refused { .. }) => return Ok(()),
                 Err(e) => return Err(self.corrupt(segment, format!("{e:?}"))),
             }
             if seen >= last || last_in_file < segment {
-                return Ok(out);
+                return Ok(());
             }
             segment = last_in_file + 1;
             offset = 0;

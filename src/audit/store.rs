@@ -173,6 +173,13 @@ pub trait AuditReader: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(u64, AuditRecord)>, AuditError>;
 
+    /// The chain hash after record `seq` of this instance's chain
+    /// ([`super::chain::GENESIS`] for 0), or `None` when the chain has no
+    /// such record (it ends before `seq`, or retention removed it): what a
+    /// witness is shown to prove that a new checkpoint extends the one it
+    /// countersigned.
+    fn chain_hash_at(&self, seq: u64) -> Result<Option<[u8; 32]>, AuditError>;
+
     /// The secret page tokens are sealed with, when the store shares one
     /// between instances (a token issued by one must open on another).
     /// `None`: the gateway uses a key of its own process.

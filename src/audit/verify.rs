@@ -354,6 +354,17 @@ fn load_key(dir: &Path, given: Option<&[u8; 32]>) -> Result<[u8; 32], VerifyFail
 /// single-file format of earlier versions (`audit.log`, no `segments/`) is
 /// checked as such.
 pub fn verify_log(scope: VerifyScope<'_>) -> Result<VerifyReport, VerifyFailure> {
+    verify_log_observing(scope, &mut |_, _| {})
+}
+
+/// [`verify_log`], handing `observe` the seq and chain hash of every record
+/// it has checked (and of the retirement statement, whose hash is signed), in
+/// chain order: what checking witnesses' countersignatures against the log
+/// needs, read in the same pass.
+pub fn verify_log_observing(
+    scope: VerifyScope<'_>,
+    observe: &mut dyn FnMut(u64, &[u8; 32]),
+) -> Result<VerifyReport, VerifyFailure> {
     let dir = scope.dir;
     let key = load_key(dir, scope.public_key)?;
     if !dir.join(segments::SEGMENTS_DIR).exists() && dir.join(LOG_FILE).exists() {
@@ -413,6 +424,9 @@ pub fn verify_log(scope: VerifyScope<'_>) -> Result<VerifyReport, VerifyFailure>
         retired_through: retired.as_ref().map(|r| r.seq),
         ..VerifyReport::default()
     };
+    if let Some(r) = &retired {
+        observe(r.seq, &r.hash);
+    }
     // The whole log starts at record 1, or right after the retired range.
     let mut check: Option<ChainCheck<'_>> = whole.then(|| match &retired {
         Some(r) => ChainCheck::new(&key, r.seq, r.hash),
@@ -482,6 +496,9 @@ pub fn verify_log(scope: VerifyScope<'_>) -> Result<VerifyReport, VerifyFailure>
                     return Err(must_open_with_checkpoint(seg.first));
                 }
                 c.push(&entry)?;
+            }
+            if let Entry::Record { seq, hash, .. } = &entry {
+                observe(*seq, hash);
             }
             opening = false;
             if let (Some(h), Entry::Checkpoint(cp)) = (&head, &entry) {

@@ -99,6 +99,7 @@ pub struct AuditLog {
     shared: Arc<Shared>,
     health: watch::Receiver<bool>,
     sealed: watch::Receiver<u64>,
+    checkpoint: watch::Receiver<Option<Checkpoint>>,
     task: JoinHandle<Result<(), AuditError>>,
 }
 
@@ -197,6 +198,7 @@ impl AuditLog {
         let shared = Arc::clone(&writer.shared);
         let (health_tx, health) = watch::channel(true);
         let (sealed_tx, sealed) = watch::channel(writer.sealed);
+        let (checkpoint_tx, checkpoint) = watch::channel(writer.last_checkpoint.clone());
         let max_batch = opts.max_batch.get();
         // A bounded queue: when the disk falls behind, callers wait here
         // instead of memory growing without limit.
@@ -210,7 +212,11 @@ impl AuditLog {
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
-                let _ = done_tx.send(run(writer, rx, max_batch, health_tx, sealed_tx));
+                let sealed = Sealed {
+                    seq: sealed_tx,
+                    checkpoint: checkpoint_tx,
+                };
+                let _ = done_tx.send(run(writer, rx, max_batch, health_tx, sealed));
             })
             .map_err(|e| AuditError::Unavailable(format!("cannot start the audit writer: {e}")))?;
         tokio::spawn(tick(tx.downgrade(), opts.checkpoint_every));
@@ -226,6 +232,7 @@ impl AuditLog {
             shared,
             health,
             sealed,
+            checkpoint,
             task,
         })
     }
@@ -314,6 +321,18 @@ impl AuditLog {
         self.sealed.clone()
     }
 
+    /// The latest checkpoint durable in the store (`None` until the log has
+    /// sealed a record), for what follows the log from outside: witnesses.
+    pub fn checkpoints(&self) -> watch::Receiver<Option<Checkpoint>> {
+        self.checkpoint.clone()
+    }
+
+    /// The chain hash after record `seq` ([`GENESIS`] for 0), or `None` when
+    /// the chain has no such record. Blocking.
+    pub fn chain_hash_at(&self, seq: u64) -> Result<Option<[u8; 32]>, AuditError> {
+        self.shared.reader.chain_hash_at(seq)
+    }
+
     /// Tests: stops the writer as a crash would (what was acknowledged is on
     /// disk; nothing is sealed), and waits for it.
     #[cfg(test)]
@@ -361,6 +380,8 @@ struct Writer {
     since_checkpoint: u64,
     /// Seq of the last checkpoint.
     sealed: u64,
+    /// The last checkpoint, once there is one.
+    last_checkpoint: Option<Checkpoint>,
     /// The next sealing commit writes a checkpoint even with no new records:
     /// after a failure, the timer's probe that the log is writable again.
     probe: bool,
@@ -371,8 +392,8 @@ struct Writer {
 /// What a successful commit did.
 struct Committed {
     first_seq: u64,
-    /// Seq of the last checkpoint it wrote.
-    sealed: Option<u64>,
+    /// The last checkpoint it wrote.
+    sealed: Option<Checkpoint>,
 }
 
 impl Writer {
@@ -455,6 +476,7 @@ impl Writer {
             _ => {}
         }
         let sealed = check.last_checkpoint.as_ref().map_or(0, |cp| cp.seq);
+        let last_checkpoint = check.last_checkpoint.clone();
         let reread = check.records;
         let mut writer = Writer {
             shared: Arc::new(Shared {
@@ -473,6 +495,7 @@ impl Writer {
             probe: false,
             failed: false,
             sealed,
+            last_checkpoint,
         };
         tracing::info!(
             location = %location,
@@ -535,14 +558,14 @@ impl Writer {
             since += 1;
             if since >= self.every_records {
                 let cp = Checkpoint::sign(&self.signer, seq, head, self.clock.now_unix_ms());
-                last_cp = Some(cp.seq);
+                last_cp = Some(cp.clone());
                 group.push(Entry::Checkpoint(cp));
                 since = 0;
             }
         }
         if seal && (since > 0 || self.probe) {
             let cp = Checkpoint::sign(&self.signer, seq, head, self.clock.now_unix_ms());
-            last_cp = Some(cp.seq);
+            last_cp = Some(cp.clone());
             group.push(Entry::Checkpoint(cp));
             since = 0;
         }
@@ -557,8 +580,9 @@ impl Writer {
         self.head = head;
         self.since_checkpoint = since;
         self.shared.last_seq.store(seq, Ordering::Release);
-        if let Some(cp) = last_cp {
-            self.sealed = cp;
+        if let Some(cp) = &last_cp {
+            self.sealed = cp.seq;
+            self.last_checkpoint = Some(cp.clone());
         }
         Ok(Committed {
             first_seq,
@@ -591,6 +615,12 @@ async fn tick(queue: mpsc::WeakSender<Msg>, every: Duration) {
     }
 }
 
+/// Where the writer announces each checkpoint once it is durable.
+struct Sealed {
+    seq: watch::Sender<u64>,
+    checkpoint: watch::Sender<Option<Checkpoint>>,
+}
+
 /// The writer thread: waits for appends or a checkpoint tick, takes what is
 /// queued behind the first (at most `max_batch` appends), and commits it in
 /// one write and one fsync. Appends arriving during a commit queue up and form
@@ -600,7 +630,7 @@ fn run(
     mut rx: mpsc::Receiver<Msg>,
     max_batch: usize,
     health: watch::Sender<bool>,
-    sealed: watch::Sender<u64>,
+    sealed: Sealed,
 ) -> Result<(), AuditError> {
     let mut stopping = false;
     loop {
@@ -682,8 +712,9 @@ fn run(
         match result {
             Ok(committed) => {
                 health.send_if_modified(|healthy| !std::mem::replace(healthy, true));
-                if let Some(seq) = committed.sealed {
-                    sealed.send_replace(seq);
+                if let Some(cp) = committed.sealed {
+                    sealed.seq.send_replace(cp.seq);
+                    sealed.checkpoint.send_replace(Some(cp));
                 }
                 for (i, reply) in replies.into_iter().enumerate() {
                     // A caller that stopped waiting still has its record written.

@@ -37,6 +37,13 @@ pub enum AuditCommand {
         /// `[audit] database_url` when it has one.
         #[arg(long, value_name = "URL")]
         database_url: Option<String>,
+        /// Also check the log against the countersignatures in this folder
+        /// (a witness's `witness/` folder, or this gateway's
+        /// `witness-receipts/`): fails when the log does not reach a
+        /// countersigned checkpoint, or its chain hash there differs (the log
+        /// was rolled back or forked).
+        #[arg(long, value_name = "DIR")]
+        witness_receipts: Option<PathBuf>,
     },
     /// Print access records as JSON lines.
     Export {
@@ -70,7 +77,16 @@ pub fn run(args: Args) -> Result<(), Failure> {
             public_key,
             database_url,
             segments,
+            witness_receipts,
         } => {
+            let witnessed = witness_receipts
+                .as_deref()
+                .map(|dir| {
+                    audit::witness::read_folder(dir)
+                        .map(|found| (dir.to_owned(), found))
+                        .map_err(|e| Failure::new(EXIT_CONFIG, format!("--witness-receipts: {e}")))
+                })
+                .transpose()?;
             let key = match public_key {
                 Some(p) => {
                     let text = std::fs::read_to_string(&p).map_err(|e| {
@@ -83,7 +99,9 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 None => None,
             };
             let config = match source(&config, database_url)? {
-                Source::Database(url) => return verify_database(&url, key.as_ref()),
+                Source::Database(url) => {
+                    return verify_database(&url, key.as_ref(), witnessed.as_ref())
+                }
                 Source::Files(config) => config,
             };
             let started = std::time::Instant::now();
@@ -93,7 +111,19 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 public_key: key.as_ref(),
                 segments: (!segments.is_empty()).then_some(segments.as_slice()),
             };
-            match audit::verify_log(scope) {
+            // The chain hashes at the seqs witnesses countersigned, read in
+            // the same pass.
+            let wanted: std::collections::BTreeSet<u64> = witnessed
+                .iter()
+                .flat_map(|(_, found)| found.iter().map(|f| f.countersigned.checkpoint.seq))
+                .collect();
+            let mut hashes = std::collections::BTreeMap::new();
+            let verified = audit::verify_log_observing(scope, &mut |seq, hash| {
+                if wanted.contains(&seq) {
+                    hashes.insert(seq, *hash);
+                }
+            });
+            match verified {
                 Ok(report) => {
                     let took = started.elapsed().as_secs_f64();
                     println!(
@@ -130,7 +160,36 @@ pub fn run(args: Args) -> Result<(), Failure> {
                     for line in tail_lines(report.unsealed_tail, report.torn_tail_bytes) {
                         println!("{line}");
                     }
-                    Ok(())
+                    let Some((dir, found)) = &witnessed else {
+                        return Ok(());
+                    };
+                    let log_key = match key {
+                        Some(k) => k,
+                        None => audit::files::read_public_key(&config.audit.dir)
+                            .ok()
+                            .flatten()
+                            .ok_or_else(|| {
+                                Failure::new(EXIT_FAILED, "the log's public key cannot be read")
+                            })?,
+                    };
+                    // A subset of segments: only countersignatures inside it.
+                    let found: Vec<_> = match segments.is_empty() {
+                        true => found.clone(),
+                        false => found
+                            .iter()
+                            .filter(|f| hashes.contains_key(&f.countersigned.checkpoint.seq))
+                            .cloned()
+                            .collect(),
+                    };
+                    let checked = audit::witness::check_log(
+                        &found,
+                        &log_key,
+                        "",
+                        |seq| hashes.get(&seq).copied(),
+                        report.last_seq,
+                        report.retired_through.unwrap_or(0),
+                    );
+                    witness_lines(&config.audit.dir.display().to_string(), dir, checked)
                 }
                 Err(failure) => Err(Failure::new(
                     EXIT_FAILED,
@@ -245,8 +304,45 @@ fn source(config: &ConfigArg, database_url: Option<String>) -> Result<Source, Fa
     })
 }
 
+/// What `audit verify --witness-receipts` prints for one log, or its failure.
+fn witness_lines(
+    log: &str,
+    dir: &std::path::Path,
+    checked: Result<audit::witness::WitnessReport, String>,
+) -> Result<(), Failure> {
+    let report = checked.map_err(|e| {
+        Failure::new(
+            EXIT_FAILED,
+            format!("access log {log}: BROKEN against the witnesses' countersignatures: {e}"),
+        )
+    })?;
+    if report.witnesses.is_empty() && report.retired == 0 {
+        println!(
+            "witnesses: no countersignature in {} is for this log",
+            dir.display()
+        );
+    }
+    for (kid, (count, seq)) in &report.witnesses {
+        println!(
+            "witness {}: {count} countersigned checkpoints, the latest at record {seq}, all in this log",
+            &kid[..16]
+        );
+    }
+    if report.retired > 0 {
+        println!(
+            "{} countersigned checkpoints fall in records deleted under retention and cannot be checked",
+            report.retired
+        );
+    }
+    Ok(())
+}
+
 /// `audit verify` on a database: every instance's chain.
-fn verify_database(url: &str, key: Option<&[u8; 32]>) -> Result<(), Failure> {
+fn verify_database(
+    url: &str,
+    key: Option<&[u8; 32]>,
+    witnessed: Option<&(PathBuf, Vec<audit::witness::Found>)>,
+) -> Result<(), Failure> {
     let shown = audit::pg::redacted(url);
     let reports = super::runtime()?
         .block_on(audit::pg::verify_database(url, key))
@@ -273,6 +369,32 @@ fn verify_database(url: &str, key: Option<&[u8; 32]>) -> Result<(), Failure> {
         for line in tail_lines(r.unsealed_tail, 0) {
             println!("  {line}");
         }
+    }
+    let Some((dir, found)) = witnessed else {
+        return Ok(());
+    };
+    let mut wanted = std::collections::BTreeMap::<String, Vec<u64>>::new();
+    for f in found {
+        let c = &f.countersigned;
+        wanted
+            .entry(c.instance.clone())
+            .or_default()
+            .push(c.checkpoint.seq);
+    }
+    let points = super::runtime()?
+        .block_on(audit::pg::chain_points(url, &wanted))
+        .map_err(|e| Failure::new(EXIT_FAILED, format!("access log {shown}: {e}")))?;
+    for p in points {
+        let checked = audit::witness::check_log(
+            found,
+            &p.public_key,
+            &p.instance,
+            |seq| p.hashes.get(&seq).copied(),
+            p.last_seq,
+            0,
+        );
+        println!("instance {}:", p.instance);
+        witness_lines(&format!("{shown} instance {}", p.instance), dir, checked)?;
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `interop-gateway check-config`: validates a config and every file it names
 //! exactly as a start or a reload would (the gateway's certificate and key,
-//! the client CA bundle, each agency's CA, the CRLs), without serving and
+//! the client CA bundle, each agency's CA, the CRLs, each witness's
+//! certificate, key and CA), without serving and
 //! without creating anything, so an operator can check before sending
 //! SIGHUP. Exit 0 when it would be accepted (warnings on stderr), 1 when not.
 
@@ -25,6 +26,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
         ),
         false => invalid(e),
     })?;
+    crate::witness::check(&config.audit.witnesses)
+        .map_err(|e| Failure::new(EXIT_FAILED, format!("{}: {e}", path.display())))?;
     let snapshot = Snapshot::build(config, 0).map_err(invalid)?;
     for warning in snapshot.warnings() {
         eprintln!("warning: {warning}");

@@ -30,6 +30,7 @@ pub mod citizen;
 pub mod land;
 pub mod page_token;
 pub mod recorded;
+pub mod witness;
 
 /// Longest officer id accepted (it is free text from the caller's system).
 const MAX_OFFICER_ID: usize = 64;

@@ -68,6 +68,58 @@ pub struct UpstreamError {
     pub message: String,
 }
 
+/// A file of a client identity toward another gateway that cannot be used.
+#[derive(Debug)]
+pub(crate) struct EndpointError {
+    /// The config key naming the file (`ca`, `cert`, `key`, `address`).
+    pub key: &'static str,
+    pub path: std::path::PathBuf,
+    pub message: String,
+}
+
+/// An HTTP/2 endpoint toward another gateway at `address` (`host:port`) over
+/// mutual TLS: its server certificate must chain to `ca` and name
+/// `server_name`; this gateway presents `cert` and `key`. The files are
+/// parsed here, so a wrong one fails the start rather than the first call.
+/// Timeouts and keepalive are the caller's to set.
+pub(crate) fn mtls_endpoint(
+    address: &str,
+    server_name: &str,
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Endpoint, EndpointError> {
+    let fail = |k: &'static str, path: &std::path::Path, message: String| EndpointError {
+        key: k,
+        path: path.to_owned(),
+        message,
+    };
+    crate::tls::load_certs("ca", ca).map_err(|e| fail("ca", ca, e.message))?;
+    crate::tls::load_certs("cert", cert).map_err(|e| fail("cert", cert, e.message))?;
+    crate::tls::load_key("key", key).map_err(|e| fail("key", key, e.message))?;
+    let read =
+        |k, path: &std::path::Path| std::fs::read(path).map_err(|e| fail(k, path, e.to_string()));
+    let (ca_pem, cert_pem, key_pem) = (read("ca", ca)?, read("cert", cert)?, read("key", key)?);
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .identity(Identity::from_pem(cert_pem, key_pem))
+        .domain_name(server_name.to_owned());
+    Endpoint::from_shared(format!("https://{address}"))
+        .map_err(|e| fail("address", std::path::Path::new(address), e.to_string()))?
+        .tls_config(tls)
+        .map_err(|e| {
+            fail(
+                "key",
+                key,
+                format!(
+                    "cannot be used with the certificate {} (does the key match the certificate?): {}",
+                    cert.display(),
+                    crate::client::error_chain(&e)
+                ),
+            )
+        })
+}
+
 /// Every forwarded service's owner, by service name.
 #[derive(Debug, Default)]
 pub struct Upstreams {
@@ -137,37 +189,8 @@ impl Upstream {
             path: path.display().to_string(),
             message,
         };
-        // Parsed here so a wrong file fails the start, not the first call.
-        crate::tls::load_certs("ca", &s.ca).map_err(|e| fail("ca", &s.ca, e.message))?;
-        crate::tls::load_certs("cert", &s.cert).map_err(|e| fail("cert", &s.cert, e.message))?;
-        crate::tls::load_key("key", &s.key).map_err(|e| fail("key", &s.key, e.message))?;
-        let read = |key, path: &std::path::Path| {
-            std::fs::read(path).map_err(|e| fail(key, path, e.to_string()))
-        };
-        let (ca_pem, cert_pem, key_pem) = (
-            read("ca", &s.ca)?,
-            read("cert", &s.cert)?,
-            read("key", &s.key)?,
-        );
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(ca_pem))
-            .identity(Identity::from_pem(cert_pem, key_pem))
-            .domain_name(s.server_name.clone());
-        let uri = format!("https://{}", s.address);
-        let endpoint = Endpoint::from_shared(uri)
-            .map_err(|e| fail("address", std::path::Path::new(&s.address), e.to_string()))?
-            .tls_config(tls)
-            .map_err(|e| {
-                fail(
-                    "key",
-                    &s.key,
-                    format!(
-                        "cannot be used with upstream.cert {} (does the key match the certificate?): {}",
-                        s.cert.display(),
-                        crate::client::error_chain(&e)
-                    ),
-                )
-            })?
+        let endpoint = mtls_endpoint(&s.address, &s.server_name, &s.ca, &s.cert, &s.key)
+            .map_err(|e| fail(e.key, &e.path, e.message))?
             .connect_timeout(s.timeout.min(Duration::from_secs(5)))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))

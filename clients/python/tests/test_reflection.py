@@ -93,6 +93,7 @@ def test_reflected_descriptors_match_the_proto_files(gateway, tmp_path):
         "interop/land/v1/land.proto",
         "interop/business/v1/business.proto",
         "interop/audit/v1/access_log.proto",
+        "interop/audit/v1/witness.proto",
         "interop/catalog/v1/catalog.proto",
     }
     with gateway.channel(LAND_OFFICE) as channel:
