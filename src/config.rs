@@ -1241,6 +1241,46 @@ client_ca = "ca.pem"
     }
 
     #[test]
+    fn audit_witnesses_are_checked_and_name_their_keys() {
+        assert!(parse("").unwrap().audit.witnesses.is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("w.pem");
+        std::fs::write(&file, "x").unwrap();
+        let f = file.display();
+        let witness = |address: &str, more: &str| {
+            format!(
+                "[audit]\nwitnesses = [\n  {{ address = \"{address}\", ca = \"{f}\", cert = \"{f}\", key = \"{f}\"{more} }},\n]\n"
+            )
+        };
+        for address in ["w.example.vn:50051", "https://w.example.vn:50051"] {
+            let c = parse(&witness(address, "")).unwrap();
+            let w = &c.audit.witnesses[0];
+            assert_eq!(w.address, "w.example.vn:50051");
+            assert_eq!(w.server_name, "w.example.vn");
+            assert_eq!(w.ca, file);
+        }
+        let base_lines = BASE.matches('\n').count();
+        for (text, expected) in [
+            (
+                witness("w.example.vn:50051", ", timeout_ms = 5"),
+                format!("line {}: unknown field `timeout_ms`", base_lines + 3),
+            ),
+            (
+                witness("w.example.vn", ""),
+                "audit.witnesses[0].address: \"w.example.vn\" is not host:port".into(),
+            ),
+            (
+                witness("w.example.vn:50051", "")
+                    .replace(&format!("key = \"{f}\""), "key = \"/nonexistent/k.pem\""),
+                "audit.witnesses[0].key: cannot read /nonexistent/k.pem".into(),
+            ),
+        ] {
+            let e = parse(&text).unwrap_err();
+            assert!(e.message.contains(&expected), "{text}: {}", e.message);
+        }
+    }
+
+    #[test]
     fn limits_default_when_the_table_is_absent() {
         let c = parse("").unwrap();
         assert_eq!(c.limits, Limits::default());

@@ -800,3 +800,38 @@ async fn a_log_verifies_while_it_is_being_written() {
     log.shutdown().await.unwrap();
     assert_eq!(fx.verify().unwrap().records, 500);
 }
+
+#[tokio::test]
+async fn chain_hashes_and_the_latest_checkpoint_are_read_back_for_witnesses() {
+    let fx = Fixture::new();
+    let log = fx.open(2).await;
+    let checkpoints = log.checkpoints();
+    assert!(checkpoints.borrow().is_none());
+    for i in 0..5 {
+        log.append(sample(i, "001099012345")).await.unwrap();
+    }
+    let latest = checkpoints.borrow().clone().unwrap();
+    assert_eq!(latest.seq, 4);
+    assert!(latest.verify(&fx.signer().public_key()));
+    assert_eq!(log.chain_hash_at(0).unwrap(), Some(chain::GENESIS));
+    assert_eq!(log.chain_hash_at(4).unwrap(), Some(latest.hash));
+    assert_eq!(log.chain_hash_at(6).unwrap(), None);
+    // Every record's hash is the one verification recomputes.
+    let mut seen = Vec::new();
+    let scope = VerifyScope {
+        dir: &fx.dir(),
+        archive_dir: None,
+        public_key: None,
+        segments: None,
+    };
+    verify_log_observing(scope, &mut |seq, hash| seen.push((seq, *hash))).unwrap();
+    assert_eq!(seen.len(), 5);
+    for (seq, hash) in seen {
+        assert_eq!(log.chain_hash_at(seq).unwrap(), Some(hash), "record {seq}");
+    }
+    log.shutdown().await.unwrap();
+    // Reopened, the watch starts at the last checkpoint (the final one).
+    let log = fx.open(2).await;
+    assert_eq!(log.checkpoints().borrow().as_ref().map(|c| c.seq), Some(5));
+    log.shutdown().await.unwrap();
+}

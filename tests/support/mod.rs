@@ -382,6 +382,24 @@ impl Gateway {
         self.running = Some(running);
     }
 
+    /// Stops the server (sealing its access log) and keeps its folder and
+    /// port, until [`Gateway::resume`]: a peer configured with its address
+    /// finds it there again.
+    pub async fn pause(&mut self) {
+        if let Some(r) = self.running.take() {
+            self.config.listen = r.addr;
+            r.shutdown().await.unwrap();
+        }
+    }
+
+    /// Starts the server again after [`Gateway::pause`], on the same port.
+    pub async fn resume(&mut self) {
+        let running = start_server(&self.config, &self.clock).await;
+        self.addr = format!("https://127.0.0.1:{}", running.addr.port());
+        self.admin = running.admin_addr.map(|a| a.to_string());
+        self.running = Some(running);
+    }
+
     /// A client with a fresh certificate for a configured agency.
     pub async fn client(&self, agency: &str) -> Client {
         let issued = self.pki.agency(agency);
