@@ -262,3 +262,66 @@ fn writes_fail_while_the_database_is_down_and_succeed_again_after() {
     let err = env.connect("gw-a", &key).err().unwrap();
     assert!(err.contains("another running gateway"), "{err}");
 }
+
+#[test]
+fn countersigned_checkpoints_are_checked_against_each_instances_chain() {
+    use interop_gateway::audit::witness::{append_line, Countersigned};
+    let Some(env) = Env::start("countersigned_checkpoints_are_checked") else {
+        return;
+    };
+    let (ka, witness) = (env.signer("a"), env.signer("witness"));
+    let mut a = env.connect("gw-a", &ka).unwrap();
+    a.recover().unwrap();
+    let records: Vec<AuditRecord> = (1..=3).map(|n| record(n as i64, A_SUBJECT, n)).collect();
+    let (g, seq, head) = group(&ka, 0, GENESIS, &records, true);
+    a.append(&g).unwrap();
+
+    // The chain hash at any seq, for a witness's consistency check.
+    let reader = a.reader();
+    assert_eq!(reader.chain_hash_at(0).unwrap(), Some(GENESIS));
+    let second = match &g[1] {
+        Entry::Record { hash, .. } => *hash,
+        _ => unreachable!(),
+    };
+    assert_eq!(reader.chain_hash_at(2).unwrap(), Some(second));
+    assert_eq!(reader.chain_hash_at(seq).unwrap(), Some(head));
+    assert_eq!(reader.chain_hash_at(seq + 1).unwrap(), None);
+
+    // `audit verify --witness-receipts` on the database.
+    let receipts = env.dir.path().join("receipts");
+    let countersign = |seq, hash| {
+        let cp = Checkpoint::sign(&ka, seq, hash, 7);
+        let c = Countersigned::sign(&witness, ka.public_key(), "gw-a", &cp, 8);
+        append_line(&receipts.join("w.jsonl"), &c.to_line()).unwrap();
+    };
+    countersign(seq, head);
+    let verify = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_interop-gateway"))
+            .args(["audit", "verify", "--database-url", &env.pg.url])
+            .arg("--witness-receipts")
+            .arg(&receipts)
+            .output()
+            .unwrap()
+    };
+    let out = verify();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("the latest at record 3, all in this log"),
+        "{stdout}"
+    );
+    // A countersigned checkpoint past the end: the chain was rolled back.
+    countersign(5, [5; 32]);
+    let out = verify();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("instance gw-a")
+            && stderr.contains("the log ends after record 3: the log was rolled back"),
+        "{stderr}"
+    );
+}
