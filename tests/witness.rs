@@ -370,3 +370,32 @@ mod refusals {
         b.stop().await;
     }
 }
+
+#[test]
+fn check_config_parses_each_witnesss_files() {
+    let (_dir, _pki, config) = prepared_dir();
+    let base = std::fs::read_to_string(&config).unwrap();
+    let with = |cert: &str| {
+        let text = format!(
+            "{base}\n[audit]\nwitnesses = [{{ address = \"witness.example.vn:50051\", \
+             ca = \"certs/ca.pem\", cert = \"{cert}\", key = \"certs/gateway.key\" }}]\n"
+        );
+        std::fs::write(&config, text).unwrap();
+        gateway_cli(&["check-config"], &config)
+    };
+    assert_success(&with("certs/gateway.pem"));
+    // A key where the certificate should be: refused before any start.
+    let out = with("certs/ca.key");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("audit.witnesses[0].cert"), "{stderr}");
+    // An entry without its certificate and key.
+    let text = base.clone() + "\n[audit]\nwitnesses = [{ address = \"w:1\", ca = \"x\" }]\n";
+    std::fs::write(&config, text).unwrap();
+    let out = gateway_cli(&["check-config"], &config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("missing field `cert`"),
+        "{stderr}"
+    );
+}

@@ -44,6 +44,8 @@
 //!   durable in the log. A new log starts with a signed genesis head
 //!   (seq 0, 32 zero bytes).
 //! - `audit.pub`: the public key as SPKI PEM, written on first open.
+//! - `witness-receipts/<witness kid>.jsonl`: the countersignatures witnesses
+//!   returned for this log's checkpoints, one JSON line each (see [`witness`]).
 //!
 //! The signing key (PKCS#8, mode 0600) lives wherever the caller keeps it;
 //! it should not be in this directory if the directory is handed out.
