@@ -399,3 +399,66 @@ fn check_config_parses_each_witnesss_files() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_of_a_postgresql_log_is_witnessed_under_its_instance_name() {
+    let Some(pg) = support::pg::PgCluster::start_or_skip("witnessed_postgresql_instance") else {
+        return;
+    };
+    let b = Gateway::start_with(Options {
+        extra_config: format!("\n[[agency]]\ncode = \"{FRONT}\"\nname = \"Gateway A\"\n"),
+        ..Options::default()
+    })
+    .await;
+    let files = tempfile::tempdir().unwrap();
+    let (cert, key) = (files.path().join("a.pem"), files.path().join("a.key"));
+    pki::write_issued(&cert, &key, &b.pki.agency(FRONT)).unwrap();
+    let a = Gateway::start_with(Options {
+        extra_config: format!(
+            "\n[audit]\ndatabase_url = \"{}\"\ninstance = \"gw-a\"\ncheckpoint_every_records = 2\n\
+             witnesses = [{{ address = \"{}\", ca = {:?}, cert = {:?}, key = {:?} }}]\n",
+            pg.url,
+            b.addr.trim_start_matches("https://"),
+            b.pki.dir.join("ca.pem").display().to_string(),
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+        ..Options::default()
+    })
+    .await;
+    calls(&a, 4).await;
+    let b_dir = b.config.data_dir.join(witness::WITNESS_DIR);
+    until("B to countersign record 4 of gw-a", || {
+        highest_seq(&b_dir) == Some(4)
+    })
+    .await;
+    let found = witness::read_folder(&b_dir).unwrap();
+    assert!(found.iter().all(|f| f.countersigned.instance == "gw-a"));
+    assert!(found[0].file.to_string_lossy().ends_with("-gw-a.jsonl"));
+    let receipts = a.config.audit.dir.join(witness::RECEIPTS_DIR);
+    until("A to keep the receipt", || {
+        highest_seq(&receipts) == Some(4)
+    })
+    .await;
+
+    let out = gateway_cli(
+        &[
+            "audit",
+            "verify",
+            "--database-url",
+            &pg.url,
+            "--witness-receipts",
+            b_dir.to_str().unwrap(),
+        ],
+        &a.config.path,
+    );
+    assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("instance gw-a:"), "{stdout}");
+    assert!(
+        stdout.contains("the latest at record 4, all in this log"),
+        "{stdout}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
