@@ -177,8 +177,13 @@ pub trait AuditReader: Send + Sync + 'static {
     /// ([`super::chain::GENESIS`] for 0), or `None` when the chain has no
     /// such record (it ends before `seq`, or retention removed it): what a
     /// witness is shown to prove that a new checkpoint extends the one it
-    /// countersigned.
-    fn chain_hash_at(&self, seq: u64) -> Result<Option<[u8; 32]>, AuditError>;
+    /// countersigned. The default (a store that cannot) fails, so
+    /// witnessing such a log is reported and retried, never wrong.
+    fn chain_hash_at(&self, seq: u64) -> Result<Option<[u8; 32]>, AuditError> {
+        Err(AuditError::Unavailable(format!(
+            "this store cannot read the chain hash at record {seq}"
+        )))
+    }
 
     /// The secret page tokens are sealed with, when the store shares one
     /// between instances (a token issued by one must open on another).
