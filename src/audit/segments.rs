@@ -40,6 +40,7 @@ use super::{
     chain::Checkpoint,
     files::{self, LOG_FILE},
     index::{self, Batch, Position},
+    indexer::{Indexer, Pending, Row},
     line,
     record::AuditRecord,
     store::{AuditReader, AuditStore, Entry, Recovered, SubjectRow},
@@ -210,13 +211,15 @@ pub struct FileStore {
     opts: FileOptions,
     wrap: Arc<Wrap>,
     active: Option<Active>,
+    /// For opening and retention; rows of new groups go through `indexer`.
     conn: Option<Connection>,
+    /// Moves the rows of acknowledged groups into the index, in batches.
+    indexer: Option<Indexer>,
+    /// Those rows until they are there, for readers.
+    pending: Pending,
     /// Seq of the last record of an acknowledged group; readers see no more.
     committed: Arc<AtomicU64>,
     sealed: VecDeque<Sealed>,
-    /// The index may hold rows past `committed` (a group failed after its
-    /// rows were committed): drop them before the next group.
-    index_ahead: bool,
     reader: Arc<FileReader>,
 }
 
@@ -240,11 +243,13 @@ impl FileStore {
         wrap: Arc<Wrap>,
     ) -> Self {
         let committed = Arc::new(AtomicU64::new(0));
+        let pending = Indexer::pending();
         let reader = Arc::new(FileReader {
             dir: dir.to_owned(),
             archive: opts.archive_dir.clone(),
             conn: Mutex::new(None),
             committed: Arc::clone(&committed),
+            pending: pending.clone(),
         });
         Self {
             dir: dir.to_owned(),
@@ -253,9 +258,10 @@ impl FileStore {
             wrap,
             active: None,
             conn: None,
+            indexer: None,
+            pending,
             committed,
             sealed: VecDeque::new(),
-            index_ahead: false,
             reader,
         }
     }
@@ -447,21 +453,15 @@ impl FileStore {
             .and_then(|()| files::sync_parent(&path))
             .map_err(io_at(&path))?;
         let sink = self.open_sink(&path)?;
-        if let Some(conn) = &self.conn {
-            let noted = Batch::begin(conn).and_then(|mut b| {
-                b.mark(
-                    cp.seq,
-                    Position {
-                        segment: first,
-                        offset: 0,
-                    },
-                )?;
-                b.commit()
-            });
-            if let Err(e) = noted {
-                // Only costs the next open a longer read of this segment.
-                tracing::warn!(error = %e, "could not index the new segment's opening checkpoint");
-            }
+        if let Some(indexer) = &self.indexer {
+            indexer.add(vec![Row {
+                subject: None,
+                seq: cp.seq,
+                at: Position {
+                    segment: first,
+                    offset: 0,
+                },
+            }]);
         }
         if let Some(old) = self.active.replace(Active {
             first,
@@ -494,52 +494,52 @@ impl FileStore {
     }
 
     fn try_append(&mut self, group: &[Entry<'_>]) -> io::Result<()> {
-        let conn = self
-            .conn
-            .as_ref()
-            .ok_or_else(|| io::Error::other("the access log was not opened"))?;
-        let active = self
-            .active
-            .as_mut()
-            .ok_or_else(|| io::Error::other("the access log was not opened"))?;
+        let (Some(indexer), Some(active)) = (&self.indexer, self.active.as_mut()) else {
+            return Err(io::Error::other("the access log was not opened"));
+        };
         if active.dirty {
             active.sink.truncate(active.len)?;
             active.dirty = false;
         }
-        if self.index_ahead {
-            index::forget_after(conn, self.committed.load(Ordering::Acquire))?;
-            self.index_ahead = false;
-        }
         let mut buf = Vec::with_capacity(group.len() * 512 + 256);
-        let mut batch = Batch::begin(conn)?;
+        // Index rows: the valid subjects of each record (a refused call's
+        // made-up values are not indexed: nobody can list records under
+        // them) and each checkpoint's position.
+        let mut rows = Vec::with_capacity(group.len() * 2);
         let mut last_record = None;
         let mut last_cp = None;
-        let filled = (|| {
-            for entry in group {
-                let at = Position {
-                    segment: active.first,
-                    offset: active.len + buf.len() as u64,
-                };
-                line::write_entry(&mut buf, entry)?;
-                match entry {
-                    Entry::Record { seq, record, .. } => {
-                        batch.record(*seq, at, record)?;
-                        last_record = Some(*seq);
-                    }
-                    Entry::Checkpoint(cp) => {
-                        batch.mark(cp.seq, at)?;
-                        last_cp = Some(cp);
-                    }
+        for entry in group {
+            let at = Position {
+                segment: active.first,
+                offset: active.len + buf.len() as u64,
+            };
+            line::write_entry(&mut buf, entry)?;
+            match entry {
+                Entry::Record { seq, record, .. } => {
+                    rows.extend(
+                        record
+                            .subjects
+                            .iter()
+                            .filter(|s| crate::domain::is_subject_key(s))
+                            .map(|s| Row {
+                                subject: Some(s.as_str().into()),
+                                seq: *seq,
+                                at,
+                            }),
+                    );
+                    last_record = Some(*seq);
+                }
+                Entry::Checkpoint(cp) => {
+                    rows.push(Row {
+                        subject: None,
+                        seq: cp.seq,
+                        at,
+                    });
+                    last_cp = Some(cp);
                 }
             }
-            Ok::<_, io::Error>(())
-        })();
-        if let Err(e) = filled {
-            batch.rollback();
-            return Err(e);
         }
         if buf.is_empty() {
-            batch.rollback();
             return Ok(());
         }
         let cut_back = |active: &mut Active| {
@@ -549,11 +549,6 @@ impl FileStore {
         };
         active.dirty = true;
         if let Err(e) = active.sink.append(&buf).and_then(|()| active.sink.sync()) {
-            batch.rollback();
-            cut_back(active);
-            return Err(e);
-        }
-        if let Err(e) = batch.commit() {
             cut_back(active);
             return Err(e);
         }
@@ -565,9 +560,6 @@ impl FileStore {
             // crash, which verification accepts.
             if let Err(e) = files::write_head(&self.dir, cp) {
                 cut_back(active);
-                if index::forget_after(conn, self.committed.load(Ordering::Acquire)).is_err() {
-                    self.index_ahead = true;
-                }
                 return Err(e);
             }
             if let Err(e) = files::sync_parent(&self.dir.join(files::HEAD_FILE)) {
@@ -576,6 +568,7 @@ impl FileStore {
         }
         active.dirty = false;
         active.len += buf.len() as u64;
+        indexer.add(rows);
         if let Some(seq) = last_record {
             self.committed.store(seq, Ordering::Release);
         }
@@ -820,6 +813,9 @@ impl AuditStore for FileStore {
             started_ms: started_ms.unwrap_or_else(super::writer::now_unix_ms),
         });
         self.conn = Some(conn);
+        // The index now holds every row up to `last_seq`.
+        self.indexer =
+            Some(Indexer::start(&self.dir, last_seq, &self.pending).map_err(io_at(&index_path))?);
         Ok(Recovered {
             head,
             tail,
@@ -874,6 +870,8 @@ pub struct FileReader {
     /// Opened on first use (the writer creates the file).
     conn: Mutex<Option<Connection>>,
     committed: Arc<AtomicU64>,
+    /// Rows of acknowledged groups not yet in the index.
+    pending: Pending,
 }
 
 impl FileReader {
@@ -911,7 +909,15 @@ impl AuditReader for FileReader {
             })?,
         };
         let last = self.committed.load(Ordering::Acquire);
-        let rows = self.with_conn(|c| index::page(c, subject, before, last, limit))?;
+        // The newest rows may not be in the index yet; every row above what
+        // it holds is still pending, so the two never overlap.
+        let (mut rows, indexed) = self.pending.page(subject, before, last, limit);
+        if rows.len() < limit {
+            let more = limit - rows.len();
+            let older =
+                self.with_conn(|c| index::page(c, subject, before, last.min(indexed), more))?;
+            rows.extend(older);
+        }
         let mut files: HashMap<u64, File> = HashMap::new();
         let mut out = Vec::with_capacity(rows.len());
         for (seq, at) in rows {
@@ -970,9 +976,11 @@ impl AuditReader for FileReader {
         if after_seq >= last || limit == 0 {
             return Ok(out);
         }
-        let (mut segment, mut offset) = match self
-            .with_conn(|c| index::mark_at_or_before(c, after_seq))?
-        {
+        let mark = match self.pending.mark_at_or_before(after_seq) {
+            Some(mark) => Some(mark),
+            None => self.with_conn(|c| index::mark_at_or_before(c, after_seq))?,
+        };
+        let (mut segment, mut offset) = match mark {
             Some((_, at)) => (at.segment, at.offset),
             None => {
                 // No checkpoint before it: from the oldest segment there is.
