@@ -11,6 +11,11 @@
 //!   a checkpoint ([`AuditStore::wants_checkpoint`]), and right after it the
 //!   segment is sealed and a new one opened (created as a temp file, fsynced,
 //!   renamed).
+//! - The newest segment is written ahead with zeros, up to 4 MiB at a time,
+//!   so that a group's `fdatasync` overwrites allocated blocks instead of
+//!   growing the file (which would also commit the journal). The data ends
+//!   at the first NUL byte; a segment is cut to its data when it is sealed
+//!   and when the log stops in order.
 //! - Opening reads the newest segment from its last checkpoint known to the
 //!   index (only what follows it), and re-indexes from the segments what
 //!   the index lacks (none of it after a clean stop).
@@ -160,7 +165,8 @@ pub(crate) trait Sink: Send + 'static {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
     /// Makes appended bytes durable (`fdatasync`).
     fn sync(&mut self) -> io::Result<()>;
-    /// Cuts the file back to `len` bytes, durably.
+    /// Cuts the file back to `len` bytes, durably; the next append goes
+    /// there.
     fn truncate(&mut self, len: u64) -> io::Result<()>;
 }
 
@@ -175,12 +181,107 @@ impl Sink for File {
 
     fn truncate(&mut self, len: u64) -> io::Result<()> {
         self.set_len(len)?;
+        self.seek(SeekFrom::Start(len))?;
         self.sync_data()
     }
 }
 
-/// Wraps each newly opened segment file (tests inject faults through it).
+/// Wraps each newly opened segment file, positioned at the end of its
+/// data (tests inject faults through it).
 pub(crate) type Wrap = dyn Fn(File) -> Box<dyn Sink> + Send + Sync;
+
+/// The most a segment is allocated ahead of its data.
+const PREALLOCATE: u64 = 4 << 20;
+
+/// The segment file as the store writes it: zeros are written ahead of the
+/// data, a few MiB at a time, and each group overwrites them. An
+/// `fdatasync` of a file that grew must also commit its new size to the
+/// file system's journal (and, on ext4 in `data=ordered` mode, write out
+/// the newly allocated blocks of every other file first); one that only
+/// overwrote allocated blocks flushes those blocks and nothing else. The
+/// zeros are not part of the log: readers stop at the first NUL byte
+/// ([`verify::next_line`]), and a sealed segment is cut to its data.
+struct Preallocated {
+    file: File,
+    /// Where the next bytes go (the end of the data), once known.
+    at: Option<u64>,
+    /// The file's length: data and zeros.
+    allocated: u64,
+    chunk: u64,
+}
+
+/// How the store writes segment files unless a test says otherwise: ahead
+/// of their data by up to 4 MiB (no more than a segment's size).
+pub(crate) fn preallocating(opts: &FileOptions) -> impl Fn(File) -> Box<dyn Sink> + Send + Sync {
+    let chunk = opts.segment_bytes.clamp(64 << 10, PREALLOCATE);
+    move |file| Box::new(Preallocated::new(file, chunk))
+}
+
+impl Preallocated {
+    fn new(file: File, chunk: u64) -> Self {
+        Self {
+            file,
+            at: None,
+            allocated: 0,
+            chunk,
+        }
+    }
+
+    /// Writes zeros from the allocated end to `target`.
+    fn allocate(&mut self, target: u64) -> io::Result<()> {
+        let zeros = vec![0u8; 64 << 10];
+        while self.allocated < target {
+            let n = (target - self.allocated).min(zeros.len() as u64) as usize;
+            let from = self.allocated;
+            self.write_at(from, &zeros[..n])?;
+            self.allocated += n as u64;
+        }
+        Ok(())
+    }
+
+    fn write_at(&mut self, at: u64, bytes: &[u8]) -> io::Result<()> {
+        self.file.seek(SeekFrom::Start(at))?;
+        self.file.write_all(bytes)
+    }
+}
+
+impl Sink for Preallocated {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let at = match self.at {
+            Some(at) => at,
+            None => {
+                let at = self.file.stream_position()?;
+                self.allocated = self.file.metadata()?.len().max(at);
+                at
+            }
+        };
+        let end = at + bytes.len() as u64;
+        if end > self.allocated {
+            let target = end.div_ceil(self.chunk) * self.chunk;
+            if let Err(e) = self.allocate(target) {
+                // A nearly full disk (or a file-size limit) still takes
+                // the data itself while there is room for it.
+                tracing::debug!(error = %e, "could not preallocate the access log's segment");
+                self.allocated = self.file.metadata()?.len();
+            }
+        }
+        self.write_at(at, bytes)?;
+        self.at = Some(end);
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)?;
+        self.file.sync_data()?;
+        self.at = Some(len);
+        self.allocated = len;
+        Ok(())
+    }
+}
 
 /// The segment being appended to.
 struct Active {
@@ -233,7 +334,8 @@ impl FileStore {
     /// `public_key` (a migration verifies the old file with it). Nothing is
     /// read before [`AuditStore::recover`].
     pub fn new(dir: &Path, public_key: [u8; 32], opts: FileOptions) -> Self {
-        Self::with_wrap(dir, public_key, opts, Arc::new(|file| Box::new(file)))
+        let wrap = preallocating(&opts);
+        Self::with_wrap(dir, public_key, opts, Arc::new(wrap))
     }
 
     pub(crate) fn with_wrap(
@@ -434,11 +536,14 @@ impl FileStore {
         }
     }
 
-    fn open_sink(&self, path: &Path) -> Result<Box<dyn Sink>, AuditError> {
-        let file = OpenOptions::new()
-            .append(true)
+    /// Opens a segment for writing after its first `len` bytes (its data;
+    /// what follows is preallocated space, or nothing).
+    fn open_sink(&self, path: &Path, len: u64) -> Result<Box<dyn Sink>, AuditError> {
+        let mut file = OpenOptions::new()
+            .write(true)
             .open(path)
             .map_err(io_at(path))?;
+        file.seek(SeekFrom::Start(len)).map_err(io_at(path))?;
         Ok((self.wrap)(file))
     }
 
@@ -452,7 +557,7 @@ impl FileStore {
         files::replace_file(&path, &opening, false)
             .and_then(|()| files::sync_parent(&path))
             .map_err(io_at(&path))?;
-        let sink = self.open_sink(&path)?;
+        let sink = self.open_sink(&path, opening.len() as u64)?;
         if let Some(indexer) = &self.indexer {
             indexer.add(vec![Row {
                 subject: None,
@@ -463,13 +568,18 @@ impl FileStore {
                 },
             }]);
         }
-        if let Some(old) = self.active.replace(Active {
+        if let Some(mut old) = self.active.replace(Active {
             first,
             sink,
             len: opening.len() as u64,
             dirty: false,
             started_ms: cp.time_unix_ms,
         }) {
+            // A sealed segment keeps its data only, not the zeros allocated
+            // ahead of it (readers stop at them either way).
+            if let Err(e) = old.sink.truncate(old.len) {
+                tracing::warn!(error = %e, "could not cut the sealed segment's preallocated space");
+            }
             self.sealed.push_back(Sealed {
                 first: old.first,
                 last: cp.seq,
@@ -804,7 +914,7 @@ impl AuditStore for FileStore {
             _ => 0,
         };
         self.committed.store(last_seq, Ordering::Release);
-        let sink = self.open_sink(&active.path)?;
+        let sink = self.open_sink(&active.path, end.complete_len)?;
         self.active = Some(Active {
             first: active.first,
             sink,
@@ -851,6 +961,17 @@ impl AuditStore for FileStore {
         attest: &dyn Fn(u64, [u8; 32]) -> Checkpoint,
     ) -> Result<u64, AuditError> {
         FileStore::expire(self, now_unix_ms, attest)
+    }
+
+    /// A stopped log's files hold its data only: the active segment is cut
+    /// to its last acknowledged line (no zeros ahead of it). After a crash
+    /// readers stop at the zeros instead.
+    fn close(&mut self) {
+        if let Some(active) = &mut self.active {
+            if let Err(e) = active.sink.truncate(active.len) {
+                tracing::warn!(error = %e, "could not cut the active segment to its data at close");
+            }
+        }
     }
 
     fn reader(&self) -> Arc<dyn AuditReader> {
