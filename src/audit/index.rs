@@ -47,6 +47,7 @@ pub(crate) fn open_writer(dir: &Path) -> io::Result<Connection> {
     conn.execute_batch(
         "PRAGMA journal_mode=WAL;
          PRAGMA synchronous=NORMAL;
+         PRAGMA busy_timeout=10000;
          CREATE TABLE IF NOT EXISTS subjects(
              subject TEXT NOT NULL,
              seq INTEGER NOT NULL,
@@ -106,24 +107,32 @@ impl<'c> Batch<'c> {
     /// are not identifiers (a refused call's made-up values) are not
     /// indexed: nobody can list records under them.
     pub fn record(&mut self, seq: u64, at: Position, record: &AuditRecord) -> io::Result<()> {
-        let mut stmt = self
-            .conn
+        for subject in &record.subjects {
+            if crate::domain::is_subject_key(subject) {
+                self.row(subject, seq, at)?;
+            }
+        }
+        self.last_seq = Some(seq);
+        Ok(())
+    }
+
+    /// Indexes one subject of record `seq` at `at` (see [`Batch::record`]
+    /// for which subjects are indexed).
+    pub fn row(&mut self, subject: &str, seq: u64, at: Position) -> io::Result<()> {
+        self.conn
             .prepare_cached(
                 "INSERT OR IGNORE INTO subjects(subject, seq, segment, offset) VALUES (?1, ?2, ?3, ?4)",
             )
-            .map_err(sql_err)?;
-        for subject in &record.subjects {
-            if crate::domain::is_subject_key(subject) {
+            .and_then(|mut stmt| {
                 stmt.execute(params![
                     subject,
                     to_i64(seq),
                     to_i64(at.segment),
                     to_i64(at.offset)
                 ])
-                .map_err(sql_err)?;
-            }
-        }
-        self.last_seq = Some(seq);
+            })
+            .map_err(sql_err)?;
+        self.last_seq = self.last_seq.max(Some(seq));
         Ok(())
     }
 

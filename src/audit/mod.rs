@@ -83,6 +83,7 @@
 pub mod chain;
 pub(crate) mod files;
 mod index;
+mod indexer;
 mod line;
 pub mod pg;
 pub mod record;

@@ -442,3 +442,89 @@ async fn a_migration_never_replaces_the_copy_an_earlier_one_kept() {
     );
     assert!(fx.dir().join(LOG_FILE).exists());
 }
+
+/// The active segment is written ahead with zeros; its data ends at the
+/// first of them for every reader, a reopened log writes right after its
+/// data, and sealed segments keep their data only.
+#[tokio::test]
+async fn preallocated_space_is_not_part_of_the_log() {
+    let fx = Fx::new();
+    let mut opts = fx.opts(10, false);
+    opts.files.segment_bytes = 64 << 20;
+    let log = AuditLog::open(&fx.dir(), fx.signer(), opts.clone())
+        .await
+        .unwrap();
+    for i in 1..=5 {
+        assert_eq!(log.append(record(i)).await.unwrap(), i);
+    }
+    let active = fx.segments().pop().unwrap().path;
+    let bytes = fs::read(&active).unwrap();
+    let data = bytes.iter().position(|&b| b == 0).unwrap();
+    assert!(bytes.len() >= 64 << 10, "{} bytes allocated", bytes.len());
+    assert!(bytes[data..].iter().all(|&b| b == 0));
+    assert_eq!(bytes[..data].iter().filter(|&&b| b == b'\n').count(), 5);
+    // While the log is open: verification and reads stop at the zeros.
+    let report = verify_in(&fx.dir(), None).unwrap();
+    assert_eq!(report.records, 5);
+    assert_eq!(log.records_for_subject(A, None, 10).unwrap().len(), 1);
+    assert_eq!(log.records_after(0, 100).unwrap().len(), 5);
+    log.shutdown().await.unwrap();
+    // Stopped in order, the segment holds its data only; after a crash
+    // the zeros stay: put them back.
+    let closed = fs::read(&active).unwrap();
+    assert!(!closed.contains(&0));
+    let mut crashed = closed.clone();
+    crashed.resize(closed.len() + (64 << 10), 0);
+    fs::write(&active, &crashed).unwrap();
+
+    // Reopened with the zeros there: appends go right after the data.
+    let log = AuditLog::open(&fx.dir(), fx.signer(), opts.clone())
+        .await
+        .unwrap();
+    for i in 6..=12 {
+        assert_eq!(log.append(record(i)).await.unwrap(), i);
+    }
+    log.shutdown().await.unwrap();
+    let report = verify_in(&fx.dir(), None).unwrap();
+    assert_eq!((report.records, report.torn_tail_bytes), (12, 0));
+    // Closed, the segment holds its lines only, one after the other.
+    let text = fs::read(&active).unwrap();
+    assert!(!text.contains(&0));
+    assert_eq!(
+        text.iter().filter(|&&b| b == b'\n').count() as u64,
+        report.records + report.checkpoints
+    );
+}
+
+#[tokio::test]
+async fn sealed_segments_keep_their_data_only() {
+    let fx = Fx::with_records(40).await;
+    let segs = fx.segments();
+    assert!(segs.len() > 2, "{} segments", segs.len());
+    for seg in &segs[..segs.len() - 1] {
+        let bytes = fs::read(&seg.path).unwrap();
+        assert!(!bytes.contains(&0), "{} keeps zeros", seg.path.display());
+        assert_eq!(bytes.last(), Some(&b'\n'));
+    }
+    assert_eq!(verify_in(&fx.dir(), None).unwrap().records, 40);
+}
+
+#[test]
+fn lines_end_at_a_newline_and_data_at_a_nul() {
+    use super::verify::{next_line, Line};
+    let mut input: &[u8] = b"one\ntwo\n\0\0\0three\n";
+    let mut buf = Vec::new();
+    assert_eq!(next_line(&mut input, &mut buf).unwrap(), Line::Complete);
+    assert_eq!(buf, b"one\n");
+    assert_eq!(next_line(&mut input, &mut buf).unwrap(), Line::Complete);
+    assert_eq!(next_line(&mut input, &mut buf).unwrap(), Line::End);
+    // A write cut short inside preallocated space: bytes, then zeros.
+    let mut torn: &[u8] = b"one\ntw\0\0\0";
+    assert_eq!(next_line(&mut torn, &mut buf).unwrap(), Line::Complete);
+    assert_eq!(next_line(&mut torn, &mut buf).unwrap(), Line::Torn);
+    assert_eq!(buf, b"tw");
+    let mut unterminated: &[u8] = b"one";
+    assert_eq!(next_line(&mut unterminated, &mut buf).unwrap(), Line::Torn);
+    let mut empty: &[u8] = b"";
+    assert_eq!(next_line(&mut empty, &mut buf).unwrap(), Line::End);
+}

@@ -11,6 +11,11 @@
 //!   a checkpoint ([`AuditStore::wants_checkpoint`]), and right after it the
 //!   segment is sealed and a new one opened (created as a temp file, fsynced,
 //!   renamed).
+//! - The newest segment is written ahead with zeros, up to 4 MiB at a time,
+//!   so that a group's `fdatasync` overwrites allocated blocks instead of
+//!   growing the file (which would also commit the journal). The data ends
+//!   at the first NUL byte; a segment is cut to its data when it is sealed
+//!   and when the log stops in order.
 //! - Opening reads the newest segment from its last checkpoint known to the
 //!   index (only what follows it), and re-indexes from the segments what
 //!   the index lacks (none of it after a clean stop).
@@ -40,6 +45,7 @@ use super::{
     chain::Checkpoint,
     files::{self, LOG_FILE},
     index::{self, Batch, Position},
+    indexer::{Indexer, Pending, Row},
     line,
     record::AuditRecord,
     store::{AuditReader, AuditStore, Entry, Recovered, SubjectRow},
@@ -159,7 +165,8 @@ pub(crate) trait Sink: Send + 'static {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
     /// Makes appended bytes durable (`fdatasync`).
     fn sync(&mut self) -> io::Result<()>;
-    /// Cuts the file back to `len` bytes, durably.
+    /// Cuts the file back to `len` bytes, durably; the next append goes
+    /// there.
     fn truncate(&mut self, len: u64) -> io::Result<()>;
 }
 
@@ -174,12 +181,107 @@ impl Sink for File {
 
     fn truncate(&mut self, len: u64) -> io::Result<()> {
         self.set_len(len)?;
+        self.seek(SeekFrom::Start(len))?;
         self.sync_data()
     }
 }
 
-/// Wraps each newly opened segment file (tests inject faults through it).
+/// Wraps each newly opened segment file, positioned at the end of its
+/// data (tests inject faults through it).
 pub(crate) type Wrap = dyn Fn(File) -> Box<dyn Sink> + Send + Sync;
+
+/// The most a segment is allocated ahead of its data.
+const PREALLOCATE: u64 = 4 << 20;
+
+/// The segment file as the store writes it: zeros are written ahead of the
+/// data, a few MiB at a time, and each group overwrites them. An
+/// `fdatasync` of a file that grew must also commit its new size to the
+/// file system's journal (and, on ext4 in `data=ordered` mode, write out
+/// the newly allocated blocks of every other file first); one that only
+/// overwrote allocated blocks flushes those blocks and nothing else. The
+/// zeros are not part of the log: readers stop at the first NUL byte
+/// ([`verify::next_line`]), and a sealed segment is cut to its data.
+struct Preallocated {
+    file: File,
+    /// Where the next bytes go (the end of the data), once known.
+    at: Option<u64>,
+    /// The file's length: data and zeros.
+    allocated: u64,
+    chunk: u64,
+}
+
+/// How the store writes segment files unless a test says otherwise: ahead
+/// of their data by up to 4 MiB (no more than a segment's size).
+pub(crate) fn preallocating(opts: &FileOptions) -> impl Fn(File) -> Box<dyn Sink> + Send + Sync {
+    let chunk = opts.segment_bytes.clamp(64 << 10, PREALLOCATE);
+    move |file| Box::new(Preallocated::new(file, chunk))
+}
+
+impl Preallocated {
+    fn new(file: File, chunk: u64) -> Self {
+        Self {
+            file,
+            at: None,
+            allocated: 0,
+            chunk,
+        }
+    }
+
+    /// Writes zeros from the allocated end to `target`.
+    fn allocate(&mut self, target: u64) -> io::Result<()> {
+        let zeros = vec![0u8; 64 << 10];
+        while self.allocated < target {
+            let n = (target - self.allocated).min(zeros.len() as u64) as usize;
+            let from = self.allocated;
+            self.write_at(from, &zeros[..n])?;
+            self.allocated += n as u64;
+        }
+        Ok(())
+    }
+
+    fn write_at(&mut self, at: u64, bytes: &[u8]) -> io::Result<()> {
+        self.file.seek(SeekFrom::Start(at))?;
+        self.file.write_all(bytes)
+    }
+}
+
+impl Sink for Preallocated {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let at = match self.at {
+            Some(at) => at,
+            None => {
+                let at = self.file.stream_position()?;
+                self.allocated = self.file.metadata()?.len().max(at);
+                at
+            }
+        };
+        let end = at + bytes.len() as u64;
+        if end > self.allocated {
+            let target = end.div_ceil(self.chunk) * self.chunk;
+            if let Err(e) = self.allocate(target) {
+                // A nearly full disk (or a file-size limit) still takes
+                // the data itself while there is room for it.
+                tracing::debug!(error = %e, "could not preallocate the access log's segment");
+                self.allocated = self.file.metadata()?.len();
+            }
+        }
+        self.write_at(at, bytes)?;
+        self.at = Some(end);
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)?;
+        self.file.sync_data()?;
+        self.at = Some(len);
+        self.allocated = len;
+        Ok(())
+    }
+}
 
 /// The segment being appended to.
 struct Active {
@@ -210,13 +312,15 @@ pub struct FileStore {
     opts: FileOptions,
     wrap: Arc<Wrap>,
     active: Option<Active>,
+    /// For opening and retention; rows of new groups go through `indexer`.
     conn: Option<Connection>,
+    /// Moves the rows of acknowledged groups into the index, in batches.
+    indexer: Option<Indexer>,
+    /// Those rows until they are there, for readers.
+    pending: Pending,
     /// Seq of the last record of an acknowledged group; readers see no more.
     committed: Arc<AtomicU64>,
     sealed: VecDeque<Sealed>,
-    /// The index may hold rows past `committed` (a group failed after its
-    /// rows were committed): drop them before the next group.
-    index_ahead: bool,
     reader: Arc<FileReader>,
 }
 
@@ -230,7 +334,8 @@ impl FileStore {
     /// `public_key` (a migration verifies the old file with it). Nothing is
     /// read before [`AuditStore::recover`].
     pub fn new(dir: &Path, public_key: [u8; 32], opts: FileOptions) -> Self {
-        Self::with_wrap(dir, public_key, opts, Arc::new(|file| Box::new(file)))
+        let wrap = preallocating(&opts);
+        Self::with_wrap(dir, public_key, opts, Arc::new(wrap))
     }
 
     pub(crate) fn with_wrap(
@@ -240,11 +345,13 @@ impl FileStore {
         wrap: Arc<Wrap>,
     ) -> Self {
         let committed = Arc::new(AtomicU64::new(0));
+        let pending = Indexer::pending();
         let reader = Arc::new(FileReader {
             dir: dir.to_owned(),
             archive: opts.archive_dir.clone(),
             conn: Mutex::new(None),
             committed: Arc::clone(&committed),
+            pending: pending.clone(),
         });
         Self {
             dir: dir.to_owned(),
@@ -253,9 +360,10 @@ impl FileStore {
             wrap,
             active: None,
             conn: None,
+            indexer: None,
+            pending,
             committed,
             sealed: VecDeque::new(),
-            index_ahead: false,
             reader,
         }
     }
@@ -428,11 +536,14 @@ impl FileStore {
         }
     }
 
-    fn open_sink(&self, path: &Path) -> Result<Box<dyn Sink>, AuditError> {
-        let file = OpenOptions::new()
-            .append(true)
+    /// Opens a segment for writing after its first `len` bytes (its data;
+    /// what follows is preallocated space, or nothing).
+    fn open_sink(&self, path: &Path, len: u64) -> Result<Box<dyn Sink>, AuditError> {
+        let mut file = OpenOptions::new()
+            .write(true)
             .open(path)
             .map_err(io_at(path))?;
+        file.seek(SeekFrom::Start(len)).map_err(io_at(path))?;
         Ok((self.wrap)(file))
     }
 
@@ -446,30 +557,29 @@ impl FileStore {
         files::replace_file(&path, &opening, false)
             .and_then(|()| files::sync_parent(&path))
             .map_err(io_at(&path))?;
-        let sink = self.open_sink(&path)?;
-        if let Some(conn) = &self.conn {
-            let noted = Batch::begin(conn).and_then(|mut b| {
-                b.mark(
-                    cp.seq,
-                    Position {
-                        segment: first,
-                        offset: 0,
-                    },
-                )?;
-                b.commit()
-            });
-            if let Err(e) = noted {
-                // Only costs the next open a longer read of this segment.
-                tracing::warn!(error = %e, "could not index the new segment's opening checkpoint");
-            }
+        let sink = self.open_sink(&path, opening.len() as u64)?;
+        if let Some(indexer) = &self.indexer {
+            indexer.add(vec![Row {
+                subject: None,
+                seq: cp.seq,
+                at: Position {
+                    segment: first,
+                    offset: 0,
+                },
+            }]);
         }
-        if let Some(old) = self.active.replace(Active {
+        if let Some(mut old) = self.active.replace(Active {
             first,
             sink,
             len: opening.len() as u64,
             dirty: false,
             started_ms: cp.time_unix_ms,
         }) {
+            // A sealed segment keeps its data only, not the zeros allocated
+            // ahead of it (readers stop at them either way).
+            if let Err(e) = old.sink.truncate(old.len) {
+                tracing::warn!(error = %e, "could not cut the sealed segment's preallocated space");
+            }
             self.sealed.push_back(Sealed {
                 first: old.first,
                 last: cp.seq,
@@ -494,52 +604,52 @@ impl FileStore {
     }
 
     fn try_append(&mut self, group: &[Entry<'_>]) -> io::Result<()> {
-        let conn = self
-            .conn
-            .as_ref()
-            .ok_or_else(|| io::Error::other("the access log was not opened"))?;
-        let active = self
-            .active
-            .as_mut()
-            .ok_or_else(|| io::Error::other("the access log was not opened"))?;
+        let (Some(indexer), Some(active)) = (&self.indexer, self.active.as_mut()) else {
+            return Err(io::Error::other("the access log was not opened"));
+        };
         if active.dirty {
             active.sink.truncate(active.len)?;
             active.dirty = false;
         }
-        if self.index_ahead {
-            index::forget_after(conn, self.committed.load(Ordering::Acquire))?;
-            self.index_ahead = false;
-        }
         let mut buf = Vec::with_capacity(group.len() * 512 + 256);
-        let mut batch = Batch::begin(conn)?;
+        // Index rows: the valid subjects of each record (a refused call's
+        // made-up values are not indexed: nobody can list records under
+        // them) and each checkpoint's position.
+        let mut rows = Vec::with_capacity(group.len() * 2);
         let mut last_record = None;
         let mut last_cp = None;
-        let filled = (|| {
-            for entry in group {
-                let at = Position {
-                    segment: active.first,
-                    offset: active.len + buf.len() as u64,
-                };
-                line::write_entry(&mut buf, entry)?;
-                match entry {
-                    Entry::Record { seq, record, .. } => {
-                        batch.record(*seq, at, record)?;
-                        last_record = Some(*seq);
-                    }
-                    Entry::Checkpoint(cp) => {
-                        batch.mark(cp.seq, at)?;
-                        last_cp = Some(cp);
-                    }
+        for entry in group {
+            let at = Position {
+                segment: active.first,
+                offset: active.len + buf.len() as u64,
+            };
+            line::write_entry(&mut buf, entry)?;
+            match entry {
+                Entry::Record { seq, record, .. } => {
+                    rows.extend(
+                        record
+                            .subjects
+                            .iter()
+                            .filter(|s| crate::domain::is_subject_key(s))
+                            .map(|s| Row {
+                                subject: Some(s.as_str().into()),
+                                seq: *seq,
+                                at,
+                            }),
+                    );
+                    last_record = Some(*seq);
+                }
+                Entry::Checkpoint(cp) => {
+                    rows.push(Row {
+                        subject: None,
+                        seq: cp.seq,
+                        at,
+                    });
+                    last_cp = Some(cp);
                 }
             }
-            Ok::<_, io::Error>(())
-        })();
-        if let Err(e) = filled {
-            batch.rollback();
-            return Err(e);
         }
         if buf.is_empty() {
-            batch.rollback();
             return Ok(());
         }
         let cut_back = |active: &mut Active| {
@@ -549,11 +659,6 @@ impl FileStore {
         };
         active.dirty = true;
         if let Err(e) = active.sink.append(&buf).and_then(|()| active.sink.sync()) {
-            batch.rollback();
-            cut_back(active);
-            return Err(e);
-        }
-        if let Err(e) = batch.commit() {
             cut_back(active);
             return Err(e);
         }
@@ -565,9 +670,6 @@ impl FileStore {
             // crash, which verification accepts.
             if let Err(e) = files::write_head(&self.dir, cp) {
                 cut_back(active);
-                if index::forget_after(conn, self.committed.load(Ordering::Acquire)).is_err() {
-                    self.index_ahead = true;
-                }
                 return Err(e);
             }
             if let Err(e) = files::sync_parent(&self.dir.join(files::HEAD_FILE)) {
@@ -576,6 +678,7 @@ impl FileStore {
         }
         active.dirty = false;
         active.len += buf.len() as u64;
+        indexer.add(rows);
         if let Some(seq) = last_record {
             self.committed.store(seq, Ordering::Release);
         }
@@ -811,7 +914,7 @@ impl AuditStore for FileStore {
             _ => 0,
         };
         self.committed.store(last_seq, Ordering::Release);
-        let sink = self.open_sink(&active.path)?;
+        let sink = self.open_sink(&active.path, end.complete_len)?;
         self.active = Some(Active {
             first: active.first,
             sink,
@@ -820,6 +923,9 @@ impl AuditStore for FileStore {
             started_ms: started_ms.unwrap_or_else(super::writer::now_unix_ms),
         });
         self.conn = Some(conn);
+        // The index now holds every row up to `last_seq`.
+        self.indexer =
+            Some(Indexer::start(&self.dir, last_seq, &self.pending).map_err(io_at(&index_path))?);
         Ok(Recovered {
             head,
             tail,
@@ -857,6 +963,17 @@ impl AuditStore for FileStore {
         FileStore::expire(self, now_unix_ms, attest)
     }
 
+    /// A stopped log's files hold its data only: the active segment is cut
+    /// to its last acknowledged line (no zeros ahead of it). After a crash
+    /// readers stop at the zeros instead.
+    fn close(&mut self) {
+        if let Some(active) = &mut self.active {
+            if let Err(e) = active.sink.truncate(active.len) {
+                tracing::warn!(error = %e, "could not cut the active segment to its data at close");
+            }
+        }
+    }
+
     fn reader(&self) -> Arc<dyn AuditReader> {
         Arc::clone(&self.reader) as Arc<dyn AuditReader>
     }
@@ -874,6 +991,8 @@ pub struct FileReader {
     /// Opened on first use (the writer creates the file).
     conn: Mutex<Option<Connection>>,
     committed: Arc<AtomicU64>,
+    /// Rows of acknowledged groups not yet in the index.
+    pending: Pending,
 }
 
 impl FileReader {
@@ -911,7 +1030,15 @@ impl AuditReader for FileReader {
             })?,
         };
         let last = self.committed.load(Ordering::Acquire);
-        let rows = self.with_conn(|c| index::page(c, subject, before, last, limit))?;
+        // The newest rows may not be in the index yet; every row above what
+        // it holds is still pending, so the two never overlap.
+        let (mut rows, indexed) = self.pending.page(subject, before, last, limit);
+        if rows.len() < limit {
+            let more = limit - rows.len();
+            let older =
+                self.with_conn(|c| index::page(c, subject, before, last.min(indexed), more))?;
+            rows.extend(older);
+        }
         let mut files: HashMap<u64, File> = HashMap::new();
         let mut out = Vec::with_capacity(rows.len());
         for (seq, at) in rows {
@@ -1005,9 +1132,11 @@ impl FileReader {
         if after_seq >= last {
             return Ok(());
         }
-        let (mut segment, mut offset) = match self
-            .with_conn(|c| index::mark_at_or_before(c, after_seq))?
-        {
+        let mark = match self.pending.mark_at_or_before(after_seq) {
+            Some(mark) => Some(mark),
+            None => self.with_conn(|c| index::mark_at_or_before(c, after_seq))?,
+        };
+        let (mut segment, mut offset) = match mark {
             Some((_, at)) => (at.segment, at.offset),
             None => {
                 // No checkpoint before it: from the oldest segment there is.

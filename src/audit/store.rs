@@ -134,6 +134,11 @@ pub trait AuditStore: Send + 'static {
         Ok(0)
     }
 
+    /// The writer stopped in order after its final checkpoint: leave the
+    /// store as a stopped log should be (the file log cuts its active
+    /// segment to its data).
+    fn close(&mut self) {}
+
     /// The read side, shared with request handlers.
     fn reader(&self) -> Arc<dyn AuditReader>;
 

@@ -729,6 +729,7 @@ impl Sink for FaultySink {
             return Err(io::Error::other("injected: the disk still fails"));
         }
         self.file.set_len(len)?;
+        io::Seek::seek(&mut self.file, io::SeekFrom::Start(len))?;
         self.file.sync_data()
     }
 }

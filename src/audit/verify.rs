@@ -253,6 +253,58 @@ pub(crate) enum ReadError<E> {
     },
 }
 
+/// What [`next_line`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Line {
+    /// A line ending in its newline, in the buffer.
+    Complete,
+    /// Bytes without a newline before the end of the data (in the buffer):
+    /// a write a crash cut short.
+    Torn,
+    /// The end of the file, or of its data: a segment is preallocated with
+    /// zeros past its last line (see `segments`), and no line starts with a
+    /// NUL byte.
+    End,
+}
+
+/// Reads the next line of `reader` into `buf` (cleared first). The data
+/// ends at the end of the file or at a NUL byte, whatever follows it:
+/// preallocated space is never read further than its first byte.
+pub(crate) fn next_line(reader: &mut impl BufRead, buf: &mut Vec<u8>) -> io::Result<Line> {
+    buf.clear();
+    loop {
+        let available = reader.fill_buf()?;
+        if available.is_empty() {
+            return Ok(if buf.is_empty() {
+                Line::End
+            } else {
+                Line::Torn
+            });
+        }
+        match available.iter().position(|&b| b == b'\n' || b == 0) {
+            Some(i) if available[i] == b'\n' => {
+                buf.extend_from_slice(&available[..=i]);
+                reader.consume(i + 1);
+                return Ok(Line::Complete);
+            }
+            Some(i) => {
+                buf.extend_from_slice(&available[..i]);
+                reader.consume(i);
+                return Ok(if buf.is_empty() {
+                    Line::End
+                } else {
+                    Line::Torn
+                });
+            }
+            None => {
+                let n = available.len();
+                buf.extend_from_slice(available);
+                reader.consume(n);
+            }
+        }
+    }
+}
+
 /// Reads the complete lines of `reader` (starting at byte `start` of its
 /// file) as entries, handing each with its byte offset to `each`. A final
 /// line without its newline is counted, not read.
@@ -267,20 +319,17 @@ pub(crate) fn read_entries<E>(
     };
     let mut buf = Vec::with_capacity(1024);
     loop {
-        buf.clear();
-        let n = reader
-            .read_until(b'\n', &mut buf)
-            .map_err(|source| ReadError::Io {
-                line: end.lines + 1,
-                source,
-            })?;
-        if n == 0 {
-            return Ok(end);
-        }
-        if buf.last() != Some(&b'\n') {
-            end.torn_tail_bytes = n as u64;
-            return Ok(end);
-        }
+        let n = match next_line(&mut reader, &mut buf).map_err(|source| ReadError::Io {
+            line: end.lines + 1,
+            source,
+        })? {
+            Line::End => return Ok(end),
+            Line::Torn => {
+                end.torn_tail_bytes = buf.len() as u64;
+                return Ok(end);
+            }
+            Line::Complete => buf.len(),
+        };
         let lineno = end.lines + 1;
         let entry = line::parse_entry(&buf[..n - 1])
             .map_err(|what| ReadError::Malformed { line: lineno, what })?;
@@ -760,10 +809,7 @@ pub fn for_each_record(
         let mut buf = Vec::new();
         let mut lineno = 0;
         loop {
-            buf.clear();
-            if reader.read_until(b'\n', &mut buf).map_err(io_err)? == 0
-                || buf.last() != Some(&b'\n')
-            {
+            if next_line(&mut reader, &mut buf).map_err(io_err)? != Line::Complete {
                 break;
             }
             lineno += 1;

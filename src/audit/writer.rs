@@ -146,7 +146,8 @@ impl AuditLog {
         signer: Signer,
         opts: AuditOptions,
     ) -> Result<AuditLog, AuditError> {
-        Self::open_with_sink(dir, signer, opts, |file| Box::new(file)).await
+        let wrap = super::segments::preallocating(&opts.files);
+        Self::open_with_sink(dir, signer, opts, wrap).await
     }
 
     /// [`AuditLog::open`], with each segment file wrapped by `wrap` (tests
@@ -750,6 +751,7 @@ fn run(
             }
         }
         if stopping {
+            writer.store.close();
             return Ok(());
         }
     }
