@@ -51,6 +51,7 @@ pub mod reason {
     /// A witness refuses a checkpoint older than one it countersigned for
     /// that log (FAILED_PRECONDITION).
     pub const LOG_ROLLED_BACK: &str = "LOG_ROLLED_BACK";
+    pub const TOO_MANY_LOGS: &str = "TOO_MANY_LOGS";
     /// A witness refuses a checkpoint that disagrees with the chain it
     /// countersigned for that log (FAILED_PRECONDITION).
     pub const LOG_FORKED: &str = "LOG_FORKED";

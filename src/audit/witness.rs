@@ -20,7 +20,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fs::{self, File, OpenOptions},
-    io::{self, BufRead, BufReader, Write},
+    io::{self, BufRead, BufReader, Read, Seek, Write},
     path::{Path, PathBuf},
     sync::Mutex,
 };
@@ -193,7 +193,16 @@ pub enum Refusal {
     /// `consistency` is absent or not at the last countersigned seq: resend
     /// with the chain hash at `witnessed_seq`.
     StateMismatch { witnessed_seq: u64 },
+    /// The calling agency already has [`MAX_LOGS_PER_AGENCY`] logs here and
+    /// this checkpoint would start another.
+    TooManyLogs { max: usize },
 }
+
+/// Logs one agency may have witnessed here (each a file that lasts): a
+/// gateway has one log, a PostgreSQL deployment one per instance, and a
+/// key change starts another. An agency signing checkpoints with ever new
+/// keys cannot fill the witness's disk.
+pub const MAX_LOGS_PER_AGENCY: usize = 64;
 
 /// What a witness does with a checkpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -306,6 +315,21 @@ impl WitnessStore {
         self.dir.join(name)
     }
 
+    /// How many logs `agency` has files for here.
+    fn logs_of(&self, agency: &str) -> usize {
+        let prefix = format!("{agency}-");
+        fs::read_dir(&self.dir).map_or(0, |entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.starts_with(&prefix) && name.ends_with(".jsonl")
+                })
+                .count()
+        })
+    }
+
     /// Decides on `cp` for the log `log_key`/`instance` as called by
     /// `agency` and, when it is accepted, appends and fsyncs its
     /// countersignature before returning it. Blocking.
@@ -324,6 +348,11 @@ impl WitnessStore {
         // docs/audit.md) starts that log afresh, without a restart.
         let last = match cache.get(&path) {
             Some(last) if last.is_none() || path.exists() => last.clone(),
+            _ if !path.exists() && self.logs_of(agency) >= MAX_LOGS_PER_AGENCY => {
+                return Ok(Err(Refusal::TooManyLogs {
+                    max: MAX_LOGS_PER_AGENCY,
+                }));
+            }
             _ => {
                 let last = last_line(&path)?;
                 if let Some(l) = &last {
@@ -380,18 +409,53 @@ pub fn append_line(path: &Path, line: &str) -> io::Result<()> {
 /// The last complete line of a countersignature file (`None`: no file, or
 /// no line yet). A final fragment without its newline was never
 /// acknowledged and is ignored.
+/// Read from the end: a witness keeps a line per checkpoint for years.
 fn last_line(path: &Path) -> Result<Option<Countersigned>, StateError> {
     let fail = |what: String| StateError {
         path: path.to_owned(),
         what,
     };
-    let mut last = None;
-    for_each_line(path, |_, line| {
-        last = Some(line);
-        Ok(())
-    })
-    .map_err(fail)?;
-    Ok(last)
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(fail(e.to_string())),
+    };
+    let len = file.metadata().map_err(|e| fail(e.to_string()))?.len();
+    // The bytes after the last newline are a fragment never acknowledged;
+    // the line before it is the one wanted. Read back in growing windows
+    // until the window holds a newline before that one (or the file's start).
+    let mut window: u64 = 4096;
+    loop {
+        let start = len.saturating_sub(window);
+        let mut tail = Vec::with_capacity((len - start) as usize);
+        file.seek(io::SeekFrom::Start(start))
+            .and_then(|_| {
+                io::Read::by_ref(&mut file)
+                    .take(len - start)
+                    .read_to_end(&mut tail)
+            })
+            .map_err(|e| fail(e.to_string()))?;
+        let Some(end) = tail.iter().rposition(|&b| b == b'\n') else {
+            if start == 0 {
+                return Ok(None);
+            }
+            window *= 4;
+            continue;
+        };
+        let begin = match tail[..end].iter().rposition(|&b| b == b'\n') {
+            Some(i) => i + 1,
+            None if start == 0 => 0,
+            None => {
+                window *= 4;
+                continue;
+            }
+        };
+        let text = std::str::from_utf8(&tail[begin..end])
+            .map_err(|e| fail(format!("its last line: {e}")))?;
+        return Countersigned::parse_line(text)
+            .map(Some)
+            .map_err(|e| fail(format!("its last line: {e}")));
+    }
 }
 
 /// Every complete line of one file, parsed, with its 1-based number. An
@@ -756,5 +820,68 @@ mod tests {
         assert!(check_log(&bad, &key, "", hash_at, 20, 0)
             .unwrap_err()
             .contains("does not verify"));
+    }
+
+    #[test]
+    fn the_last_line_is_read_from_the_end_of_a_long_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, witness) = (signer(dir.path(), "log"), signer(dir.path(), "w"));
+        let key = log.public_key();
+        let path = dir.path().join("long.jsonl");
+        let mut text = String::new();
+        for seq in 1..=200 {
+            let cp = Checkpoint::sign(&log, seq, [seq as u8; 32], seq as i64);
+            text.push_str(&Countersigned::sign(&witness, key, "", &cp, seq as i64).to_line());
+            text.push('\n');
+        }
+        assert!(text.len() > 4 * 4096);
+        fs::write(&path, &text).unwrap();
+        assert_eq!(last_line(&path).unwrap().unwrap().checkpoint.seq, 200);
+        // A fragment after it was never acknowledged.
+        fs::write(&path, format!("{text}{{\"witness_kid\":")).unwrap();
+        assert_eq!(last_line(&path).unwrap().unwrap().checkpoint.seq, 200);
+        // One line only, and none.
+        let one = text.lines().next().unwrap();
+        fs::write(&path, format!("{one}\n")).unwrap();
+        assert_eq!(last_line(&path).unwrap().unwrap().checkpoint.seq, 1);
+        fs::write(&path, "").unwrap();
+        assert_eq!(last_line(&path).unwrap(), None);
+        assert_eq!(last_line(&dir.path().join("absent.jsonl")).unwrap(), None);
+    }
+
+    #[test]
+    fn an_agency_cannot_start_logs_without_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = WitnessStore::new(&dir.path().join("witness"), signer(dir.path(), "w"));
+        let mut first = None;
+        for i in 0..MAX_LOGS_PER_AGENCY {
+            let log = signer(dir.path(), &format!("log{i}"));
+            let cp = Checkpoint::sign(&log, 1, [1; 32], 1);
+            store
+                .countersign("A", log.public_key(), "", &cp, None, 1)
+                .unwrap()
+                .unwrap();
+            first.get_or_insert((log.public_key(), cp));
+        }
+        let one_more = signer(dir.path(), "one-more");
+        let cp = Checkpoint::sign(&one_more, 1, [1; 32], 1);
+        assert_eq!(
+            store
+                .countersign("A", one_more.public_key(), "", &cp, None, 2)
+                .unwrap(),
+            Err(Refusal::TooManyLogs {
+                max: MAX_LOGS_PER_AGENCY
+            })
+        );
+        // Its logs already witnessed go on; other agencies are not affected.
+        let (key, cp1) = first.unwrap();
+        assert!(store
+            .countersign("A", key, "", &cp1, None, 3)
+            .unwrap()
+            .is_ok());
+        assert!(store
+            .countersign("B", one_more.public_key(), "", &cp, None, 4)
+            .unwrap()
+            .is_ok());
     }
 }

@@ -100,6 +100,15 @@ fn refused(refusal: Refusal) -> RequestError {
             ),
             witnessed_seq,
         ),
+        Refusal::TooManyLogs { max } => RequestError::FailedPrecondition {
+            reason: reason::TOO_MANY_LOGS,
+            message: format!(
+                "this witness already keeps {max} logs for your agency (one per log key and \
+                 instance); a new log key cannot be witnessed here until its operator removes \
+                 the files of logs that are gone"
+            ),
+            metadata: vec![("max_logs_per_agency".to_owned(), max.to_string())],
+        },
         Refusal::StateMismatch { witnessed_seq } => precondition(
             reason::WITNESS_STATE_MISMATCH,
             format!(
