@@ -120,7 +120,13 @@ async fn list_my_grants_shows_the_callers_own_grants_and_nothing_of_others() {
         ]
     );
     assert_eq!(get.source.as_ref().unwrap().owner_agency, "000.00.00.G04");
-    assert!(get.limits.is_empty());
+    // What any call may send and take; this agency has no share of its own.
+    let names = |g: &interop_gateway::proto::catalog::v1::MethodGrant| {
+        g.limits.iter().map(|l| l.name.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(names(get), ["max_request_bytes", "max_call_ms"]);
+    assert_eq!(get.limits[0].value, 64 * 1024);
+    assert_eq!(get.limits[1].exact_value, 30_000.0);
     let verify = &mine.grants[1];
     assert!(verify.fields.is_empty());
     let limit = |name: &str| {
@@ -135,11 +141,8 @@ async fn list_my_grants_shows_the_callers_own_grants_and_nothing_of_others() {
     assert_eq!(limit("verify_failures_per_agency_hour"), Some(100));
     let list = &mine.grants[3];
     assert_eq!(
-        list.limits
-            .iter()
-            .map(|l| l.name.as_str())
-            .collect::<Vec<_>>(),
-        ["max_page_size"]
+        names(list),
+        ["max_page_size", "max_request_bytes", "max_call_ms"]
     );
     // Nothing of another agency's grants: the business office's method and
     // the portal's procedure appear nowhere in the answer.

@@ -272,3 +272,45 @@ async fn shedding_does_not_cost_a_client_its_connection() {
 fn bytes_of(v: Vec<u8>) -> tonic::codegen::Bytes {
     tonic::codegen::Bytes::from(v)
 }
+
+#[tokio::test]
+async fn an_agency_reads_its_own_limits_in_list_my_grants() {
+    use interop_gateway::proto::catalog::v1::ListMyGrantsRequest;
+    let gw = gateway("max_request_bytes = 4096\nmax_call_ms = 2500", "").await;
+    let limits_of = |agency: &'static str| {
+        let gw = &gw;
+        async move {
+            let mut c = gw.client(agency).await;
+            let mine = c
+                .catalog
+                .list_my_grants(ListMyGrantsRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            mine.grants[0]
+                .limits
+                .iter()
+                .map(|l| (l.name.clone(), l.value, l.exact_value))
+                .collect::<Vec<_>>()
+        }
+    };
+    let own = |name: &str, value: u64, exact: f64| (name.to_owned(), value, exact);
+    assert_eq!(
+        limits_of(FLOODER).await,
+        [
+            own("rate_per_second", 0, 0.5),
+            own("burst", 2, 2.0),
+            own("max_request_bytes", 4096, 4096.0),
+            own("max_call_ms", 2500, 2500.0),
+        ]
+    );
+    assert_eq!(
+        limits_of(ONE_AT_A_TIME).await,
+        [
+            own("max_in_flight", 1, 1.0),
+            own("max_request_bytes", 4096, 4096.0),
+            own("max_call_ms", 2500, 2500.0),
+        ]
+    );
+    gw.stop().await;
+}

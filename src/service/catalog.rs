@@ -37,14 +37,61 @@ impl Snapshot {
         })
     }
 
-    /// The limits that apply to an agency's calls of `method`.
-    fn limits_of(&self, method: policy::MethodSpec) -> Vec<Limit> {
+    /// The limits that apply to `agency`'s calls of `method`: the method's
+    /// own, the agency's share of the gateway (`[[agency]]`), and what any
+    /// call may send and take (`[limits]`).
+    fn limits_of(&self, agency: &str, method: policy::MethodSpec) -> Vec<Limit> {
         let limits = &self.config.limits;
-        let limit = |name: &str, value: u64, description: &str| Limit {
+        let exact = |name: &str, exact_value: f64, description: &str| Limit {
             name: name.to_owned(),
-            value,
+            value: exact_value.floor() as u64,
             description: description.to_owned(),
+            exact_value,
         };
+        let limit =
+            |name: &str, value: u64, description: &str| exact(name, value as f64, description);
+        let mut out = self.method_limits(method, &limit);
+        if let Some(own) = self.config.agencies.get(agency).map(|a| &a.limits) {
+            if let Some(rate) = own.rate {
+                out.push(exact(
+                    "rate_per_second",
+                    rate.per_second,
+                    "calls per second of your agency, over all methods, sustained (a token bucket); past it, calls are RESOURCE_EXHAUSTED RATE_LIMITED with a RetryInfo",
+                ));
+                out.push(limit(
+                    "burst",
+                    u64::from(rate.burst),
+                    "calls of your agency at once above rate_per_second (the bucket's size)",
+                ));
+            }
+            if let Some(n) = own.max_in_flight {
+                out.push(limit(
+                    "max_in_flight",
+                    n as u64,
+                    "calls of your agency being served at once, over all methods; past it, calls are RESOURCE_EXHAUSTED TOO_MANY_IN_FLIGHT with a RetryInfo",
+                ));
+            }
+        }
+        out.push(limit(
+            "max_request_bytes",
+            limits.max_request_bytes as u64,
+            "bytes of a request message at most; larger is RESOURCE_EXHAUSTED REQUEST_TOO_LARGE",
+        ));
+        out.push(limit(
+            "max_call_ms",
+            u64::try_from(limits.max_call.as_millis()).unwrap_or(u64::MAX),
+            "milliseconds a call may take at most, whatever its grpc-timeout asks; past it, DEADLINE_EXCEEDED",
+        ));
+        out
+    }
+
+    /// The limits of `method` itself.
+    fn method_limits(
+        &self,
+        method: policy::MethodSpec,
+        limit: &dyn Fn(&str, u64, &str) -> Limit,
+    ) -> Vec<Limit> {
+        let limits = &self.config.limits;
         if method == policy::VERIFY_CITIZEN {
             vec![
                 limit(
@@ -147,7 +194,7 @@ impl CatalogService for Core {
                 method: g.method.name.to_owned(),
                 procedures: g.procedures.clone(),
                 fields: g.fields.to_strings(),
-                limits: snapshot.limits_of(g.method),
+                limits: snapshot.limits_of(agency.as_str(), g.method),
                 source: snapshot.source_of(g.method.service()),
             })
             .collect();

@@ -40,6 +40,8 @@ def test_list_my_grants_matches_the_config_for_the_caller_only(gateway):
     assert got == expected
     verify = next(g for g in mine.grants if g.method.endswith("/VerifyCitizen"))
     assert {l.name for l in verify.limits} >= {"verify_failures_per_subject", "verify_failures_per_agency_hour"}
+    size = next(l for l in verify.limits if l.name == "max_request_bytes")
+    assert size.value == 64 * 1024 and size.exact_value == 64 * 1024.0
 
 
 def test_unknown_agency_gets_no_catalogue(gateway, unknown_agency):
