@@ -298,6 +298,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
             reader: audit.reader(),
             receipts: crate::witness::LogSide::receipts_dir(config),
             metrics: metrics.clone(),
+            every: config.audit.checkpoint_every,
         },
         audit.checkpoints(),
     )?;

@@ -68,6 +68,9 @@ pub struct LogSide {
     /// Where countersignatures received are kept.
     pub receipts: PathBuf,
     pub metrics: Option<Arc<Metrics>>,
+    /// The least time between two countersignatures asked of one witness
+    /// (`[audit] checkpoint_every_seconds`).
+    pub every: Duration,
 }
 
 impl LogSide {
@@ -127,6 +130,17 @@ pub fn spawn(
     Ok(tasks)
 }
 
+/// Waits `every`, or until the log stops.
+async fn pause(checkpoints: &mut watch::Receiver<Option<Checkpoint>>, every: Duration) {
+    let until = tokio::time::Instant::now() + every;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(until) => return,
+            changed = checkpoints.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
 /// One witness's sender.
 struct Task {
     /// As configured: the `witness` label and what logs name.
@@ -153,6 +167,13 @@ impl Task {
                     Ok(()) => {
                         done = Some((cp.seq, cp.hash));
                         backoff = MIN_BACKOFF;
+                        // Under load the writer checkpoints every 1,000
+                        // records, many times a second; the witness keeps a
+                        // line for each it countersigns. Only the latest
+                        // matters, so ask at most once per interval (and
+                        // at once for the final one, when the log stops).
+                        pause(&mut checkpoints, self.log.every).await;
+                        continue;
                     }
                     Err(Failed) => {
                         // The log has stopped: nothing more will come.
