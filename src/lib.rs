@@ -27,6 +27,7 @@ pub mod error;
 pub mod fieldmask;
 #[cfg(test)]
 mod fuzz;
+pub mod health;
 pub mod identity;
 pub mod limits;
 pub mod load;

@@ -341,7 +341,12 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         limits::layers::Settings::new(move || live.snapshot().config.limits.clone())
     };
 
-    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let (health_reporter, _) = tonic_health::server::health_reporter();
+    // Its watches end at a drain (see `health`), so a probe following
+    // health does not hold the stop for the whole drain timeout.
+    let health = tonic_health::pb::health_server::HealthServer::new(
+        crate::health::DrainingHealth::new(health_reporter.clone(), shutdown_rx.clone()),
+    );
     set_health(&health_reporter, tonic_health::ServingStatus::Serving).await;
     // Data services are only as healthy as the access log (without it no
     // answer may leave) and, when forwarded, as their owner.

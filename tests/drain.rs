@@ -187,3 +187,42 @@ async fn a_call_still_in_flight_at_the_drain_timeout_is_cut_off_and_the_log_seal
     assert_eq!(report.unsealed_tail, 0, "sealed with a checkpoint");
     drop(tempdir_guard);
 }
+
+/// A probe following health does not hold the stop: its watch gets the
+/// drain's NOT_SERVING, then ends with UNAVAILABLE, and the gateway stops
+/// long before its (here ten-minute) drain timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_watch_ends_at_a_drain_instead_of_holding_it() {
+    let gw = Gateway::start_with(Options {
+        extra_config: "\n[limits]\ndrain_timeout_ms = 600000\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let land = gw.pki.agency(LAND_OFFICE);
+    let channel = interop_gateway::client::endpoint(&gw.addr, &gw.pki.identity(&land))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone())
+        .watch(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = health.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    gw.shutdown_handle().send(true).unwrap();
+    let next = health.message().await.unwrap().unwrap();
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    let end = tokio::time::timeout(std::time::Duration::from_secs(60), health.message())
+        .await
+        .expect("the health watch did not end at the drain")
+        .unwrap_err();
+    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
+
+    // The probe keeps its channel; the gateway stops all the same.
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(60), gw.wait_stopped()).await;
+    assert!(stopped.is_ok(), "the drain waited for the health watch");
+    drop(channel);
+}
