@@ -213,6 +213,8 @@ pub fn explain_failure(error: &str, addr: &str, files: &IdentityFiles) -> String
         || has("connection closed")
         || has("reset by peer")
         || has("broken pipe")
+        // hyper, when the connection closed before the request could go.
+        || has("connection was not ready")
     {
         format!(
             "the gateway closed the connection right after the TLS handshake: {cert} chains to \
@@ -358,5 +360,17 @@ mod tests {
         identity.check(&f).unwrap();
         let why = explain_failure("connection was not ready", "localhost:1", &f);
         assert!(why.contains("no extended key usage"), "{why}");
+
+        // With clientAuth, a connection closed after the handshake reads the
+        // same in each of the words the client may report it in.
+        let (_, f) = files(dir.path(), vec![Eku::ClientAuth]);
+        for error in [
+            "connection closed because of a broken pipe",
+            "operation was canceled: connection was not ready",
+            "received fatal alert: close_notify",
+        ] {
+            let why = explain_failure(error, "localhost:1", &f);
+            assert!(why.contains("right after the TLS handshake"), "{why}");
+        }
     }
 }
