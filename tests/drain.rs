@@ -54,11 +54,15 @@ async fn grpc_status(response: h2::client::ResponseFuture) -> String {
         .unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_drain_finishes_calls_in_flight_and_refuses_new_ones() {
-    let gw = Gateway::start().await;
+/// A channel of the land office and a health watch on it, which has
+/// already said SERVING.
+async fn watch_health(
+    gw: &Gateway,
+) -> (
+    tonic::transport::Channel,
+    tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
+) {
     let land = gw.pki.agency(LAND_OFFICE);
-    // A probe following health, and an agency's channel, both open before.
     let channel = interop_gateway::client::endpoint(&gw.addr, &gw.pki.identity(&land))
         .unwrap()
         .connect()
@@ -71,6 +75,15 @@ async fn a_drain_finishes_calls_in_flight_and_refuses_new_ones() {
         .into_inner();
     let first = health.message().await.unwrap().unwrap();
     assert_eq!(first.status, ServingStatus::Serving as i32);
+    (channel, health)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_finishes_calls_in_flight_and_refuses_new_ones() {
+    let gw = Gateway::start().await;
+    let land = gw.pki.agency(LAND_OFFICE);
+    // A probe following health, and an agency's channel, both open before.
+    let (channel, mut health) = watch_health(&gw).await;
     let mut open = Client::from_channel(channel);
     open.citizen.get_citizen(request()).await.unwrap();
 
@@ -198,19 +211,7 @@ async fn a_health_watch_ends_at_a_drain_instead_of_holding_it() {
         ..Options::default()
     })
     .await;
-    let land = gw.pki.agency(LAND_OFFICE);
-    let channel = interop_gateway::client::endpoint(&gw.addr, &gw.pki.identity(&land))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = HealthClient::new(channel.clone())
-        .watch(tonic_health::pb::HealthCheckRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let first = health.message().await.unwrap().unwrap();
-    assert_eq!(first.status, ServingStatus::Serving as i32);
+    let (channel, mut health) = watch_health(&gw).await;
 
     gw.shutdown_handle().send(true).unwrap();
     let next = health.message().await.unwrap().unwrap();
