@@ -148,32 +148,45 @@ where
     }
 }
 
-/// Bounds request bodies by `[limits] max_request_bytes`; see the module docs.
-#[derive(Clone)]
-pub struct RequestBytesLayer(Settings);
+/// A layer that reads the `[limits]` in force ([`Settings`]) and the
+/// service it wraps: the shape [`RequestBytesLayer`] and [`DeadlineLayer`]
+/// share.
+macro_rules! settings_layer {
+    ($(#[$doc:meta])* $layer:ident, $service:ident) => {
+        $(#[$doc])*
+        #[derive(Clone)]
+        pub struct $layer(Settings);
 
-impl RequestBytesLayer {
-    pub fn new(settings: Settings) -> RequestBytesLayer {
-        RequestBytesLayer(settings)
-    }
-}
-
-impl<S> tower::Layer<S> for RequestBytesLayer {
-    type Service = RequestBytes<S>;
-    fn layer(&self, inner: S) -> RequestBytes<S> {
-        RequestBytes {
-            inner,
-            settings: self.0.clone(),
+        impl $layer {
+            pub fn new(settings: Settings) -> $layer {
+                $layer(settings)
+            }
         }
-    }
+
+        impl<S> tower::Layer<S> for $layer {
+            type Service = $service<S>;
+            fn layer(&self, inner: S) -> $service<S> {
+                $service {
+                    inner,
+                    settings: self.0.clone(),
+                }
+            }
+        }
+
+        #[doc = concat!("See [`", stringify!($layer), "`].")]
+        #[derive(Clone)]
+        pub struct $service<S> {
+            inner: S,
+            settings: Settings,
+        }
+    };
 }
 
-/// See [`RequestBytesLayer`].
-#[derive(Clone)]
-pub struct RequestBytes<S> {
-    inner: S,
-    settings: Settings,
-}
+settings_layer!(
+    /// Bounds request bodies by `[limits] max_request_bytes`; see the module docs.
+    RequestBytesLayer,
+    RequestBytes
+);
 
 /// gRPC's length-prefixed message header: a flag byte and a 4-byte length.
 const GRPC_FRAME_HEADER: usize = 5;
@@ -277,32 +290,11 @@ where
     }
 }
 
-/// Ends calls at their deadline; see the module docs.
-#[derive(Clone)]
-pub struct DeadlineLayer(Settings);
-
-impl DeadlineLayer {
-    pub fn new(settings: Settings) -> DeadlineLayer {
-        DeadlineLayer(settings)
-    }
-}
-
-impl<S> tower::Layer<S> for DeadlineLayer {
-    type Service = Deadline<S>;
-    fn layer(&self, inner: S) -> Deadline<S> {
-        Deadline {
-            inner,
-            settings: self.0.clone(),
-        }
-    }
-}
-
-/// See [`DeadlineLayer`].
-#[derive(Clone)]
-pub struct Deadline<S> {
-    inner: S,
-    settings: Settings,
-}
+settings_layer!(
+    /// Ends calls at their deadline; see the module docs.
+    DeadlineLayer,
+    Deadline
+);
 
 /// tonic ends a call at its `grpc-timeout` itself, from outside every layer
 /// and with CANCELLED; ending it this much earlier here answers with the
