@@ -243,7 +243,8 @@ pub struct WitnessSettings {
 /// The PostgreSQL access log, from `[audit] database_url`.
 #[derive(Clone)]
 pub struct AuditDatabase {
-    /// `postgresql://user[:password]@host[:port]/database`.
+    /// `postgresql://user[:password]@host[:port]/database`, with libpq's
+    /// TLS parameters (their files resolved from the config's folder).
     pub url: String,
     /// Connections the gateway holds open at most (`database_pool_size`,
     /// default 8), besides the one holding the instance's lock.
@@ -931,11 +932,15 @@ impl Config {
                             .into(),
                     ));
                 }
-                if let Err(e) = url.parse::<tokio_postgres::Config>() {
-                    return Err(err(format!(
-                        "audit.database_url: {e}; expected postgresql://user[:password]@host[:port]/database"
-                    )));
-                }
+                // Certificate files in the URL resolve from the config's
+                // folder, as every other path here, and are read now.
+                let url = crate::audit::pg_tls::resolve_paths(url, |p| resolve(Path::new(p)))
+                    .and_then(|url| crate::audit::pg_tls::target(&url).map(|_| url))
+                    .map_err(|e| {
+                        err(format!(
+                            "audit.database_url: {e}; expected postgresql://user[:password]@host[:port]/database[?sslmode=verify-full&sslrootcert=ca.pem]"
+                        ))
+                    })?;
                 let pool_size = raw
                     .audit
                     .database_pool_size
@@ -946,7 +951,7 @@ impl Config {
                     )));
                 }
                 Some(AuditDatabase {
-                    url: url.clone(),
+                    url,
                     pool_size: pool_size as usize,
                 })
             }

@@ -86,6 +86,7 @@ mod index;
 mod indexer;
 mod line;
 pub mod pg;
+pub mod pg_tls;
 pub mod record;
 pub mod segments;
 pub mod signer;

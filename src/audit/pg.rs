@@ -40,7 +40,6 @@ use std::{
 };
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 
 use super::{
     chain::{self, Checkpoint, GENESIS},
@@ -128,13 +127,16 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
-fn parse_url(url: &str) -> Result<tokio_postgres::Config, AuditError> {
-    let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+/// The database `url` names, with the TLS its connections use
+/// ([`super::pg_tls`]).
+fn parse_url(url: &str) -> Result<super::pg_tls::Target, AuditError> {
+    let mut target = super::pg_tls::target(url).map_err(|e| {
         AuditError::Options(format!(
-            "database_url {}: {e}; expected postgresql://user[:password]@host[:port]/database",
+            "database_url {}: {e}; expected postgresql://user[:password]@host[:port]/database[?sslmode=verify-full&sslrootcert=ca.pem]",
             redacted(url)
         ))
     })?;
+    let config = &mut target.config;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
     }
@@ -142,17 +144,47 @@ fn parse_url(url: &str) -> Result<tokio_postgres::Config, AuditError> {
     if config.get_application_name().is_none() {
         config.application_name("interop-gateway");
     }
-    Ok(config)
+    Ok(target)
+}
+
+/// One connection to the database `url` names, and its driver task (which
+/// must be spawned).
+async fn connect_once(
+    url: &str,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        tokio_postgres::Connection<
+            tokio_postgres::Socket,
+            <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<
+                tokio_postgres::Socket,
+            >>::Stream,
+        >,
+    ),
+    AuditError,
+> {
+    let target = parse_url(url)?;
+    target
+        .config
+        .connect(target.tls)
+        .await
+        .map_err(db_err("connecting to the audit database"))
 }
 
 /// A bounded pool on `url`: at most `size` connections; a call waits at most
 /// [`DB_TIMEOUT`] for one. Connecting is lazy, so this does not touch the
 /// database. Must be called inside a tokio runtime.
 pub fn pool(url: &str, size: usize) -> Result<Pool, AuditError> {
-    let config = parse_url(url)?;
+    let target = parse_url(url)?;
+    if target.verify == Some(super::pg_tls::Verify::Nothing) {
+        tracing::warn!(
+            url = %redacted(url),
+            "the audit database's TLS certificate is not checked (sslmode prefer or require without sslrootcert); use sslmode=verify-full with sslrootcert"
+        );
+    }
     let manager = Manager::from_config(
-        config,
-        NoTls,
+        target.config,
+        target.tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -326,11 +358,7 @@ impl Inner {
             return Ok(());
         }
         *held = None;
-        let config = parse_url(&self.url)?;
-        let (lock_client, connection) = config
-            .connect(NoTls)
-            .await
-            .map_err(db_err("connecting to the audit database"))?;
+        let (lock_client, connection) = connect_once(&self.url).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::warn!(
@@ -910,8 +938,7 @@ pub async fn chain_points(
     url: &str,
     wanted: &std::collections::BTreeMap<String, Vec<u64>>,
 ) -> Result<Vec<ChainPoints>, AuditError> {
-    let config = parse_url(url)?;
-    let (conn, connection) = config.connect(NoTls).await.map_err(db_err("connecting"))?;
+    let (conn, connection) = connect_once(url).await?;
     let driver = tokio::spawn(connection);
     let failed = db_err("reading the audit database");
     conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -1004,11 +1031,9 @@ pub async fn verify_database(
     public_key: Option<&[u8; 32]>,
 ) -> Result<Vec<InstanceReport>, DatabaseVerifyError> {
     const CHUNK: i64 = 5000;
-    let config = parse_url(url).map_err(DatabaseVerifyError::Unavailable)?;
-    let (conn, connection) = config
-        .connect(NoTls)
+    let (conn, connection) = connect_once(url)
         .await
-        .map_err(|e| DatabaseVerifyError::Unavailable(db_err("connecting")(e)))?;
+        .map_err(DatabaseVerifyError::Unavailable)?;
     let driver = tokio::spawn(connection);
     let failed = |e| DatabaseVerifyError::Unavailable(db_err("reading the audit database")(e));
     // One snapshot for the whole walk, so a running gateway's writes do not
@@ -1170,11 +1195,7 @@ pub async fn export_database(
     out: &mut impl std::io::Write,
 ) -> Result<u64, AuditError> {
     const CHUNK: i64 = 5000;
-    let config = parse_url(url)?;
-    let (conn, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(db_err("connecting to the audit database"))?;
+    let (conn, connection) = connect_once(url).await?;
     let driver = tokio::spawn(connection);
     let failed = db_err("reading the audit database");
     conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")

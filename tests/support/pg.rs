@@ -25,6 +25,8 @@ pub struct PgCluster {
     pub port: u16,
     /// `postgresql://postgres@127.0.0.1:<port>/postgres`
     pub url: String,
+    /// Server settings beyond the port and folders (TLS).
+    options: String,
 }
 
 impl PgCluster {
@@ -32,7 +34,17 @@ impl PgCluster {
     /// `INTEROP_SKIP_POSTGRES` is set and PostgreSQL cannot be started. Any
     /// other failure to start panics with the reason.
     pub fn start_or_skip(test: &str) -> Option<PgCluster> {
-        match Self::try_start() {
+        Self::start_with_or_skip(test, None)
+    }
+
+    /// As [`PgCluster::start_or_skip`], serving TLS (as well as plaintext)
+    /// with `cert_pem` and `key_pem`.
+    pub fn start_tls_or_skip(test: &str, cert_pem: &str, key_pem: &str) -> Option<PgCluster> {
+        Self::start_with_or_skip(test, Some((cert_pem, key_pem)))
+    }
+
+    fn start_with_or_skip(test: &str, tls: Option<(&str, &str)>) -> Option<PgCluster> {
+        match Self::try_start(tls) {
             Ok(pg) => Some(pg),
             Err(why) if std::env::var_os(SKIP_VAR).is_some() => {
                 eprintln!(
@@ -49,7 +61,7 @@ impl PgCluster {
         }
     }
 
-    fn try_start() -> Result<PgCluster, String> {
+    fn try_start(tls: Option<(&str, &str)>) -> Result<PgCluster, String> {
         let bin = find_bin_dir()?;
         let dir = tempfile::Builder::new()
             .prefix("interop-pg-")
@@ -79,18 +91,36 @@ impl PgCluster {
             ]),
         )?;
         check(&initdb, "initdb")?;
+        let mut options = String::new();
+        if let Some((cert, key)) = tls {
+            // The server reads its key only when the file is private to it.
+            let (cert_path, key_path) = (data.join("server.crt"), data.join("server.key"));
+            std::fs::write(&cert_path, cert).map_err(|e| format!("server.crt: {e}"))?;
+            std::fs::write(&key_path, key).map_err(|e| format!("server.key: {e}"))?;
+            set_mode(&key_path, 0o600)?;
+            if as_postgres {
+                chown_postgres(&cert_path)?;
+                chown_postgres(&key_path)?;
+            }
+            options = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert_path.display(),
+                key_path.display()
+            );
+        }
         let mut last = String::new();
         // A free port is found by binding :0 and letting go; another process
         // may take it in between, so try a few.
         for _ in 0..5 {
             let port = free_port()?;
-            match pg_ctl_start(&bin, dir.path(), port) {
+            match pg_ctl_start(&bin, dir.path(), port, &options) {
                 Ok(()) => {
                     return Ok(PgCluster {
                         url: format!("postgresql://postgres@127.0.0.1:{port}/postgres"),
                         dir,
                         bin,
                         port,
+                        options,
                     })
                 }
                 Err(e) => last = e,
@@ -117,7 +147,7 @@ impl PgCluster {
 
     /// Starts it again after [`PgCluster::stop`]; panics if it cannot.
     pub fn start_again(&self) {
-        if let Err(e) = pg_ctl_start(&self.bin, self.dir.path(), self.port) {
+        if let Err(e) = pg_ctl_start(&self.bin, self.dir.path(), self.port, &self.options) {
             panic!("PostgreSQL did not start again: {e}");
         }
     }
@@ -155,10 +185,10 @@ impl Drop for PgCluster {
 
 /// Starts the server in `dir/data` on `port` and waits until it accepts
 /// connections (`pg_ctl -w`).
-fn pg_ctl_start(bin: &Path, dir: &Path, port: u16) -> Result<(), String> {
+fn pg_ctl_start(bin: &Path, dir: &Path, port: u16, extra: &str) -> Result<(), String> {
     let options = format!(
         "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} \
-         -c max_connections=100",
+         -c max_connections=100{extra}",
         dir.display()
     );
     let out = run(
