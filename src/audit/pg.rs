@@ -2,8 +2,10 @@
 //! its migrations, the bounded connection pool, one instance's chain storage
 //! (group commit: a whole batch of records, their subject index rows and the
 //! checkpoints due among them in one transaction), the cross-instance queries
-//! behind `ListAccessRecords`, the page-token key every instance shares, and
-//! [`verify_database`] for `audit verify --database-url`.
+//! behind `ListAccessRecords`, the page-token key every instance shares, the
+//! live feed of every instance's commits for `WatchAccessRecords` (see
+//! *Live feed* below), and [`verify_database`] for
+//! `audit verify --database-url`.
 //!
 //! The hash chain and checkpoint formulas are [`super::chain`]'s; this module
 //! only stores what the writer computed and reads it back.
@@ -31,6 +33,24 @@
 //! key is `hashtext(instance)`: two names with the same 32-bit hash cannot
 //! run at once (the second is refused as if it were the same instance, and
 //! renaming one fixes it), which errs on the safe side.
+//!
+//! # Live feed
+//!
+//! Each group commit ends its records insert with
+//! `pg_notify('interop_audit_records', '<instance> <last seq>')`, in the
+//! same transaction: PostgreSQL delivers it when, and only if, the group is
+//! committed. One task per process (started by the first watcher, on the
+//! store's runtime) `LISTEN`s on a connection of its own, outside the pool;
+//! on each notification it reads the new records of that instance once, on
+//! that connection, and publishes them on a bounded broadcast
+//! ([`ChainsReader::subscribe`]) that every watcher of this process follows.
+//! Notifications are only a wake-up: the task reads from the last seq it
+//! published, so a payload that lies makes it read, never skip. With no
+//! subscriber it reads nothing. When its connection is lost it connects
+//! again at once, and after every (re)connection it tells subscribers to
+//! read back from the database what was committed meanwhile
+//! ([`ChainEvent::Resync`]); when the database cannot be reached it tells
+//! them so ([`ChainEvent::Unavailable`]) and retries with a bounded backoff.
 
 use std::{
     borrow::Cow,
@@ -40,13 +60,17 @@ use std::{
 };
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::sync::broadcast;
 use tokio_postgres::NoTls;
 
 use super::{
     chain::{self, Checkpoint, GENESIS},
     record::AuditRecord,
     signer::Signer,
-    store::{AuditReader, AuditStore, Entry, Recovered, SubjectRow},
+    store::{
+        AuditReader, AuditStore, ChainEvent, ChainRecord, ChainsReader, Entry, Positions,
+        Recovered, SubjectRow,
+    },
     verify::VerifyFailure,
     AuditError,
 };
@@ -272,6 +296,9 @@ struct Inner {
     /// closed once lost (the database restarted) until the next write takes
     /// it again.
     lock: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+    /// The live feed of every instance's commits, started by the first
+    /// subscriber (see the module documentation).
+    feed: std::sync::OnceLock<broadcast::Sender<ChainEvent>>,
 }
 
 impl Drop for Inner {
@@ -418,6 +445,7 @@ impl PgStore {
                 instance,
                 secret,
                 lock: tokio::sync::Mutex::new(None),
+                feed: std::sync::OnceLock::new(),
             };
             // A process of this instance killed a moment ago may still hold
             // the lock until the server sees its connection close.
@@ -710,10 +738,15 @@ async fn commit(
         }
     }
     if !seqs.is_empty() {
+        // The notification goes with the commit, in the same statement (no
+        // round trip of its own): see *Live feed* above.
         let insert = tx
             .prepare_cached(
-                "INSERT INTO audit_records (instance, seq, hash, time_unix_ms, record)
-                 SELECT $1, * FROM unnest($2::int8[], $3::bytea[], $4::int8[], $5::text[])",
+                "WITH added AS (
+                     INSERT INTO audit_records (instance, seq, hash, time_unix_ms, record)
+                     SELECT $1, * FROM unnest($2::int8[], $3::bytea[], $4::int8[], $5::text[])
+                     RETURNING seq)
+                 SELECT pg_notify('interop_audit_records', $1 || ' ' || max(seq)) FROM added",
             )
             .await
             .map_err(&failed)?;
@@ -889,6 +922,352 @@ impl AuditReader for PgReader {
 
     fn page_token_secret(&self) -> Result<Option<[u8; 64]>, AuditError> {
         Ok(Some(self.inner.secret))
+    }
+
+    fn chains(&self) -> Option<Arc<dyn ChainsReader>> {
+        Some(Arc::new(PgReader {
+            inner: Arc::clone(&self.inner),
+        }))
+    }
+}
+
+/// The last seq of every registered instance (0 for one without records),
+/// one index probe per instance.
+async fn heads(conn: &tokio_postgres::Client) -> Result<Positions, AuditError> {
+    let rows = conn
+        .query(
+            "SELECT i.instance,
+                    (SELECT coalesce(max(seq), 0) FROM audit_records r WHERE r.instance = i.instance)
+             FROM audit_instances i",
+            &[],
+        )
+        .await
+        .map_err(db_err("reading the audit database"))?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let seq: i64 = row.get(1);
+            (row.get::<_, String>(0), seq.max(0) as u64)
+        })
+        .collect())
+}
+
+/// `(instance, seq, time, record JSON)` rows as chain records.
+fn chain_records(rows: &[tokio_postgres::Row]) -> Result<Vec<ChainRecord>, AuditError> {
+    rows.iter()
+        .map(|row| {
+            let instance: String = row.get(0);
+            let seq: i64 = row.get(1);
+            let json: String = row.get(3);
+            let record = serde_json::from_str(&json).map_err(|e| {
+                AuditError::Unavailable(format!("record {instance}/{seq} is malformed: {e}"))
+            })?;
+            Ok(ChainRecord {
+                instance,
+                seq: seq.max(0) as u64,
+                record,
+            })
+        })
+        .collect()
+}
+
+impl ChainsReader for PgReader {
+    fn heads(&self) -> Result<Positions, AuditError> {
+        let inner = &self.inner;
+        inner.block_on("reading the audit database", async {
+            let conn = client(&inner.pool).await?;
+            heads(&conn).await
+        })
+    }
+
+    fn records_after(
+        &self,
+        after: &Positions,
+        limit: usize,
+    ) -> Result<Vec<ChainRecord>, AuditError> {
+        let (names, seqs): (Vec<&str>, Vec<i64>) =
+            after.iter().map(|(i, s)| (i.as_str(), to_i64(*s))).unzip();
+        let inner = &self.inner;
+        let rows = inner.block_on("reading the audit database", async {
+            let conn = client(&inner.pool).await?;
+            let stmt = conn
+                .prepare_cached(
+                    "SELECT i.instance, r.seq, r.time_unix_ms, r.record
+                     FROM audit_instances i
+                     LEFT JOIN unnest($1::text[], $2::int8[]) AS p(instance, after)
+                       ON p.instance = i.instance
+                     CROSS JOIN LATERAL (
+                         SELECT seq, time_unix_ms, record FROM audit_records r
+                         WHERE r.instance = i.instance AND r.seq > coalesce(p.after, 0)
+                         ORDER BY seq LIMIT $3) r
+                     ORDER BY i.instance, r.seq",
+                )
+                .await
+                .map_err(db_err("reading the audit database"))?;
+            conn.query(&stmt, &[&names, &seqs, &to_i64(limit as u64)])
+                .await
+                .map_err(db_err("reading the audit database"))
+        })?;
+        Ok(merge_by_time(chain_records(&rows)?))
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<ChainEvent> {
+        let inner = &self.inner;
+        inner
+            .feed
+            .get_or_init(|| {
+                let (events, _) = broadcast::channel(super::writer::LIVE_BUFFER);
+                match (&inner.rt.0, parse_url(&inner.url)) {
+                    (Some(rt), Ok(config)) => {
+                        rt.spawn(feed::run(config, events.clone()));
+                    }
+                    // Neither happens on an open store (its URL parsed when
+                    // it opened); subscribers then wait for nothing.
+                    (None, _) | (_, Err(_)) => {}
+                }
+                events
+            })
+            .subscribe()
+    }
+}
+
+/// Records of several chains, each in seq order, merged into one sequence
+/// by record time (ties by instance), keeping each chain's own order even
+/// where its clock went back.
+fn merge_by_time(records: Vec<ChainRecord>) -> Vec<ChainRecord> {
+    let mut chains: std::collections::BTreeMap<String, std::collections::VecDeque<ChainRecord>> =
+        std::collections::BTreeMap::new();
+    for r in records {
+        chains.entry(r.instance.clone()).or_default().push_back(r);
+    }
+    let mut out = Vec::new();
+    loop {
+        let next = chains
+            .iter()
+            .filter_map(|(name, queue)| Some((queue.front()?.record.time_unix_ms, name)))
+            .min()
+            .map(|(_, name)| name.clone());
+        let Some(name) = next else {
+            return out;
+        };
+        if let Some(r) = chains.get_mut(&name).and_then(|q| q.pop_front()) {
+            out.push(r);
+        }
+    }
+}
+
+/// The task behind [`ChainsReader::subscribe`]: see *Live feed* in the
+/// module documentation.
+mod feed {
+    use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+    use tokio::sync::{broadcast, Notify};
+    use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
+
+    use super::{chain_records, db_err, describe, heads, to_i64, ChainEvent, DB_TIMEOUT};
+    use crate::audit::{store::Positions, AuditError};
+
+    /// The channel group commits notify; payload `<instance> <last seq>`.
+    pub(super) const CHANNEL: &str = "interop_audit_records";
+    /// Records read per query while publishing.
+    const BATCH: i64 = 512;
+    /// Backoff between attempts to reach the database.
+    const FIRST_RETRY: Duration = Duration::from_millis(100);
+    const LAST_RETRY: Duration = Duration::from_secs(5);
+    /// A session shorter than this is followed by a pause before the next,
+    /// so a connection that breaks at once cannot make the task spin.
+    const SHORT_SESSION: Duration = Duration::from_secs(1);
+
+    /// What the connection's driver hands over: the highest seq notified
+    /// per instance since the last look (so a burst of commits is one read
+    /// per instance, and memory stays bounded), or why the connection ended.
+    #[derive(Default)]
+    struct Pending {
+        state: std::sync::Mutex<(BTreeMap<String, u64>, Option<String>)>,
+        wake: Notify,
+    }
+
+    impl Pending {
+        fn note(&self, payload: &str) {
+            // Anyone who can connect may NOTIFY: a payload is only a hint.
+            let Some((instance, seq)) = payload
+                .split_once(' ')
+                .and_then(|(i, s)| Some((i, s.parse::<u64>().ok()?)))
+                .filter(|(i, _)| !i.is_empty() && i.len() <= 64)
+            else {
+                tracing::debug!(payload, "ignoring a malformed audit notification");
+                return;
+            };
+            if let Ok(mut state) = self.state.lock() {
+                let head = state.0.entry(instance.to_owned()).or_default();
+                *head = (*head).max(seq);
+            }
+            self.wake.notify_one();
+        }
+
+        fn end(&self, why: String) {
+            if let Ok(mut state) = self.state.lock() {
+                state.1.get_or_insert(why);
+            }
+            self.wake.notify_one();
+        }
+
+        fn take(&self) -> (BTreeMap<String, u64>, Option<String>) {
+            match self.state.lock() {
+                Ok(mut state) => (std::mem::take(&mut state.0), state.1.clone()),
+                Err(_) => (BTreeMap::new(), Some("the feed's state is poisoned".into())),
+            }
+        }
+    }
+
+    /// Follows the database for as long as the process runs (the store's
+    /// runtime is shut down with the store).
+    pub(super) async fn run(
+        mut config: tokio_postgres::Config,
+        events: broadcast::Sender<ChainEvent>,
+    ) {
+        // Named, so an operator can tell it from the pool's connections.
+        config.application_name("interop-gateway-feed");
+        let mut retry = FIRST_RETRY;
+        let mut told_unavailable = false;
+        loop {
+            let started = tokio::time::Instant::now();
+            match session(&config, &events).await {
+                Ok(why) => {
+                    told_unavailable = false;
+                    tracing::warn!(reason = %why, "the audit feed lost its database connection; reconnecting");
+                    if started.elapsed() >= SHORT_SESSION {
+                        retry = FIRST_RETRY;
+                        continue;
+                    }
+                }
+                Err(e) if !told_unavailable => {
+                    tracing::warn!(error = %e, "the audit feed cannot reach the database; retrying");
+                    let _ = events.send(ChainEvent::Unavailable(e.to_string().into()));
+                    told_unavailable = true;
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(retry).await;
+            retry = (retry * 2).min(LAST_RETRY);
+        }
+    }
+
+    /// One connection: connect, `LISTEN`, then publish until it fails.
+    /// `Err`: it could not be set up; `Ok(why)`: it was lost.
+    async fn session(
+        config: &tokio_postgres::Config,
+        events: &broadcast::Sender<ChainEvent>,
+    ) -> Result<String, AuditError> {
+        let (client, mut connection) = tokio::time::timeout(DB_TIMEOUT, config.connect(NoTls))
+            .await
+            .map_err(|_| AuditError::Unavailable("no answer from the audit database".into()))?
+            .map_err(db_err("connecting to the audit database"))?;
+        let pending = Arc::new(Pending::default());
+        let driven = Arc::clone(&pending);
+        let driver = tokio::spawn(async move {
+            let why = loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notification(n))) if n.channel() == CHANNEL => {
+                        driven.note(n.payload())
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => break describe(&e),
+                    None => break "the connection closed".to_owned(),
+                }
+            };
+            driven.end(why);
+        });
+        let result = async {
+            within(client.batch_execute(&format!("LISTEN {CHANNEL}")))
+                .await?
+                .map_err(db_err("listening for audit commits"))?;
+            let read = within(client.prepare(
+                "SELECT instance, seq, time_unix_ms, record FROM audit_records
+                 WHERE instance = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            ))
+            .await?
+            .map_err(db_err("reading the audit database"))?;
+            Ok(publish(&client, &read, &pending, events).await)
+        }
+        .await;
+        driver.abort();
+        result
+    }
+
+    async fn within<F: std::future::Future>(fut: F) -> Result<F::Output, AuditError> {
+        tokio::time::timeout(DB_TIMEOUT, fut).await.map_err(|_| {
+            AuditError::Unavailable(format!(
+                "no answer from the audit database within {} s",
+                DB_TIMEOUT.as_secs()
+            ))
+        })
+    }
+
+    /// Publishes what is committed until the connection fails; returns why.
+    /// Starts by telling subscribers to read back (`Resync`): what was
+    /// committed before `LISTEN` took effect was never notified here.
+    async fn publish(
+        client: &Client,
+        read: &Statement,
+        pending: &Pending,
+        events: &broadcast::Sender<ChainEvent>,
+    ) -> String {
+        let mut published = Positions::new();
+        // Whether `published` may lag the database (no subscriber was there
+        // to publish to): then heads are read again and subscribers resync.
+        let mut stale = true;
+        loop {
+            let (notified, ended) = pending.take();
+            if let Some(why) = ended {
+                return why;
+            }
+            if events.receiver_count() == 0 {
+                stale = true;
+            } else if stale {
+                match within(heads(client)).await.and_then(|h| h) {
+                    Ok(heads) => published = heads,
+                    Err(e) => return e.to_string(),
+                }
+                stale = false;
+                let _ = events.send(ChainEvent::Resync);
+            } else {
+                for (instance, seq) in notified {
+                    if seq <= published.get(&instance).copied().unwrap_or(0) {
+                        continue;
+                    }
+                    let chain = publish_chain(client, read, &instance, &mut published, events);
+                    if let Err(e) = chain.await {
+                        return e.to_string();
+                    }
+                }
+            }
+            pending.wake.notified().await;
+        }
+    }
+
+    /// Publishes every record of `instance` after the last one published.
+    async fn publish_chain(
+        client: &Client,
+        read: &Statement,
+        instance: &str,
+        published: &mut Positions,
+        events: &broadcast::Sender<ChainEvent>,
+    ) -> Result<(), AuditError> {
+        loop {
+            let after = published.get(instance).copied().unwrap_or(0);
+            let rows = within(client.query(read, &[&instance, &to_i64(after), &BATCH]))
+                .await?
+                .map_err(db_err("reading the audit database"))?;
+            let read = rows.len();
+            for record in chain_records(&rows)? {
+                published.insert(record.instance.clone(), record.seq);
+                let _ = events.send(ChainEvent::Record(Arc::new(record)));
+            }
+            if read < BATCH as usize {
+                return Ok(());
+            }
+        }
     }
 }
 
