@@ -300,12 +300,10 @@ async fn a_portal_on_one_instance_sees_every_instance_and_resumes_on_another() {
     // The database stops: the watch ends with AUDIT_UNAVAILABLE.
     let before_outage = seen.sent.clone();
     pg.stop();
-    let status = loop {
-        match tokio::time::timeout(STEP, stream.next()).await.unwrap() {
-            Some(Ok(event)) => panic!("an event with the database stopped: {event:?}"),
-            Some(Err(status)) => break status,
-            None => panic!("the stream ended without a status"),
-        }
+    let status = match tokio::time::timeout(STEP, stream.next()).await.unwrap() {
+        Some(Ok(event)) => panic!("an event with the database stopped: {event:?}"),
+        Some(Err(status)) => status,
+        None => panic!("the stream ended without a status"),
     };
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(reason(&status), "AUDIT_UNAVAILABLE");
