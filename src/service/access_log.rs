@@ -164,10 +164,8 @@ impl Feed {
             Feed::Shared { live, .. } => match live.recv().await {
                 Ok(ChainEvent::Record(committed)) => Next::Record(committed),
                 Ok(ChainEvent::Resync) => Next::ReadBack,
-                Ok(ChainEvent::Unavailable(why)) => {
-                    tracing::error!(error = %why, "the access log's live feed is down");
-                    Next::Unavailable
-                }
+                // The feed logged why, once for all watches.
+                Ok(ChainEvent::Unavailable(_)) => Next::Unavailable,
                 Err(RecvError::Lagged(missed)) => Next::Lagged(missed),
                 Err(RecvError::Closed) => Next::Closed,
             },
