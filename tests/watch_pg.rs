@@ -13,27 +13,14 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use interop_gateway::{
     client::Client,
-    proto::{
-        audit::v1::{WatchAccessRecordsRequest, WatchAccessRecordsResponse},
-        citizen::v1::GetCitizenRequest,
-        common::v1::AccessContext,
-    },
+    proto::audit::v1::{WatchAccessRecordsRequest, WatchAccessRecordsResponse},
 };
-use support::{pg::PgCluster, *};
+use support::{pg::PgCluster, watch::*, *};
 use tokio_stream::StreamExt;
 use tonic::{Code, Streaming};
 use tonic_health::pb::{
     health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
 };
-
-const WATCH_GRANT: &str = r#"
-[[grant]]
-agency = "000.00.00.G22"
-method = "interop.audit.v1.AccessLogService/WatchAccessRecords"
-procedures = ["2.002154"]
-"#;
-
-const WATCH_METHOD: &str = "interop.audit.v1.AccessLogService/WatchAccessRecords";
 
 /// How long any one step may take before the test gives up (never reached
 /// when things work: every wait below ends on an event).
@@ -52,37 +39,6 @@ fn positions(cursor: &str) -> Positions {
             (i.to_owned(), s.parse().unwrap())
         })
         .collect()
-}
-
-fn dossier(n: u32) -> String {
-    format!("000.00.20.H13-241205-{n:04}")
-}
-
-async fn lookup(c: &mut Client, n: u32) {
-    c.citizen
-        .get_citizen(GetCitizenRequest {
-            context: Some(AccessContext {
-                procedure_code: PROCEDURE_LAND.into(),
-                dossier_id: dossier(n),
-                officer_id: "officer-secret-017".into(),
-            }),
-            personal_id: CITIZEN_ID.into(),
-            read_mask: None,
-        })
-        .await
-        .unwrap();
-}
-
-async fn watch(portal: &mut Client, cursor: &str) -> Streaming<WatchAccessRecordsResponse> {
-    portal
-        .access_log
-        .watch_access_records(WatchAccessRecordsRequest {
-            context: context(PROCEDURE_PORTAL),
-            cursor: cursor.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
 }
 
 fn instance_config(dir: &Path, pg: &PgCluster, name: &str) -> std::path::PathBuf {
