@@ -112,7 +112,8 @@ async fn watching_needs_a_grant_and_a_cursor_of_this_log() {
     assert_eq!(err.code(), Code::PermissionDenied);
 
     let mut portal = gw.client(PORTAL).await;
-    for bad in ["abc", "99999999", "-1"] {
+    // The last: a cursor of a log shared by several instances.
+    for bad in ["abc", "99999999", "-1", "v1:gw-a=1"] {
         let err = portal
             .access_log
             .watch_access_records(WatchAccessRecordsRequest {

@@ -5,16 +5,14 @@
 //! with its last cursor and receives exactly what it missed; the feed's own
 //! database connection dropped loses nothing; the database stopped ends the
 //! stream with UNAVAILABLE `AUDIT_UNAVAILABLE`, and a watch after recovery
-//! resumes from the cursor.
+//! resumes from the cursor. (That a file-log gateway refuses a cursor of a
+//! shared log is in tests/watch.rs.)
 
 mod support;
 
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
-use interop_gateway::{
-    client::Client,
-    proto::audit::v1::{WatchAccessRecordsRequest, WatchAccessRecordsResponse},
-};
+use interop_gateway::{client::Client, proto::audit::v1::WatchAccessRecordsResponse};
 use support::{pg::PgCluster, watch::*, *};
 use tokio_stream::StreamExt;
 use tonic::{Code, Streaming};
@@ -238,14 +236,7 @@ async fn a_portal_on_one_instance_sees_every_instance_and_resumes_on_another() {
 
     // Cursors of the wrong kind or of another log are refused on `cursor`.
     for bad in ["5", "v1:gw-z=1", "v1:gw-a=99999", "v2:gw-a=1", "v1:gw-a"] {
-        let err = portal_b
-            .access_log
-            .watch_access_records(WatchAccessRecordsRequest {
-                context: context(PROCEDURE_PORTAL),
-                cursor: bad.into(),
-            })
-            .await
-            .unwrap_err();
+        let err = watch_refused(&mut portal_b, bad).await;
         assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
         assert_eq!(bad_fields(&err), ["cursor"], "{bad}");
     }
@@ -283,25 +274,4 @@ async fn a_portal_on_one_instance_sees_every_instance_and_resumes_on_another() {
     drop(stream);
     assert!(a.terminate().success());
     assert!(b.terminate().success());
-}
-
-#[tokio::test]
-async fn a_gateway_with_its_own_log_refuses_a_cursor_of_a_shared_log() {
-    let gw = Gateway::start_with(Options {
-        extra_config: WATCH_GRANT.into(),
-        ..Options::default()
-    })
-    .await;
-    let mut portal = gw.client(PORTAL).await;
-    let err = portal
-        .access_log
-        .watch_access_records(WatchAccessRecordsRequest {
-            context: context(PROCEDURE_PORTAL),
-            cursor: "v1:gw-a=1".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-    assert_eq!(bad_fields(&err), ["cursor"]);
-    gw.stop().await;
 }

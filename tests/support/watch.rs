@@ -46,13 +46,24 @@ pub async fn lookup(c: &mut Client, n: u32) {
 
 /// Opens a watch from `cursor` as the portal.
 pub async fn watch(portal: &mut Client, cursor: &str) -> Streaming<WatchAccessRecordsResponse> {
-    portal
-        .access_log
-        .watch_access_records(WatchAccessRecordsRequest {
-            context: context(PROCEDURE_PORTAL),
-            cursor: cursor.into(),
-        })
+    open(portal, cursor).await.unwrap()
+}
+
+/// Opens a watch from `cursor` as the portal, which must be refused.
+pub async fn watch_refused(portal: &mut Client, cursor: &str) -> tonic::Status {
+    open(portal, cursor)
         .await
-        .unwrap()
-        .into_inner()
+        .expect_err("the watch was not refused")
+}
+
+async fn open(
+    portal: &mut Client,
+    cursor: &str,
+) -> Result<Streaming<WatchAccessRecordsResponse>, tonic::Status> {
+    let request = WatchAccessRecordsRequest {
+        context: context(PROCEDURE_PORTAL),
+        cursor: cursor.into(),
+    };
+    let response = portal.access_log.watch_access_records(request).await?;
+    Ok(response.into_inner())
 }
