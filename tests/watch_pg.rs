@@ -214,25 +214,44 @@ async fn a_portal_on_one_instance_sees_every_instance_and_resumes_on_another() {
         BTreeMap::from([("gw-a".to_owned(), 1), ("gw-b".to_owned(), 1)])
     );
 
+    // A second watch on b, from the start of every chain, shares b's feed.
+    let mut portal_b2 = Client::connect(&b.addr, &portal).await.unwrap();
+    let mut second = watch(&mut portal_b2, "v1:").await;
+    seen.until(&mut stream, &heads(&pg)).await;
+    let mut from_start = Seen {
+        cursor: Positions::new(),
+        sent: String::new(),
+        lookups: Vec::new(),
+        watches: BTreeMap::new(),
+    };
+    from_start.until(&mut second, &seen.cursor).await;
+    assert_eq!(from_start.lookups.len(), 16);
+    assert_eq!(from_start.watches, seen.watches);
+
     // The feeds' own connections are cut: the stream stays open, and what
     // was committed meanwhile is read back, once.
     let cut = pg.psql(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
          WHERE application_name = 'interop-gateway-feed'",
     );
-    assert_eq!(cut, "2", "one feed connection per process");
+    assert_eq!(cut, "2", "one feed connection per process, not per watch");
     for n in 15..=18 {
         let c = if n % 2 == 1 { &mut land_a } else { &mut land_b };
         lookup(c, n).await;
     }
     b.wait_for_log("audit feed lost its database connection");
     seen.until(&mut stream, &heads(&pg)).await;
+    // Anyone may NOTIFY: announcements that lie make the feed read, never
+    // skip or repeat.
+    pg.psql("NOTIFY interop_audit_records, 'gw-a 999999'");
+    pg.psql("NOTIFY interop_audit_records, 'not an announcement'");
     for n in 19..=20 {
         let c = if n % 2 == 1 { &mut land_a } else { &mut land_b };
         lookup(c, n).await;
     }
     seen.until(&mut stream, &heads(&pg)).await;
     assert_eq!(seen.lookups.len(), 20);
+    drop(second);
 
     // Cursors of the wrong kind or of another log are refused on `cursor`.
     for bad in ["5", "v1:gw-z=1", "v1:gw-a=99999", "v2:gw-a=1", "v1:gw-a"] {
@@ -242,7 +261,8 @@ async fn a_portal_on_one_instance_sees_every_instance_and_resumes_on_another() {
     }
     // Refused watches are records too, and the stream shows them.
     seen.until(&mut stream, &heads(&pg)).await;
-    assert_eq!(seen.watches["gw-b"], 6);
+    // On b: the resumed watch, the second one and the five refused.
+    assert_eq!(seen.watches["gw-b"], 7);
 
     // The database stops: the watch ends with AUDIT_UNAVAILABLE.
     let before_outage = seen.sent.clone();

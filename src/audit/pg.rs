@@ -308,7 +308,7 @@ struct Inner {
     lock: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
     /// The live feed of every instance's commits, started by the first
     /// subscriber (see the module documentation).
-    feed: std::sync::OnceLock<broadcast::Sender<ChainEvent>>,
+    feed: std::sync::OnceLock<feed::Feed>,
 }
 
 impl Drop for Inner {
@@ -1027,17 +1027,9 @@ impl ChainsReader for PgReader {
         let inner = &self.inner;
         inner
             .feed
-            .get_or_init(|| {
-                let (events, _) = broadcast::channel(super::writer::LIVE_BUFFER);
-                match (&inner.rt.0, parse_url(&inner.url)) {
-                    (Some(rt), Ok(config)) => {
-                        rt.spawn(feed::run(config, events.clone()));
-                    }
-                    // Neither happens on an open store (its URL parsed when
-                    // it opened); subscribers then wait for nothing.
-                    (None, _) | (_, Err(_)) => {}
-                }
-                events
+            .get_or_init(|| match (&inner.rt.0, parse_url(&inner.url)) {
+                (Some(rt), Ok(config)) => feed::Feed::start(rt, config),
+                (None, _) | (_, Err(_)) => feed::Feed::idle(),
             })
             .subscribe()
     }
@@ -1431,4 +1423,56 @@ fn now_unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(instance: &str, seq: u64, time_unix_ms: i64) -> ChainRecord {
+        ChainRecord {
+            instance: instance.into(),
+            seq,
+            record: AuditRecord {
+                time_unix_ms,
+                request_id: format!("{instance}-{seq}"),
+                agency_code: String::new(),
+                method: String::new(),
+                procedure_code: String::new(),
+                dossier_id: String::new(),
+                officer_id: String::new(),
+                subjects: Vec::new(),
+                fields: Vec::new(),
+                outcome: "OK".into(),
+                latency_us: 0,
+                relay_agency_code: String::new(),
+                reason: String::new(),
+            },
+        }
+    }
+
+    fn order(records: &[ChainRecord]) -> Vec<(&str, u64)> {
+        records
+            .iter()
+            .map(|r| (r.instance.as_str(), r.seq))
+            .collect()
+    }
+
+    #[test]
+    fn chains_merge_by_time_and_each_keeps_its_own_order() {
+        let merged = merge_by_time(vec![
+            at("a", 1, 10),
+            at("a", 2, 30),
+            // a's clock went back: still after a/2.
+            at("a", 3, 5),
+            at("b", 7, 20),
+            at("b", 8, 30),
+            at("c", 1, 1),
+        ]);
+        assert_eq!(
+            order(&merged),
+            [("c", 1), ("a", 1), ("b", 7), ("a", 2), ("a", 3), ("b", 8)]
+        );
+        assert!(merge_by_time(Vec::new()).is_empty());
+    }
 }

@@ -66,7 +66,44 @@ impl Pending {
 
 /// Follows the database for as long as the process runs (the store's
 /// runtime is shut down with the store).
-pub(super) async fn run(mut config: tokio_postgres::Config, events: broadcast::Sender<ChainEvent>) {
+/// The handle the store keeps: subscribers' side of the feed.
+pub(super) struct Feed {
+    events: broadcast::Sender<ChainEvent>,
+    /// Wakes the task from its backoff: a new subscriber should not wait up
+    /// to [`LAST_RETRY`] after the database is back.
+    retry_now: Arc<Notify>,
+}
+
+impl Feed {
+    /// Starts the task on `rt`.
+    pub(super) fn start(rt: &tokio::runtime::Runtime, config: tokio_postgres::Config) -> Feed {
+        let (events, _) = broadcast::channel(crate::audit::LIVE_BUFFER);
+        let retry_now = Arc::new(Notify::new());
+        rt.spawn(run(config, events.clone(), Arc::clone(&retry_now)));
+        Feed { events, retry_now }
+    }
+
+    /// A feed that never starts (a store closed, or a URL that no longer
+    /// parses: neither happens to an open store).
+    pub(super) fn idle() -> Feed {
+        Feed {
+            events: broadcast::channel(1).0,
+            retry_now: Arc::new(Notify::new()),
+        }
+    }
+
+    pub(super) fn subscribe(&self) -> broadcast::Receiver<ChainEvent> {
+        let receiver = self.events.subscribe();
+        self.retry_now.notify_one();
+        receiver
+    }
+}
+
+async fn run(
+    mut config: tokio_postgres::Config,
+    events: broadcast::Sender<ChainEvent>,
+    retry_now: Arc<Notify>,
+) {
     // Named, so an operator can tell it from the pool's connections.
     config.application_name("interop-gateway-feed");
     let mut retry = FIRST_RETRY;
@@ -89,7 +126,10 @@ pub(super) async fn run(mut config: tokio_postgres::Config, events: broadcast::S
             }
             Err(_) => {}
         }
-        tokio::time::sleep(retry).await;
+        tokio::select! {
+            _ = tokio::time::sleep(retry) => {}
+            _ = retry_now.notified() => {}
+        }
         retry = (retry * 2).min(LAST_RETRY);
     }
 }
@@ -208,5 +248,40 @@ async fn publish_chain(
         if read < BATCH as usize {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notifications_keep_the_highest_seq_per_instance_and_ignore_the_malformed() {
+        let pending = Pending::default();
+        for payload in [
+            "gw-a 3",
+            "gw-b 7",
+            "gw-a 5",
+            "gw-a 4",
+            "",
+            "gw-a",
+            "gw-a x",
+            "gw-a -1",
+            " 9",
+            &format!("{} 1", "a".repeat(65)),
+        ] {
+            pending.note(payload);
+        }
+        let (heads, ended) = pending.take();
+        assert_eq!(
+            heads,
+            BTreeMap::from([("gw-a".to_owned(), 5), ("gw-b".to_owned(), 7)])
+        );
+        assert_eq!(ended, None);
+        // Taken once: the next look starts empty.
+        assert!(pending.take().0.is_empty());
+        pending.end("gone".into());
+        pending.end("later".into());
+        assert_eq!(pending.take().1.as_deref(), Some("gone"));
     }
 }
