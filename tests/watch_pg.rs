@@ -227,6 +227,26 @@ async fn a_portal_on_one_instance_sees_every_instance_and_resumes_on_another() {
     from_start.until(&mut second, &seen.cursor).await;
     assert_eq!(from_start.lookups.len(), 16);
     assert_eq!(from_start.watches, seen.watches);
+    // A cursor that does not name an instance streams that instance from its
+    // first record: here b, with a where the portal is.
+    let only_a = Positions::from([("gw-a".to_owned(), seen.cursor["gw-a"])]);
+    let mut partial = watch(&mut portal_b2, &format!("v1:gw-a={}", only_a["gw-a"])).await;
+    seen.until(&mut stream, &heads(&pg)).await;
+    let mut from_a = Seen {
+        cursor: only_a,
+        sent: String::new(),
+        lookups: Vec::new(),
+        watches: BTreeMap::new(),
+    };
+    from_a.until(&mut partial, &seen.cursor).await;
+    let b_lookups: Vec<String> = std::iter::once(901)
+        .chain((1..=14).filter(|n| n % 2 == 0))
+        .map(dossier)
+        .collect();
+    assert_eq!(from_a.dossiers_of("gw-b"), b_lookups);
+    assert!(from_a.dossiers_of("gw-a").is_empty());
+    assert_eq!(from_a.watches["gw-b"], seen.watches["gw-b"]);
+    drop(partial);
 
     // The feeds' own connections are cut: the stream stays open, and what
     // was committed meanwhile is read back, once.
@@ -261,8 +281,8 @@ async fn a_portal_on_one_instance_sees_every_instance_and_resumes_on_another() {
     }
     // Refused watches are records too, and the stream shows them.
     seen.until(&mut stream, &heads(&pg)).await;
-    // On b: the resumed watch, the second one and the five refused.
-    assert_eq!(seen.watches["gw-b"], 7);
+    // On b: the resumed watch, the second and third ones and the five refused.
+    assert_eq!(seen.watches["gw-b"], 8);
 
     // The database stops: the watch ends with AUDIT_UNAVAILABLE.
     let before_outage = seen.sent.clone();
