@@ -51,6 +51,13 @@ fn instance_config(dir: &Path, pg: &PgCluster, name: &str) -> std::path::PathBuf
     path
 }
 
+/// Lookups `ns`: the odd ones through `a`, the even ones through `b`.
+async fn lookups(a: &mut Client, b: &mut Client, ns: std::ops::RangeInclusive<u32>) {
+    for n in ns {
+        lookup(if n % 2 == 1 { &mut *a } else { &mut *b }, n).await;
+    }
+}
+
 /// Every instance's last seq, as the database has it.
 fn heads(pg: &PgCluster) -> Positions {
     let out = pg.psql(
@@ -124,6 +131,19 @@ impl Seen {
         }
     }
 
+    /// Every lookup of `ns` was received exactly once, from the instance it
+    /// went through (see [`lookups`]), in that instance's order.
+    fn assert_lookups_once(&self, ns: std::ops::RangeInclusive<u32>) {
+        let through = |odd: bool| -> Vec<String> {
+            ns.clone()
+                .filter(|n| (n % 2 == 1) == odd)
+                .map(dossier)
+                .collect()
+        };
+        assert_eq!(self.dossiers_of("gw-a"), through(true));
+        assert_eq!(self.dossiers_of("gw-b"), through(false));
+    }
+
     fn dossiers_of(&self, instance: &str) -> Vec<String> {
         self.lookups
             .iter()
@@ -183,32 +203,20 @@ async fn a_portal_on_one_instance_sees_every_instance_and_resumes_on_another() {
         watches: BTreeMap::new(),
     };
     let mut stream = watch(&mut portal_a, "").await;
-    for n in 1..=6 {
-        let c = if n % 2 == 1 { &mut land_a } else { &mut land_b };
-        lookup(c, n).await;
-    }
+    lookups(&mut land_a, &mut land_b, 1..=6).await;
     seen.until(&mut stream, &heads(&pg)).await;
     assert_eq!(seen.watches, BTreeMap::from([("gw-a".to_owned(), 1)]));
 
     // Disconnect; more calls through both; resume on b with the last cursor.
     drop(stream);
     drop(portal_a);
-    for n in 7..=12 {
-        let c = if n % 2 == 1 { &mut land_a } else { &mut land_b };
-        lookup(c, n).await;
-    }
+    lookups(&mut land_a, &mut land_b, 7..=12).await;
     let mut portal_b = Client::connect(&b.addr, &portal).await.unwrap();
     let mut stream = watch(&mut portal_b, &seen.sent).await;
-    for n in 13..=14 {
-        let c = if n % 2 == 1 { &mut land_a } else { &mut land_b };
-        lookup(c, n).await;
-    }
+    lookups(&mut land_a, &mut land_b, 13..=14).await;
     seen.until(&mut stream, &heads(&pg)).await;
     // Every lookup exactly once, each instance's in its own order.
-    let odd: Vec<String> = (1..=14).filter(|n| n % 2 == 1).map(dossier).collect();
-    let even: Vec<String> = (1..=14).filter(|n| n % 2 == 0).map(dossier).collect();
-    assert_eq!(seen.dossiers_of("gw-a"), odd);
-    assert_eq!(seen.dossiers_of("gw-b"), even);
+    seen.assert_lookups_once(1..=14);
     assert_eq!(
         seen.watches,
         BTreeMap::from([("gw-a".to_owned(), 1), ("gw-b".to_owned(), 1)])
@@ -255,20 +263,14 @@ async fn a_portal_on_one_instance_sees_every_instance_and_resumes_on_another() {
          WHERE application_name = 'interop-gateway-feed'",
     );
     assert_eq!(cut, "2", "one feed connection per process, not per watch");
-    for n in 15..=18 {
-        let c = if n % 2 == 1 { &mut land_a } else { &mut land_b };
-        lookup(c, n).await;
-    }
+    lookups(&mut land_a, &mut land_b, 15..=18).await;
     b.wait_for_log("audit feed lost its database connection");
     seen.until(&mut stream, &heads(&pg)).await;
     // Anyone may NOTIFY: announcements that lie make the feed read, never
     // skip or repeat.
     pg.psql("NOTIFY interop_audit_records, 'gw-a 999999'");
     pg.psql("NOTIFY interop_audit_records, 'not an announcement'");
-    for n in 19..=20 {
-        let c = if n % 2 == 1 { &mut land_a } else { &mut land_b };
-        lookup(c, n).await;
-    }
+    lookups(&mut land_a, &mut land_b, 19..=20).await;
     seen.until(&mut stream, &heads(&pg)).await;
     assert_eq!(seen.lookups.len(), 20);
     drop(second);
@@ -301,15 +303,9 @@ async fn a_portal_on_one_instance_sees_every_instance_and_resumes_on_another() {
     wait_serving(&land_b).await;
     let mut portal_a = Client::connect(&a.addr, &portal).await.unwrap();
     let mut stream = watch(&mut portal_a, &before_outage).await;
-    for n in 21..=24 {
-        let c = if n % 2 == 1 { &mut land_a } else { &mut land_b };
-        lookup(c, n).await;
-    }
+    lookups(&mut land_a, &mut land_b, 21..=24).await;
     seen.until(&mut stream, &heads(&pg)).await;
-    let odd: Vec<String> = (1..=24).filter(|n| n % 2 == 1).map(dossier).collect();
-    let even: Vec<String> = (1..=24).filter(|n| n % 2 == 0).map(dossier).collect();
-    assert_eq!(seen.dossiers_of("gw-a"), odd);
-    assert_eq!(seen.dossiers_of("gw-b"), even);
+    seen.assert_lookups_once(1..=24);
 
     drop(stream);
     assert!(a.terminate().success());
