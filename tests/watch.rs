@@ -5,60 +5,13 @@
 
 mod support;
 
-use interop_gateway::proto::{
-    audit::v1::{
-        access_log_service_client::AccessLogServiceClient, WatchAccessRecordsRequest,
-        WatchAccessRecordsResponse,
-    },
-    citizen::v1::GetCitizenRequest,
-    common::v1::AccessContext,
+use interop_gateway::proto::audit::v1::{
+    access_log_service_client::AccessLogServiceClient, WatchAccessRecordsRequest,
+    WatchAccessRecordsResponse,
 };
-use support::*;
+use support::{watch::*, *};
 use tokio_stream::StreamExt;
 use tonic::{Code, Streaming};
-
-const WATCH_GRANT: &str = r#"
-[[grant]]
-agency = "000.00.00.G22"
-method = "interop.audit.v1.AccessLogService/WatchAccessRecords"
-procedures = ["2.002154"]
-"#;
-
-const WATCH_METHOD: &str = "interop.audit.v1.AccessLogService/WatchAccessRecords";
-
-fn dossier(n: u32) -> String {
-    format!("000.00.20.H13-241205-{n:04}")
-}
-
-async fn lookup(c: &mut interop_gateway::client::Client, n: u32) {
-    c.citizen
-        .get_citizen(GetCitizenRequest {
-            context: Some(AccessContext {
-                procedure_code: PROCEDURE_LAND.into(),
-                dossier_id: dossier(n),
-                officer_id: "officer-secret-017".into(),
-            }),
-            personal_id: CITIZEN_ID.into(),
-            read_mask: None,
-        })
-        .await
-        .unwrap();
-}
-
-async fn watch(
-    portal: &mut interop_gateway::client::Client,
-    cursor: &str,
-) -> Streaming<WatchAccessRecordsResponse> {
-    portal
-        .access_log
-        .watch_access_records(WatchAccessRecordsRequest {
-            context: context(PROCEDURE_PORTAL),
-            cursor: cursor.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
 
 /// Reads events until one for the lookup with dossier `n`.
 async fn until_dossier(
@@ -159,7 +112,8 @@ async fn watching_needs_a_grant_and_a_cursor_of_this_log() {
     assert_eq!(err.code(), Code::PermissionDenied);
 
     let mut portal = gw.client(PORTAL).await;
-    for bad in ["abc", "99999999", "-1"] {
+    // The last: a cursor of a log shared by several instances.
+    for bad in ["abc", "99999999", "-1", "v1:gw-a=1"] {
         let err = portal
             .access_log
             .watch_access_records(WatchAccessRecordsRequest {

@@ -2,8 +2,10 @@
 //! its migrations, the bounded connection pool, one instance's chain storage
 //! (group commit: a whole batch of records, their subject index rows and the
 //! checkpoints due among them in one transaction), the cross-instance queries
-//! behind `ListAccessRecords`, the page-token key every instance shares, and
-//! [`verify_database`] for `audit verify --database-url`.
+//! behind `ListAccessRecords`, the page-token key every instance shares, the
+//! live feed of every instance's commits for `WatchAccessRecords` (see
+//! *Live feed* below), and [`verify_database`] for
+//! `audit verify --database-url`.
 //!
 //! The hash chain and checkpoint formulas are [`super::chain`]'s; this module
 //! only stores what the writer computed and reads it back.
@@ -31,6 +33,24 @@
 //! key is `hashtext(instance)`: two names with the same 32-bit hash cannot
 //! run at once (the second is refused as if it were the same instance, and
 //! renaming one fixes it), which errs on the safe side.
+//!
+//! # Live feed
+//!
+//! Each group commit ends its records insert with
+//! `pg_notify('interop_audit_records', '<instance> <last seq>')`, in the
+//! same transaction: PostgreSQL delivers it when, and only if, the group is
+//! committed. One task per process (started by the first watcher, on the
+//! store's runtime) `LISTEN`s on a connection of its own, outside the pool;
+//! on each notification it reads the new records of that instance once, on
+//! that connection, and publishes them on a bounded broadcast
+//! ([`ChainsReader::subscribe`]) that every watcher of this process follows.
+//! Notifications are only a wake-up: the task reads from the last seq it
+//! published, so a payload that lies makes it read, never skip. With no
+//! subscriber it reads nothing. When its connection is lost it connects
+//! again at once, and after every (re)connection it tells subscribers to
+//! read back from the database what was committed meanwhile
+//! ([`ChainEvent::Resync`]); when the database cannot be reached it tells
+//! them so ([`ChainEvent::Unavailable`]) and retries with a bounded backoff.
 
 use std::{
     borrow::Cow,
@@ -40,15 +60,29 @@ use std::{
 };
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::sync::broadcast;
 
 use super::{
     chain::{self, Checkpoint, GENESIS},
     record::AuditRecord,
     signer::Signer,
-    store::{AuditReader, AuditStore, Entry, Recovered, SubjectRow},
+    store::{
+        AuditReader, AuditStore, ChainEvent, ChainRecord, ChainsReader, Entry, Positions,
+        Recovered, SubjectRow,
+    },
     verify::VerifyFailure,
     AuditError,
 };
+
+/// The channel each group commit notifies (see *Live feed*): a macro, so the
+/// commit's SQL and the listener name the same one.
+macro_rules! feed_channel {
+    () => {
+        "interop_audit_records"
+    };
+}
+
+mod feed;
 
 /// Migrations, in order; each runs once, in one transaction with its
 /// `audit_schema` row, under a transaction advisory lock so two instances
@@ -304,6 +338,9 @@ struct Inner {
     /// closed once lost (the database restarted) until the next write takes
     /// it again.
     lock: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+    /// The live feed of every instance's commits, started by the first
+    /// subscriber (see the module documentation).
+    feed: std::sync::OnceLock<feed::Feed>,
 }
 
 impl Drop for Inner {
@@ -446,6 +483,7 @@ impl PgStore {
                 instance,
                 secret,
                 lock: tokio::sync::Mutex::new(None),
+                feed: std::sync::OnceLock::new(),
             };
             // A process of this instance killed a moment ago may still hold
             // the lock until the server sees its connection close.
@@ -738,11 +776,18 @@ async fn commit(
         }
     }
     if !seqs.is_empty() {
+        // The notification goes with the commit, in the same statement (no
+        // round trip of its own): see *Live feed* above.
         let insert = tx
-            .prepare_cached(
-                "INSERT INTO audit_records (instance, seq, hash, time_unix_ms, record)
-                 SELECT $1, * FROM unnest($2::int8[], $3::bytea[], $4::int8[], $5::text[])",
-            )
+            .prepare_cached(concat!(
+                "WITH added AS (
+                     INSERT INTO audit_records (instance, seq, hash, time_unix_ms, record)
+                     SELECT $1, * FROM unnest($2::int8[], $3::bytea[], $4::int8[], $5::text[])
+                     RETURNING seq)
+                 SELECT pg_notify('",
+                feed_channel!(),
+                "', $1 || ' ' || max(seq)) FROM added"
+            ))
             .await
             .map_err(&failed)?;
         tx.execute(&insert, &[&inner.instance, &seqs, &hashes, &times, &jsons])
@@ -917,6 +962,129 @@ impl AuditReader for PgReader {
 
     fn page_token_secret(&self) -> Result<Option<[u8; 64]>, AuditError> {
         Ok(Some(self.inner.secret))
+    }
+
+    fn chains(&self) -> Option<Arc<dyn ChainsReader>> {
+        Some(Arc::new(PgReader {
+            inner: Arc::clone(&self.inner),
+        }))
+    }
+}
+
+/// The last seq of every registered instance (0 for one without records),
+/// one index probe per instance.
+async fn heads(conn: &tokio_postgres::Client) -> Result<Positions, AuditError> {
+    let rows = conn
+        .query(
+            "SELECT i.instance,
+                    (SELECT coalesce(max(seq), 0) FROM audit_records r WHERE r.instance = i.instance)
+             FROM audit_instances i",
+            &[],
+        )
+        .await
+        .map_err(db_err("reading the audit database"))?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let seq: i64 = row.get(1);
+            (row.get::<_, String>(0), seq.max(0) as u64)
+        })
+        .collect())
+}
+
+/// `(instance, seq, time, record JSON)` rows as chain records.
+fn chain_records(rows: &[tokio_postgres::Row]) -> Result<Vec<ChainRecord>, AuditError> {
+    rows.iter()
+        .map(|row| {
+            let instance: String = row.get(0);
+            let seq: i64 = row.get(1);
+            let json: String = row.get(3);
+            let record = serde_json::from_str(&json).map_err(|e| {
+                AuditError::Unavailable(format!("record {instance}/{seq} is malformed: {e}"))
+            })?;
+            Ok(ChainRecord {
+                instance,
+                seq: seq.max(0) as u64,
+                record,
+            })
+        })
+        .collect()
+}
+
+impl ChainsReader for PgReader {
+    fn heads(&self) -> Result<Positions, AuditError> {
+        let inner = &self.inner;
+        inner.block_on("reading the audit database", async {
+            let conn = client(&inner.pool).await?;
+            heads(&conn).await
+        })
+    }
+
+    fn records_after(
+        &self,
+        after: &Positions,
+        limit: usize,
+    ) -> Result<Vec<ChainRecord>, AuditError> {
+        let (names, seqs): (Vec<&str>, Vec<i64>) =
+            after.iter().map(|(i, s)| (i.as_str(), to_i64(*s))).unzip();
+        let inner = &self.inner;
+        let rows = inner.block_on("reading the audit database", async {
+            let conn = client(&inner.pool).await?;
+            let stmt = conn
+                .prepare_cached(
+                    "SELECT i.instance, r.seq, r.time_unix_ms, r.record
+                     FROM audit_instances i
+                     LEFT JOIN unnest($1::text[], $2::int8[]) AS p(instance, after)
+                       ON p.instance = i.instance
+                     CROSS JOIN LATERAL (
+                         SELECT seq, time_unix_ms, record FROM audit_records r
+                         WHERE r.instance = i.instance AND r.seq > coalesce(p.after, 0)
+                         ORDER BY seq LIMIT $3) r
+                     ORDER BY i.instance, r.seq",
+                )
+                .await
+                .map_err(db_err("reading the audit database"))?;
+            conn.query(&stmt, &[&names, &seqs, &to_i64(limit as u64)])
+                .await
+                .map_err(db_err("reading the audit database"))
+        })?;
+        Ok(merge_by_time(chain_records(&rows)?))
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<ChainEvent> {
+        let inner = &self.inner;
+        inner
+            .feed
+            .get_or_init(|| match (&inner.rt.0, parse_url(&inner.url)) {
+                (Some(rt), Ok(config)) => feed::Feed::start(rt, config),
+                (None, _) | (_, Err(_)) => feed::Feed::idle(),
+            })
+            .subscribe()
+    }
+}
+
+/// Records of several chains, each in seq order, merged into one sequence
+/// by record time (ties by instance), keeping each chain's own order even
+/// where its clock went back.
+fn merge_by_time(records: Vec<ChainRecord>) -> Vec<ChainRecord> {
+    let mut chains: std::collections::BTreeMap<String, std::collections::VecDeque<ChainRecord>> =
+        std::collections::BTreeMap::new();
+    for r in records {
+        chains.entry(r.instance.clone()).or_default().push_back(r);
+    }
+    let mut out = Vec::new();
+    loop {
+        let next = chains
+            .iter()
+            .filter_map(|(name, queue)| Some((queue.front()?.record.time_unix_ms, name)))
+            .min()
+            .map(|(_, name)| name.clone());
+        let Some(name) = next else {
+            return out;
+        };
+        if let Some(r) = chains.get_mut(&name).and_then(|q| q.pop_front()) {
+            out.push(r);
+        }
     }
 }
 
@@ -1276,4 +1444,56 @@ fn now_unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(instance: &str, seq: u64, time_unix_ms: i64) -> ChainRecord {
+        ChainRecord {
+            instance: instance.into(),
+            seq,
+            record: AuditRecord {
+                time_unix_ms,
+                request_id: format!("{instance}-{seq}"),
+                agency_code: String::new(),
+                method: String::new(),
+                procedure_code: String::new(),
+                dossier_id: String::new(),
+                officer_id: String::new(),
+                subjects: Vec::new(),
+                fields: Vec::new(),
+                outcome: "OK".into(),
+                latency_us: 0,
+                relay_agency_code: String::new(),
+                reason: String::new(),
+            },
+        }
+    }
+
+    fn order(records: &[ChainRecord]) -> Vec<(&str, u64)> {
+        records
+            .iter()
+            .map(|r| (r.instance.as_str(), r.seq))
+            .collect()
+    }
+
+    #[test]
+    fn chains_merge_by_time_and_each_keeps_its_own_order() {
+        let merged = merge_by_time(vec![
+            at("a", 1, 10),
+            at("a", 2, 30),
+            // a's clock went back: still after a/2.
+            at("a", 3, 5),
+            at("b", 7, 20),
+            at("b", 8, 30),
+            at("c", 1, 1),
+        ]);
+        assert_eq!(
+            order(&merged),
+            [("c", 1), ("a", 1), ("b", 7), ("a", 2), ("a", 3), ("b", 8)]
+        );
+        assert!(merge_by_time(Vec::new()).is_empty());
+    }
 }

@@ -34,10 +34,18 @@
 //! that serves several instances should also hand out the token key
 //! ([`AuditReader::page_token_secret`]) they share.
 //!
+//! Watchers of a store with one chain follow the writer's own broadcast. A
+//! store shared by several instances also hands out [`AuditReader::chains`]:
+//! every chain's records after a set of positions ([`Positions`]), and a
+//! live feed of what any instance commits ([`ChainEvent`]), so a watcher on
+//! any instance sees the records of all of them.
+//!
 //! Changes to these traits are additive (new methods with defaults), so a
 //! store written against them keeps building.
 
-use std::{borrow::Cow, io, sync::Arc};
+use std::{borrow::Cow, collections::BTreeMap, io, sync::Arc};
+
+use tokio::sync::broadcast;
 
 use super::{chain::Checkpoint, record::AuditRecord, AuditError};
 
@@ -196,4 +204,63 @@ pub trait AuditReader: Send + Sync + 'static {
     fn page_token_secret(&self) -> Result<Option<[u8; 64]>, AuditError> {
         Ok(None)
     }
+
+    /// Every chain's records, for watchers, when the store keeps the chains
+    /// of several instances. `None` (the default): the store keeps this
+    /// gateway's chain alone, and watchers follow the writer's broadcast.
+    fn chains(&self) -> Option<Arc<dyn ChainsReader>> {
+        None
+    }
+}
+
+/// How far a reader got in each chain: instance name to the seq of the last
+/// record it has. A chain it does not name is read from its beginning.
+pub type Positions = BTreeMap<String, u64>;
+
+/// One committed record of one instance's chain.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChainRecord {
+    pub instance: String,
+    pub seq: u64,
+    pub record: AuditRecord,
+}
+
+/// What the live feed of several chains tells its subscribers.
+#[derive(Clone, Debug)]
+pub enum ChainEvent {
+    /// A record committed by any instance. Per instance, records come in seq
+    /// order; a subscriber that sees a seq further than the next it expects
+    /// reads the ones between back from the store.
+    Record(Arc<ChainRecord>),
+    /// The feed (re)started following the store: records committed before
+    /// may not have been sent, so a subscriber reads back from the store
+    /// what follows its positions.
+    Resync,
+    /// The feed lost the store and is trying to reach it again: nothing
+    /// arrives until the next [`ChainEvent::Resync`].
+    Unavailable(Arc<str>),
+}
+
+/// Reads of every instance's chain in a shared store, for watchers: the
+/// records after given positions and the live feed of new ones. The feed is
+/// one per process, whatever the number of subscribers. Blocking, like
+/// [`AuditReader`], except [`ChainsReader::subscribe`].
+pub trait ChainsReader: Send + Sync + 'static {
+    /// The last seq of every chain now (0 for a chain without records).
+    fn heads(&self) -> Result<Positions, AuditError>;
+
+    /// Up to `limit` records of each chain after its position in `after` (a
+    /// chain `after` does not name: from its first record), in seq order per
+    /// instance, chains interleaved by record time.
+    fn records_after(
+        &self,
+        after: &Positions,
+        limit: usize,
+    ) -> Result<Vec<ChainRecord>, AuditError>;
+
+    /// The live feed. Subscribe *before* reading back with
+    /// [`ChainsReader::records_after`]: every record is then in one or the
+    /// other. A subscriber more than a bounded number of events behind gets
+    /// `RecvError::Lagged`.
+    fn subscribe(&self) -> broadcast::Receiver<ChainEvent>;
 }

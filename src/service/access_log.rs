@@ -1,7 +1,8 @@
 //! `interop.audit.v1.AccessLogService`: a data subject's view of the access
 //! log, newest first, and the live stream of committed records for portals
-//! that notify subjects. Officer ids stay in the log; they are not disclosed
-//! here.
+//! that notify subjects: this gateway's own chain for the file log, every
+//! instance's chain for a shared database (its cursor in [`cursor`]).
+//! Officer ids stay in the log; they are not disclosed here.
 
 use std::sync::Arc;
 
@@ -9,9 +10,14 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+mod cursor;
+
 use super::{loggable_id, page_token, recorded, Answer, Core, Scoped};
 use crate::{
-    audit::{AuditRecord, LiveRecord},
+    audit::{
+        store::{ChainEvent, ChainRecord, ChainsReader, Positions},
+        AuditRecord, LiveRecord,
+    },
     domain,
     error::RequestError,
     policy,
@@ -76,34 +82,14 @@ impl Core {
         }
     }
 
-    fn watch_event(&self, seq: u64, mut record: AuditRecord) -> WatchAccessRecordsResponse {
+    fn watch_event(&self, cursor: String, mut record: AuditRecord) -> WatchAccessRecordsResponse {
         WatchAccessRecordsResponse {
             subject_ids: std::mem::take(&mut record.subjects),
             // Agency names as configured now: a watch outlives reloads.
             record: Some(Core::access_record(&self.live.snapshot(), record)),
-            cursor: seq.to_string(),
+            cursor,
         }
     }
-}
-
-/// The seq a cursor names, which must not be past `last`.
-fn parse_cursor(cursor: &str, last: u64) -> Result<u64, RequestError> {
-    let seq = (!cursor.is_empty() && cursor.len() <= 20 && cursor.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| cursor.parse::<u64>().ok())
-        .flatten()
-        .ok_or_else(|| {
-            RequestError::invalid(
-                "cursor",
-                "not a cursor of this gateway: pass the `cursor` of the last event received, or nothing to start with the next record",
-            )
-        })?;
-    if seq > last {
-        return Err(RequestError::invalid(
-            "cursor",
-            format!("cursor {seq} is ahead of this gateway's access log (last record {last}): it came from another gateway"),
-        ));
-    }
-    Ok(seq)
 }
 
 type WatchSender = mpsc::Sender<Result<WatchAccessRecordsResponse, Status>>;
@@ -131,15 +117,151 @@ fn shutting_down() -> RequestError {
     )
 }
 
-/// Streams every record after seq `after` to `tx`: first those already in
-/// the file, then each as it is committed. `live` was subscribed before the
-/// file was read, so every record is in one or the other; seqs already
-/// sent are skipped, so none is sent twice.
+fn read_failed() -> RequestError {
+    RequestError::AuditUnavailable(
+        "the access log cannot be read right now; watch again with your last cursor".into(),
+    )
+}
+
+/// The key of this gateway's own chain in [`Positions`] when the log is
+/// the file log (one chain, no instance names).
+const OWN_CHAIN: &str = "";
+
+/// The log a watch follows, and how it learns of commits.
+enum Feed {
+    /// This gateway's own chain (the file log): the writer's broadcast.
+    Own(broadcast::Receiver<Arc<LiveRecord>>),
+    /// Every instance's chain in a shared store: the store's feed.
+    Shared {
+        chains: Arc<dyn ChainsReader>,
+        live: broadcast::Receiver<ChainEvent>,
+    },
+}
+
+/// What the feed said next.
+enum Next {
+    Record(Arc<ChainRecord>),
+    /// Read back from the store (the feed may have missed records).
+    ReadBack,
+    Lagged(u64),
+    Closed,
+    Unavailable,
+}
+
+impl Feed {
+    async fn next(&mut self) -> Next {
+        use broadcast::error::RecvError;
+        match self {
+            Feed::Own(live) => match live.recv().await {
+                Ok(committed) => Next::Record(Arc::new(ChainRecord {
+                    instance: OWN_CHAIN.to_owned(),
+                    seq: committed.seq,
+                    record: committed.record.clone(),
+                })),
+                Err(RecvError::Lagged(missed)) => Next::Lagged(missed),
+                Err(RecvError::Closed) => Next::Closed,
+            },
+            Feed::Shared { live, .. } => match live.recv().await {
+                Ok(ChainEvent::Record(committed)) => Next::Record(committed),
+                Ok(ChainEvent::Resync) => Next::ReadBack,
+                // The feed logged why, once for all watches.
+                Ok(ChainEvent::Unavailable(_)) => Next::Unavailable,
+                Err(RecvError::Lagged(missed)) => Next::Lagged(missed),
+                Err(RecvError::Closed) => Next::Closed,
+            },
+        }
+    }
+
+    /// The records after `positions` the store has, a batch at a time.
+    async fn read_after(
+        &self,
+        audit: &Arc<crate::audit::AuditLog>,
+        positions: &Positions,
+    ) -> Result<Vec<ChainRecord>, String> {
+        let read = match self {
+            Feed::Own(_) => {
+                let audit = Arc::clone(audit);
+                let from = positions.get(OWN_CHAIN).copied().unwrap_or(0);
+                tokio::task::spawn_blocking(move || {
+                    audit.records_after(from, CATCH_UP_BATCH).map(|batch| {
+                        batch
+                            .into_iter()
+                            .map(|(seq, record)| ChainRecord {
+                                instance: OWN_CHAIN.to_owned(),
+                                seq,
+                                record,
+                            })
+                            .collect()
+                    })
+                })
+                .await
+            }
+            Feed::Shared { chains, .. } => {
+                let (chains, after) = (Arc::clone(chains), positions.clone());
+                tokio::task::spawn_blocking(move || chains.records_after(&after, CATCH_UP_BATCH))
+                    .await
+            }
+        };
+        read.map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+    }
+
+    /// The cursor a watcher passes back to resume after `positions`.
+    fn cursor(&self, positions: &Positions) -> String {
+        match self {
+            Feed::Own(_) => cursor::seq_cursor(positions.get(OWN_CHAIN).copied().unwrap_or(0)),
+            Feed::Shared { .. } => cursor::chains_cursor(positions),
+        }
+    }
+}
+
+/// Where a new watch starts, from its request's cursor, and the feed it
+/// follows, subscribed before anything is read back (see `run_watch`).
+async fn start_watch(core: &Core, cursor: &str) -> Result<(Feed, Positions), RequestError> {
+    let Some(chains) = core.audit.reader().chains() else {
+        let last = core.audit.last_seq();
+        let after = if cursor.is_empty() {
+            last
+        } else {
+            cursor::parse_seq(cursor, last)?
+        };
+        let feed = Feed::Own(core.audit.subscribe());
+        return Ok((feed, Positions::from([(OWN_CHAIN.to_owned(), after)])));
+    };
+    let named = (!cursor.is_empty())
+        .then(|| cursor::parse_chains(cursor))
+        .transpose()?;
+    let live = chains.subscribe();
+    let reader = Arc::clone(&chains);
+    let heads = tokio::task::spawn_blocking(move || reader.heads())
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+        .map_err(|e| {
+            tracing::error!(error = %e, "access log read failed");
+            read_failed()
+        })?;
+    let positions = match named {
+        // From the next record committed on any instance.
+        None => heads,
+        Some(positions) => {
+            cursor::check_against(&positions, &heads)?;
+            positions
+        }
+    };
+    Ok((Feed::Shared { chains, live }, positions))
+}
+
+/// Streams every record after `positions` to `tx`: first those the store
+/// already has, then each as it is committed. The feed was subscribed before
+/// the store was read, so every record is in one or the other; per chain,
+/// seqs already sent are skipped (none is sent twice) and a seq past the
+/// next expected sends the watch back to the store (none is skipped).
 async fn run_watch(
     core: Core,
     call: super::Call,
-    mut after: u64,
-    mut live: broadcast::Receiver<Arc<LiveRecord>>,
+    mut positions: Positions,
+    mut feed: Feed,
     tx: &WatchSender,
 ) {
     let mut stopping = core.stopping.clone();
@@ -156,84 +278,85 @@ async fn run_watch(
         generation = now.generation;
         Ok::<(), RequestError>(())
     };
+    // Sends one record and moves past it; false when the watch is over.
+    let mut send = async |record: ChainRecord, positions: &mut Positions, feed: &Feed| {
+        if let Err(e) = allowed(&core) {
+            deliver(tx, Err(e), &mut core.stopping.clone()).await;
+            return false;
+        }
+        positions.insert(record.instance, record.seq);
+        let event = core.watch_event(feed.cursor(positions), record.record);
+        deliver(tx, Ok(event), &mut core.stopping.clone()).await
+    };
     loop {
-        // Catch up from the file.
+        // Catch up from the store.
         loop {
-            let audit = Arc::clone(&core.audit);
-            let from = after;
-            let batch =
-                tokio::task::spawn_blocking(move || audit.records_after(from, CATCH_UP_BATCH))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()));
-            let batch = match batch {
+            let batch = match feed.read_after(&core.audit, &positions).await {
                 Ok(batch) => batch,
                 Err(e) => {
                     tracing::error!(error = %e, "access log read failed");
-                    let failed = RequestError::AuditUnavailable(
-                        "the access log cannot be read right now; watch again with your last cursor".into(),
-                    );
-                    deliver(tx, Err(failed), &mut stopping).await;
+                    deliver(tx, Err(read_failed()), &mut stopping).await;
                     return;
                 }
             };
             if batch.is_empty() {
                 break;
             }
-            for (seq, record) in batch {
-                if let Err(e) = allowed(&core) {
-                    deliver(tx, Err(e), &mut stopping).await;
+            for record in batch {
+                if !send(record, &mut positions, &feed).await {
                     return;
                 }
-                if !deliver(tx, Ok(core.watch_event(seq, record)), &mut stopping).await {
-                    return;
-                }
-                after = seq;
             }
         }
         // Then live, until the watcher leaves, lags or the gateway stops.
         loop {
             let next = tokio::select! {
-                _ = stopping.wait_for(|s| *s) => Err(broadcast::error::RecvError::Closed),
+                _ = stopping.wait_for(|s| *s) => Next::Closed,
                 _ = tx.closed() => return,
-                next = live.recv() => next,
+                next = feed.next() => next,
             };
             let committed = match next {
-                Ok(committed) => committed,
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                Next::Record(committed) => committed,
+                Next::ReadBack => break,
+                Next::Lagged(missed) => {
+                    let cursor = feed.cursor(&positions);
+                    let resume = if cursor.len() <= 128 {
+                        format!("watch again with cursor {cursor} to resume")
+                    } else {
+                        "watch again with the `cursor` of this error's metadata to resume".into()
+                    };
                     let overflow = RequestError::ResourceExhausted {
                         reason: crate::error::reason::WATCH_OVERFLOW,
                         message: format!(
-                            "this watch fell more than {} records behind (it missed {missed}); watch again with cursor {after} to resume",
+                            "this watch fell more than {} records behind (it missed {missed}); {resume}",
                             crate::audit::LIVE_BUFFER
                         ),
-                        metadata: vec![("cursor".to_owned(), after.to_string())],
+                        metadata: vec![("cursor".to_owned(), cursor)],
                         retry_after: std::time::Duration::ZERO,
                     };
                     deliver(tx, Err(overflow), &mut stopping).await;
                     return;
                 }
-                Err(broadcast::error::RecvError::Closed) => {
+                Next::Closed => {
                     deliver(tx, Err(shutting_down()), &mut stopping).await;
                     return;
                 }
+                Next::Unavailable => {
+                    deliver(tx, Err(read_failed()), &mut stopping).await;
+                    return;
+                }
             };
-            if committed.seq <= after {
+            let at = positions.get(&committed.instance).copied().unwrap_or(0);
+            if committed.seq <= at {
                 continue;
             }
-            if committed.seq > after + 1 {
-                // Never skip: read what is missing back from the file.
+            if committed.seq > at + 1 {
+                // Never skip: read what is missing back from the store.
                 break;
             }
-            if let Err(e) = allowed(&core) {
-                deliver(tx, Err(e), &mut stopping).await;
+            if !send(Arc::unwrap_or_clone(committed), &mut positions, &feed).await {
                 return;
             }
-            let event = core.watch_event(committed.seq, committed.record.clone());
-            if !deliver(tx, Ok(event), &mut stopping).await {
-                return;
-            }
-            after = committed.seq;
         }
     }
 }
@@ -288,19 +411,13 @@ impl AccessLogService for Core {
                 policy::WATCH_ACCESS_RECORDS,
                 request,
                 |call, req| async move {
-                    let last = self.audit.last_seq();
-                    let after = if req.cursor.is_empty() {
-                        last
-                    } else {
-                        parse_cursor(&req.cursor, last)?
-                    };
-                    // Subscribed before the file is read: see `run_watch`.
-                    let live = self.audit.subscribe();
+                    // Subscribed before the store is read: see `run_watch`.
+                    let (feed, positions) = start_watch(self, &req.cursor).await?;
                     let (tx, rx) = mpsc::channel(WATCH_QUEUE);
                     let core = self.clone();
                     // `core` (and its hold on the log) is gone before the
                     // stream ends, so shutdown finds the log free to seal.
-                    tokio::spawn(async move { run_watch(core, call, after, live, &tx).await });
+                    tokio::spawn(async move { run_watch(core, call, positions, feed, &tx).await });
                     Ok(Answer {
                         response: ReceiverStream::new(rx),
                         subjects: Vec::new(),

@@ -23,6 +23,7 @@ use tempfile::TempDir;
 
 pub mod raw;
 pub mod stalled;
+pub mod watch;
 
 pub const TRUST_DOMAIN: &str = "interop.example.vn";
 /// Land registration office: citizen lookups (some fields) and land.
