@@ -238,6 +238,8 @@ async fn dispatch(run: &Run, schedule: &Schedule, j: usize, share: usize) -> Pac
             break;
         }
         tokio::select! {
+            // The answers first: that poll also sends what was just pushed.
+            biased;
             Some((i, measured, due, status)) = in_flight.next(), if !in_flight.is_empty() => {
                 run.finish(i, measured, due, status);
                 // Every answer already in, before looking at the schedule.
