@@ -113,6 +113,17 @@ async fn open_model_sends_at_the_set_rate_whatever_the_answers() {
     assert_eq!(s.status_counts["OK"], s.requests);
     assert_eq!(s.model, "open");
     assert_eq!(s.rate_rps, Some(200.0));
+    // The generator says how well it kept its schedule: at 200 req/s it
+    // sends every request within (a fraction of) its interval.
+    let sent = s.sent_rps.expect("sent_rps in the open model");
+    assert!(sent > 100.0 && sent <= 200.5, "sent {sent} req/s");
+    let lag = s
+        .send_lag_ms
+        .as_ref()
+        .expect("send_lag_ms in the open model");
+    assert!(lag.p50 < 1000.0 && lag.p50 <= lag.max, "{lag:?}");
+    assert!(s.behind_schedule.is_some());
+    assert!(s.latency_ms.min > 0.0);
     gw.stop().await;
 }
 
@@ -448,7 +459,7 @@ async fn refusals_are_counted_apart_and_retry_info_can_be_honoured() {
         Stop::Requests(60),
     );
     p.respect_retry_info = true;
-    let s = load::run(p, identity, w()).await.unwrap();
+    let s = load::run(p, identity.clone(), w()).await.unwrap();
     assert_eq!(
         s.status_counts.get("OK"),
         Some(&60),
@@ -458,5 +469,32 @@ async fn refusals_are_counted_apart_and_retry_info_can_be_honoured() {
     assert_eq!(s.resource_exhausted, 0);
     assert!(s.retries > 0);
     assert!(s.to_text().contains("retries"));
+    // The open model resends the same way, and a cap on requests in flight
+    // below its number of dispatchers still holds: exactly the count asked.
+    let mut p = plan(
+        &gw.addr,
+        Model::Open {
+            rate: 400.0,
+            max_in_flight: 1,
+        },
+        Stop::Requests(60),
+    );
+    p.respect_retry_info = true;
+    let s = load::run(p, identity, w()).await.unwrap();
+    assert_eq!(s.requests, 60, "{:?}", s.status_counts);
+    assert_eq!(
+        s.status_counts.get("OK"),
+        Some(&60),
+        "{:?}",
+        s.status_counts
+    );
+    assert!(s.retries > 0);
+    // One in flight at a time behind a 50/s limit: the sends fell behind
+    // the 400/s asked, and the summary says so.
+    assert!(s.sent_rps.is_some_and(|r| r < 400.0), "{:?}", s.sent_rps);
+    assert_eq!(s.behind_schedule, Some(true));
+    assert!(s
+        .behind_warning()
+        .is_some_and(|w| w.contains("of the 400 req/s asked")));
     gw.stop().await;
 }

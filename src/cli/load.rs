@@ -350,6 +350,9 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let summary = rt
         .block_on(load::run(plan, identity, workload))
         .map_err(|e| Failure::new(EXIT_FAILED, e))?;
+    if let Some(warning) = summary.behind_warning().filter(|_| !args.quiet) {
+        eprintln!("load: {warning}");
+    }
     match args.output {
         Output::Text => print!("{}", summary.to_text()),
         Output::Json => println!(

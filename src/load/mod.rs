@@ -9,6 +9,7 @@
 //! is charged for the requests it kept from being sent (no coordinated
 //! omission).
 
+mod open;
 pub mod plot;
 pub mod stats;
 pub mod workload;
@@ -22,12 +23,17 @@ use std::{
     time::Duration,
 };
 
-use tokio::{sync::Semaphore, time::Instant};
+use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::{
     client::{endpoint, error_chain, AgencyIdentity, Client},
     error::code_name,
+    proto::{
+        business::v1::business_registry_service_client::BusinessRegistryServiceClient,
+        citizen::v1::citizen_registry_service_client::CitizenRegistryServiceClient,
+        land::v1::land_registry_service_client::LandRegistryServiceClient,
+    },
 };
 use stats::{Recorder, Summary};
 use workload::{Call, Rng, Workload};
@@ -121,31 +127,43 @@ impl Run {
         }
     }
 
+    /// [`Run::admit`] for a request of the open model's schedule, which ends
+    /// by itself at the end of a timed run (see [`open`]): whether the
+    /// request due at `due` is measured; `None` once the run is stopped (by
+    /// a signal, or the last ticket of `Stop::Requests` handed out).
+    fn admit_due(&self, due: Instant) -> Option<bool> {
+        match self.plan.stop {
+            Stop::After(_) if self.stop.load(Ordering::Relaxed) => None,
+            Stop::After(_) => Some(due >= self.measure_from),
+            Stop::Requests(_) => self.admit(due),
+        }
+    }
+
     /// Sends one request on `channel` (or on a new connection), again after
     /// each RetryInfo delay when the plan says so and its deadline allows,
     /// and returns the status name of its outcome.
     async fn send(&self, channel: Option<&Channel>, call: Call) -> &'static str {
         let deadline = Instant::now() + self.plan.timeout;
+        if !self.plan.respect_retry_info {
+            // Sent once: the request needs no copy kept for a resend.
+            return match self.send_once(channel, call, deadline).await {
+                Ok(()) => "OK",
+                Err(status) => code_name(status.code()),
+            };
+        }
         loop {
-            let outcome = self.send_once(channel, call.clone(), deadline).await;
-            let status = match outcome {
+            let status = match self.send_once(channel, call.clone(), deadline).await {
                 Ok(()) => return "OK",
                 Err(status) => status,
             };
-            let retry = self
-                .plan
-                .respect_retry_info
-                .then(|| retry_delay(&status))
-                .flatten()
-                .filter(|d| Instant::now() + *d < deadline);
-            match retry {
+            match retry_delay(&status).filter(|d| Instant::now() + *d < deadline) {
                 // Within its deadline whatever else happens: a run that has
                 // issued its last request still waits for those in flight.
                 Some(delay) => {
                     self.retries.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(delay).await;
                 }
-                _ => return code_name(status.code()),
+                None => return code_name(status.code()),
             }
         }
     }
@@ -171,20 +189,23 @@ impl Run {
                     Err(e) => return Err(tonic::Status::invalid_argument(e.to_string())),
                 },
             };
-            let mut client = Client::from_channel(channel);
+            // Only the stub the call needs: a channel clone per stub is
+            // work on every request.
             macro_rules! go {
-                ($stub:expr, $method:ident, $req:expr) => {{
+                ($stub:ident, $method:ident, $req:expr) => {{
                     let mut request = tonic::Request::new($req);
                     request.set_timeout(timeout);
-                    $stub.$method(request).await.map(|_| ())
+                    $stub::new(channel).$method(request).await.map(|_| ())
                 }};
             }
             match call {
-                Call::GetCitizen(r) => go!(client.citizen, get_citizen, r),
-                Call::VerifyCitizen(r) => go!(client.citizen, verify_citizen, r),
-                Call::GetParcel(r) => go!(client.land, get_parcel, r),
-                Call::ListParcelsByHolder(r) => go!(client.land, list_parcels_by_holder, r),
-                Call::GetEnterprise(r) => go!(client.business, get_enterprise, r),
+                Call::GetCitizen(r) => go!(CitizenRegistryServiceClient, get_citizen, r),
+                Call::VerifyCitizen(r) => go!(CitizenRegistryServiceClient, verify_citizen, r),
+                Call::GetParcel(r) => go!(LandRegistryServiceClient, get_parcel, r),
+                Call::ListParcelsByHolder(r) => {
+                    go!(LandRegistryServiceClient, list_parcels_by_holder, r)
+                }
+                Call::GetEnterprise(r) => go!(BusinessRegistryServiceClient, get_enterprise, r),
             }
         })
         .await;
@@ -291,13 +312,16 @@ pub async fn run(
     let progress = (run.plan.progress && std::io::stderr().is_terminal())
         .then(|| tokio::spawn(show_progress(Arc::clone(&run))));
 
-    match run.plan.model {
-        Model::Closed { concurrency } => closed(&run, concurrency).await,
+    let pacing = match run.plan.model {
+        Model::Closed { concurrency } => {
+            closed(&run, concurrency).await;
+            None
+        }
         Model::Open {
             rate,
             max_in_flight,
-        } => open(&run, rate, max_in_flight).await,
-    }
+        } => Some(open::run(&run, rate, max_in_flight).await),
+    };
     run.stop.store(true, Ordering::Relaxed);
     watcher.abort();
     if let Some(p) = progress {
@@ -305,7 +329,8 @@ pub async fn run(
         let _ = p.await;
         eprint!("\r\x1b[K");
     }
-    let mut summary = summarise(&run);
+    let mut summary = summarise(&run, pacing.as_ref());
+    summary.behind_schedule = summary.behind_schedule();
     summary.interrupted = interrupted.load(Ordering::Relaxed);
     Ok(summary)
 }
@@ -355,65 +380,6 @@ async fn closed(run: &Arc<Run>, concurrency: usize) {
     }
 }
 
-async fn open(run: &Arc<Run>, rate: f64, max_in_flight: usize) {
-    // The schedule is kept by a thread of its own: tokio's timer wakes on
-    // millisecond ticks, and every microsecond the generator sends late is
-    // charged to the server (latency runs from the due time). A thread's
-    // sleep is good to tens of microseconds.
-    let handle = tokio::runtime::Handle::current();
-    let run = Arc::clone(run);
-    let permits = max_in_flight.clamp(1, MAX_IN_FLIGHT);
-    let in_flight = Arc::new(Semaphore::new(permits));
-    let slots = Arc::clone(&in_flight);
-    let dispatcher = tokio::task::spawn_blocking(move || {
-        let interval = Duration::from_secs_f64(1.0 / rate);
-        // The schedule starts with the run, not when this thread gets a
-        // core: on a busy machine that may be milliseconds later, and the
-        // requests due meanwhile are sent late (and charged for it), not
-        // dropped from the measured window.
-        let start = run
-            .measure_from
-            .checked_sub(run.plan.warmup)
-            .unwrap_or(run.measure_from);
-        let mut rng = Rng::new(run.plan.seed);
-        let mut k: u64 = 0;
-        loop {
-            let due = start + interval.mul_f64(k as f64);
-            let Some(measured) = run.admit(due) else {
-                break;
-            };
-            // Sleep in slices, so a stop is seen even at low rates.
-            loop {
-                let now = Instant::now();
-                if due <= now || run.stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                std::thread::sleep((due - now).min(Duration::from_millis(50)));
-            }
-            if run.stop.load(Ordering::Relaxed) {
-                break;
-            }
-            // A full pipe delays sending, not the due time: the wait is
-            // charged to the request's latency.
-            let Ok(permit) = handle.block_on(Arc::clone(&slots).acquire_owned()) else {
-                break;
-            };
-            let call = run.workload.next(&mut rng);
-            let run2 = Arc::clone(&run);
-            let i = k as usize;
-            handle.spawn(async move {
-                let status = run2.send(run2.channel(i), call).await;
-                run2.finish(i, measured, due, status);
-                drop(permit);
-            });
-            k += 1;
-        }
-    });
-    let _ = dispatcher.await;
-    // Every request in flight holds a slot: all slots back means all done.
-    let _ = in_flight.acquire_many(permits as u32).await;
-}
-
 async fn show_progress(run: Arc<Run>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
@@ -443,7 +409,7 @@ async fn show_progress(run: Arc<Run>) {
     }
 }
 
-fn summarise(run: &Run) -> Summary {
+fn summarise(run: &Run, pacing: Option<&open::Pacing>) -> Summary {
     let snap = run.recorder.snapshot();
     let (h, status_counts) = (&snap.all, snap.statuses);
     let requests = h.len();
@@ -492,7 +458,27 @@ fn summarise(run: &Run) -> Summary {
         interrupted: false,
         respect_retry_info: plan.respect_retry_info,
         retries: run.retries.load(Ordering::Relaxed),
+        sent_rps: pacing
+            .zip(rate_rps)
+            .map(|(p, rate)| sent_rate(run, p, rate)),
+        send_lag_ms: pacing.and_then(|p| p.lag.as_ref()).map(stats::latency_ms),
+        behind_schedule: None,
     }
+}
+
+/// Measured requests the open model sent per second: their count over the
+/// time from the start of the measured window to the last send, plus one
+/// interval (the schedule's own span for that count). On schedule, that is
+/// the rate asked; behind it, less.
+fn sent_rate(run: &Run, pacing: &open::Pacing, rate: f64) -> f64 {
+    let Some(last) = pacing.last_send else {
+        return 0.0;
+    };
+    let span = last
+        .saturating_duration_since(run.measure_from)
+        .as_secs_f64()
+        + 1.0 / rate;
+    pacing.sent as f64 / span
 }
 
 /// Parses `10s`, `500ms`, `2m`, `1.5s` or a bare number of seconds.

@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 const HIGHEST_US: u64 = 600_000_000;
 const SHARDS: usize = 16;
 
-fn new_histogram() -> Histogram<u64> {
+/// An empty latency histogram (microseconds, 1 µs to 10 minutes).
+pub fn new_histogram() -> Histogram<u64> {
     // The bounds are constants known to be valid.
     Histogram::new_with_bounds(1, HIGHEST_US, 3).unwrap_or_else(|_| unreachable!())
 }
@@ -31,6 +32,11 @@ struct Shard {
     /// gateway under overload should refuse at once.
     refused: Histogram<u64>,
     statuses: BTreeMap<&'static str, u64>,
+}
+
+/// A latency as the histograms record it: whole microseconds, within bounds.
+pub fn micros(latency: Duration) -> u64 {
+    (latency.as_micros() as u64).clamp(1, HIGHEST_US)
 }
 
 /// Whether `status` is a refusal for load, which a well-behaved client
@@ -76,7 +82,7 @@ impl Default for Recorder {
 impl Recorder {
     /// Records one request: `hint` spreads callers over the shards.
     pub fn record(&self, hint: usize, latency: Duration, status: &'static str) {
-        let us = (latency.as_micros() as u64).clamp(1, HIGHEST_US);
+        let us = micros(latency);
         if let Ok(mut shard) = self.shards[hint % SHARDS].lock() {
             shard.latencies.saturating_record(us);
             if status == "OK" {
@@ -192,6 +198,21 @@ pub struct Summary {
     pub respect_retry_info: bool,
     #[serde(default)]
     pub retries: u64,
+    /// Open model: measured requests the generator sent per second, to set
+    /// against `rate_rps`. Below it, the generator could not keep its own
+    /// schedule and the latencies include its backlog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_rps: Option<f64>,
+    /// Open model: how long after its due time each measured request was
+    /// handed to the connection (the generator's own delay, including any
+    /// wait for a `--max-in-flight` slot; it is part of every latency).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_lag_ms: Option<LatencyMs>,
+    /// Open model: the generator fell behind its schedule (see
+    /// [`Summary::behind_schedule`]): the latencies then measure the
+    /// generator as much as the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behind_schedule: Option<bool>,
     /// The run was stopped early (Ctrl-C or SIGTERM); the figures cover
     /// what was measured until then.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -256,7 +277,43 @@ pub fn human_ms(value_ms: f64) -> String {
     }
 }
 
+/// Below this share of the asked rate, the open model's generator did not
+/// keep its schedule.
+pub const KEPT_RATE: f64 = 0.95;
+/// A send lag p99 above this share of the latency p99 (and above
+/// [`LAG_FLOOR_MS`]) is a visible part of the measured tail.
+pub const LAG_SHARE: f64 = 0.1;
+pub const LAG_FLOOR_MS: f64 = 1.0;
+
 impl Summary {
+    /// Whether an open-model run's generator fell behind: it sent less than
+    /// [`KEPT_RATE`] of the rate asked, or its own send lag is a visible
+    /// part of the latency tail (p99 above [`LAG_FLOOR_MS`] and above
+    /// [`LAG_SHARE`] of the latency p99). `None` for the closed model.
+    pub fn behind_schedule(&self) -> Option<bool> {
+        let (rate, sent, lag) = (self.rate_rps?, self.sent_rps?, self.send_lag_ms.as_ref()?);
+        Some(
+            sent < KEPT_RATE * rate
+                || (lag.p99 > LAG_FLOOR_MS && lag.p99 > LAG_SHARE * self.latency_ms.p99),
+        )
+    }
+
+    /// What a person should know when the generator fell behind, if it did.
+    pub fn behind_warning(&self) -> Option<String> {
+        if self.behind_schedule() != Some(true) {
+            return None;
+        }
+        let lag = self.send_lag_ms.as_ref().map_or(0.0, |l| l.p99);
+        Some(format!(
+            "the generator fell behind its schedule: it sent {:.0} of the {:.0} req/s asked, \
+             {} late at p99; the latencies measure the generator as much as the server \
+             (give it its own cores, or a lower --rate)",
+            self.sent_rps.unwrap_or_default(),
+            self.rate_rps.unwrap_or_default(),
+            human_ms(lag)
+        ))
+    }
+
     /// The summary for people.
     pub fn to_text(&self) -> String {
         let mut s = String::new();
@@ -418,8 +475,40 @@ mod tests {
         for key in ["p50", "p90", "p99", "p999", "max"] {
             assert!(json["latency_ms"].get(key).is_some(), "{key}");
         }
+        assert_eq!(s.behind_schedule(), None, "closed model");
         assert_eq!(human_ms(0.25), "250 µs");
         assert_eq!(human_ms(12.345), "12.35 ms");
         assert_eq!(human_ms(1520.0), "1.52 s");
+    }
+
+    #[test]
+    fn an_open_run_is_behind_when_it_sent_less_or_its_lag_shows_in_the_tail() {
+        let run = |sent: f64, lag_p99: f64, p99: f64| Summary {
+            model: "open".into(),
+            rate_rps: Some(1000.0),
+            sent_rps: Some(sent),
+            send_lag_ms: Some(LatencyMs {
+                p99: lag_p99,
+                ..LatencyMs::default()
+            }),
+            latency_ms: LatencyMs {
+                p99,
+                ..LatencyMs::default()
+            },
+            ..Summary::default()
+        };
+        assert_eq!(run(999.0, 0.3, 2.0).behind_schedule(), Some(false));
+        assert_eq!(run(940.0, 0.3, 2.0).behind_schedule(), Some(true));
+        // A lag under a millisecond is not counted against a fast server...
+        assert_eq!(run(999.0, 0.9, 2.0).behind_schedule(), Some(false));
+        // ...nor one small beside the tail; a large share of it is.
+        assert_eq!(run(999.0, 4.0, 50.0).behind_schedule(), Some(false));
+        assert_eq!(run(999.0, 6.0, 50.0).behind_schedule(), Some(true));
+        let w = run(500.0, 2000.0, 2100.0).behind_warning().unwrap();
+        assert!(
+            w.contains("sent 500 of the 1000 req/s asked, 2.00 s late at p99"),
+            "{w}"
+        );
+        assert!(run(999.0, 0.3, 2.0).behind_warning().is_none());
     }
 }
