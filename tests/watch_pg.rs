@@ -311,3 +311,47 @@ async fn a_portal_on_one_instance_sees_every_instance_and_resumes_on_another() {
     assert!(a.terminate().success());
     assert!(b.terminate().success());
 }
+
+/// Commits notify only while some gateway's feed listens, and an instance
+/// looks for one every second. After a spell with no watch at all (so the
+/// instances stopped notifying), the first watch still receives what is
+/// committed next: the instances see its feed and announce again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_after_a_spell_without_any_still_receives_each_commit() {
+    let Some(pg) =
+        PgCluster::start_or_skip("a_watch_after_a_spell_without_any_still_receives_each_commit")
+    else {
+        return;
+    };
+    let (dir, pki, _) = prepared_dir();
+    let a = ServeProcess::start(&instance_config(dir.path(), &pg, "gw-a"), None);
+    let b = ServeProcess::start(&instance_config(dir.path(), &pg, "gw-b"), None);
+    let land = pki.identity(&pki.agency(LAND_OFFICE));
+    let portal = pki.identity(&pki.agency(PORTAL));
+    let mut land_a = Client::connect(&a.addr, &land).await.unwrap();
+    let mut land_b = Client::connect(&b.addr, &land).await.unwrap();
+    lookup(&mut land_a, 1).await;
+    // Nothing signals "looked and found no feed": give both instances time
+    // to look a few times (they look every second).
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(
+        pg.psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'interop-gateway-feed'"
+        ),
+        "0"
+    );
+    let mut portal_b = Client::connect(&b.addr, &portal).await.unwrap();
+    let mut seen = Seen {
+        cursor: heads(&pg),
+        sent: String::new(),
+        lookups: Vec::new(),
+        watches: BTreeMap::new(),
+    };
+    let mut stream = watch(&mut portal_b, "").await;
+    // The calls right after the feed starts, then one later, through both.
+    lookups(&mut land_a, &mut land_b, 2..=5).await;
+    seen.until(&mut stream, &heads(&pg)).await;
+    lookups(&mut land_a, &mut land_b, 6..=7).await;
+    seen.until(&mut stream, &heads(&pg)).await;
+    seen.assert_lookups_once(2..=7);
+}

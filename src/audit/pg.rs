@@ -36,11 +36,22 @@
 //!
 //! # Live feed
 //!
-//! Each group commit ends its records insert with
-//! `pg_notify('interop_audit_records', '<instance> <last seq>')`, in the
-//! same transaction: PostgreSQL delivers it when, and only if, the group is
-//! committed. One task per process (started by the first watcher, on the
-//! store's runtime) `LISTEN`s on a connection of its own, outside the pool;
+//! Once a group is committed, the writer sends
+//! `pg_notify('interop_audit_records', '<instance> <last seq>')` in a
+//! transaction of its own with `synchronous_commit` off, without waiting for
+//! it. Not in the group's own transaction: PostgreSQL holds one lock for
+//! every notifying transaction until its commit is flushed, which would make
+//! the instances' group commits wait on one another (measured: 15-30% of the
+//! log's throughput). And only while some gateway's feed listens: each
+//! instance looks every second for a connection named
+//! `interop-gateway-feed`, and on finding one first announces its last
+//! commit, so a record committed as a feed begins to listen waits at most
+//! that second. A notification lost with its connection (or its process)
+//! right after a commit delays those records until that instance's next
+//! notification; none is ever skipped.
+//!
+//! One task per process (started by the first watcher, on the store's
+//! runtime) `LISTEN`s on a connection of its own, outside the pool;
 //! on each notification it reads the new records of that instance once, on
 //! that connection, and publishes them on a bounded broadcast
 //! ([`ChainsReader::subscribe`]) that every watcher of this process follows.
@@ -81,6 +92,10 @@ macro_rules! feed_channel {
         "interop_audit_records"
     };
 }
+
+/// The `application_name` of every gateway's feed connection: how an
+/// instance knows that a feed listens (see *Live feed*).
+const FEED_APPLICATION_NAME: &str = "interop-gateway-feed";
 
 mod feed;
 
@@ -341,6 +356,18 @@ struct Inner {
     /// The live feed of every instance's commits, started by the first
     /// subscriber (see the module documentation).
     feed: std::sync::OnceLock<feed::Feed>,
+    /// Whether a feed listens, and this instance's last commit.
+    listeners: Arc<Listeners>,
+}
+
+/// What an instance knows of the feeds that listen (see *Live feed*).
+struct Listeners {
+    /// Whether some gateway's feed listens, as last looked up (true until
+    /// known otherwise): commits notify only then.
+    listened: std::sync::atomic::AtomicBool,
+    /// The last seq this instance committed, for the notification sent when
+    /// a feed appears.
+    last_committed: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Inner {
@@ -484,6 +511,10 @@ impl PgStore {
                 secret,
                 lock: tokio::sync::Mutex::new(None),
                 feed: std::sync::OnceLock::new(),
+                listeners: Arc::new(Listeners {
+                    listened: std::sync::atomic::AtomicBool::new(true),
+                    last_committed: std::sync::atomic::AtomicU64::new(0),
+                }),
             };
             // A process of this instance killed a moment ago may still hold
             // the lock until the server sees its connection close.
@@ -513,6 +544,12 @@ impl PgStore {
                 )));
             }
         };
+        // Ends with the runtime, which ends with the store.
+        rt.spawn(follow_listeners(
+            inner.pool.clone(),
+            inner.instance.clone(),
+            Arc::clone(&inner.listeners),
+        ));
         inner.rt = OwnRuntime(Some(rt));
         Ok(PgStore {
             inner: Arc::new(inner),
@@ -776,18 +813,11 @@ async fn commit(
         }
     }
     if !seqs.is_empty() {
-        // The notification goes with the commit, in the same statement (no
-        // round trip of its own): see *Live feed* above.
         let insert = tx
-            .prepare_cached(concat!(
-                "WITH added AS (
-                     INSERT INTO audit_records (instance, seq, hash, time_unix_ms, record)
-                     SELECT $1, * FROM unnest($2::int8[], $3::bytea[], $4::int8[], $5::text[])
-                     RETURNING seq)
-                 SELECT pg_notify('",
-                feed_channel!(),
-                "', $1 || ' ' || max(seq)) FROM added"
-            ))
+            .prepare_cached(
+                "INSERT INTO audit_records (instance, seq, hash, time_unix_ms, record)
+                 SELECT $1, * FROM unnest($2::int8[], $3::bytea[], $4::int8[], $5::text[])",
+            )
             .await
             .map_err(&failed)?;
         tx.execute(&insert, &[&inner.instance, &seqs, &hashes, &times, &jsons])
@@ -822,7 +852,77 @@ async fn commit(
         .await
         .map_err(&failed)?;
     }
-    tx.commit().await.map_err(&failed)
+    tx.commit().await.map_err(&failed)?;
+    if let Some(&last) = seqs.last() {
+        let last = u64::try_from(last).unwrap_or(0);
+        let listeners = &inner.listeners;
+        listeners
+            .last_committed
+            .fetch_max(last, std::sync::atomic::Ordering::AcqRel);
+        if listeners
+            .listened
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            tokio::spawn(notify(conn, &inner.instance, last));
+        }
+    }
+    Ok(())
+}
+
+/// Announces `instance`'s records up to `last` on `conn`, after their
+/// commit, in a transaction of its own that does not wait for its WAL
+/// flush: see *Live feed* above. Failing is only logged: the next
+/// notification of the instance covers these records too.
+fn notify(
+    conn: deadpool_postgres::Object,
+    instance: &str,
+    last: u64,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    // The instance name is letters, digits, '.', '_' and '-' only
+    // (`config::check_instance`), so it can stand in the statement's text.
+    let sql = format!(
+        "BEGIN; SET LOCAL synchronous_commit TO off; SELECT pg_notify('{}', '{instance} {last}'); COMMIT",
+        feed_channel!(),
+    );
+    async move {
+        if let Err(e) = conn.batch_execute(&sql).await {
+            tracing::debug!(error = %describe(&e), "audit feed notification not sent");
+        }
+    }
+}
+
+/// How often an instance looks whether any gateway's feed listens.
+const LISTENERS_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps [`Listeners::listened`] current while the store is open: commits
+/// notify only while some gateway's feed (`application_name`
+/// `interop-gateway-feed`) is connected to this database. When one
+/// appears, the instance announces its last commit at once, so records
+/// committed since the feed began listening wait at most
+/// [`LISTENERS_EVERY`]. A failed look-up counts as listened.
+async fn follow_listeners(pool: Pool, instance: String, listeners: Arc<Listeners>) {
+    use std::sync::atomic::Ordering;
+    loop {
+        tokio::time::sleep(LISTENERS_EVERY).await;
+        let Ok(conn) = pool.get().await else {
+            listeners.listened.store(true, Ordering::Release);
+            continue;
+        };
+        let found = conn
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                  WHERE datname = current_database() AND application_name = $1)",
+                &[&FEED_APPLICATION_NAME],
+            )
+            .await
+            .map(|row| row.get::<_, bool>(0))
+            .unwrap_or(true);
+        let before = listeners.listened.swap(found, Ordering::AcqRel);
+        let last = listeners.last_committed.load(Ordering::Acquire);
+        if found && !before && last > 0 {
+            notify(conn, &instance, last).await;
+        }
+    }
 }
 
 /// A listing cursor: `<time_unix_ms>:<seq>:<instance>` of the last row of a

@@ -103,7 +103,7 @@ impl Feed {
 
 async fn run(mut target: Target, events: broadcast::Sender<ChainEvent>, retry_now: Arc<Notify>) {
     // Named, so an operator can tell it from the pool's connections.
-    target.config.application_name("interop-gateway-feed");
+    target.config.application_name(super::FEED_APPLICATION_NAME);
     let mut retry = FIRST_RETRY;
     let mut told_unavailable = false;
     loop {
