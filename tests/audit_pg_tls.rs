@@ -55,6 +55,13 @@ fn cli(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
 }
 
+/// `serve` with `config`, which must stop at start: what it said.
+fn refused_start(config: &Path) -> String {
+    let out = cli(&["serve", "--config", config.to_str().unwrap()]);
+    assert!(!out.status.success(), "{} started", config.display());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// A config whose access log is at `url`.
 fn config_with(dir: &Path, name: &str, url: &str) -> std::path::PathBuf {
     let path = dir.join(format!("{name}.toml"));
@@ -124,15 +131,7 @@ async fn the_access_log_is_written_over_verified_tls() {
     // A server whose certificate chains to another CA is refused: the
     // gateway does not start, and says why.
     let wrong_ca = full.replace("certs/db/ca.pem", "certs/db/other-ca.pem");
-    let out = cli(&[
-        "serve",
-        "--config",
-        config_with(dir.path(), "gw-wrong-ca", &wrong_ca)
-            .to_str()
-            .unwrap(),
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_start(&config_with(dir.path(), "gw-wrong-ca", &wrong_ca));
     assert!(err.contains("invalid peer certificate"), "{err}");
 
     // verify-full checks the name: the server is not `127.0.0.1` by its
@@ -140,15 +139,7 @@ async fn the_access_log_is_written_over_verified_tls() {
     let by_ip = format!(
         "postgresql://postgres@127.0.0.1:{port}/postgres?sslmode=verify-full&sslrootcert=certs/db/ca.pem"
     );
-    let out = cli(&[
-        "serve",
-        "--config",
-        config_with(dir.path(), "gw-by-ip", &by_ip)
-            .to_str()
-            .unwrap(),
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_start(&config_with(dir.path(), "gw-by-ip", &by_ip));
     assert!(err.contains("not valid for name"), "{err}");
     let chain_only = by_ip.replace("verify-full", "verify-ca");
     let gw = ServeProcess::start(&config_with(dir.path(), "gw-ca", &chain_only), None);

@@ -174,6 +174,38 @@ async fn wait_serving(c: &Client) {
     }
 }
 
+/// Instances `gw-a` and `gw-b` on `pg`, and the agency's client of each.
+/// Keep `dir`, `a` and `b` bound while the test runs (`_name`, not `_`):
+/// dropping them removes the folder and stops the processes.
+struct Pair {
+    dir: tempfile::TempDir,
+    a: ServeProcess,
+    b: ServeProcess,
+    /// The portal's identity, to connect to either.
+    portal: interop_gateway::client::AgencyIdentity,
+    land_a: Client,
+    land_b: Client,
+}
+
+impl Pair {
+    async fn start(pg: &PgCluster) -> Pair {
+        let (dir, pki, _) = prepared_dir();
+        let a = ServeProcess::start(&instance_config(dir.path(), pg, "gw-a"), None);
+        let b = ServeProcess::start(&instance_config(dir.path(), pg, "gw-b"), None);
+        let land = pki.identity(&pki.agency(LAND_OFFICE));
+        let land_a = Client::connect(&a.addr, &land).await.unwrap();
+        let land_b = Client::connect(&b.addr, &land).await.unwrap();
+        Pair {
+            portal: pki.identity(&pki.agency(PORTAL)),
+            dir,
+            a,
+            b,
+            land_a,
+            land_b,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_portal_on_one_instance_sees_every_instance_and_resumes_on_another() {
     let Some(pg) = PgCluster::start_or_skip(
@@ -181,13 +213,14 @@ async fn a_portal_on_one_instance_sees_every_instance_and_resumes_on_another() {
     ) else {
         return;
     };
-    let (dir, pki, _) = prepared_dir();
-    let a = ServeProcess::start(&instance_config(dir.path(), &pg, "gw-a"), None);
-    let b = ServeProcess::start(&instance_config(dir.path(), &pg, "gw-b"), None);
-    let land = pki.identity(&pki.agency(LAND_OFFICE));
-    let portal = pki.identity(&pki.agency(PORTAL));
-    let mut land_a = Client::connect(&a.addr, &land).await.unwrap();
-    let mut land_b = Client::connect(&b.addr, &land).await.unwrap();
+    let Pair {
+        dir: _dir,
+        a,
+        b,
+        portal,
+        mut land_a,
+        mut land_b,
+    } = Pair::start(&pg).await;
     // Something on both chains before the watch: the watch starts after it.
     lookup(&mut land_a, 900).await;
     lookup(&mut land_b, 901).await;
@@ -323,13 +356,14 @@ async fn a_watch_after_a_spell_without_any_still_receives_each_commit() {
     else {
         return;
     };
-    let (dir, pki, _) = prepared_dir();
-    let a = ServeProcess::start(&instance_config(dir.path(), &pg, "gw-a"), None);
-    let b = ServeProcess::start(&instance_config(dir.path(), &pg, "gw-b"), None);
-    let land = pki.identity(&pki.agency(LAND_OFFICE));
-    let portal = pki.identity(&pki.agency(PORTAL));
-    let mut land_a = Client::connect(&a.addr, &land).await.unwrap();
-    let mut land_b = Client::connect(&b.addr, &land).await.unwrap();
+    let Pair {
+        dir: _dir,
+        a: _a,
+        b,
+        portal,
+        mut land_a,
+        mut land_b,
+    } = Pair::start(&pg).await;
     lookup(&mut land_a, 1).await;
     // Nothing signals "looked and found no feed": give both instances time
     // to look a few times (they look every second).
