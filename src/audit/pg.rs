@@ -196,6 +196,31 @@ fn parse_url(url: &str) -> Result<super::pg_tls::Target, AuditError> {
     Ok(target)
 }
 
+/// A connection of its own holding one read-only snapshot of the whole
+/// database, so a walk over it (`audit verify`, `audit export`, checking
+/// witnesses' countersignatures) is not torn by a running gateway's writes.
+struct ReadSnapshot {
+    conn: tokio_postgres::Client,
+    driver: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+}
+
+impl ReadSnapshot {
+    async fn open(url: &str) -> Result<ReadSnapshot, AuditError> {
+        let (conn, connection) = connect_once(url).await?;
+        let driver = tokio::spawn(connection);
+        conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(db_err("reading the audit database"))?;
+        Ok(ReadSnapshot { conn, driver })
+    }
+
+    /// Ends the snapshot and waits for the connection to close.
+    async fn close(self) {
+        drop(self.conn);
+        let _ = self.driver.await;
+    }
+}
+
 /// One connection to the database `url` names, and its driver task (which
 /// must be spawned).
 async fn connect_once(
@@ -1206,12 +1231,9 @@ pub async fn chain_points(
     url: &str,
     wanted: &std::collections::BTreeMap<String, Vec<u64>>,
 ) -> Result<Vec<ChainPoints>, AuditError> {
-    let (conn, connection) = connect_once(url).await?;
-    let driver = tokio::spawn(connection);
+    let snapshot = ReadSnapshot::open(url).await?;
+    let conn = &snapshot.conn;
     let failed = db_err("reading the audit database");
-    conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await
-        .map_err(&failed)?;
     let instances = conn
         .query(
             "SELECT i.instance, i.public_key,
@@ -1259,8 +1281,7 @@ pub async fn chain_points(
             hashes,
         });
     }
-    drop(conn);
-    let _ = driver.await;
+    snapshot.close().await;
     Ok(out)
 }
 
@@ -1299,16 +1320,11 @@ pub async fn verify_database(
     public_key: Option<&[u8; 32]>,
 ) -> Result<Vec<InstanceReport>, DatabaseVerifyError> {
     const CHUNK: i64 = 5000;
-    let (conn, connection) = connect_once(url)
+    let snapshot = ReadSnapshot::open(url)
         .await
         .map_err(DatabaseVerifyError::Unavailable)?;
-    let driver = tokio::spawn(connection);
+    let conn = &snapshot.conn;
     let failed = |e| DatabaseVerifyError::Unavailable(db_err("reading the audit database")(e));
-    // One snapshot for the whole walk, so a running gateway's writes do not
-    // tear it.
-    conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await
-        .map_err(failed)?;
     let has_log: bool = conn
         .query_one("SELECT to_regclass('audit_instances') IS NOT NULL", &[])
         .await
@@ -1447,8 +1463,7 @@ pub async fn verify_database(
             unsealed_tail: seq - last.0,
         });
     }
-    drop(conn);
-    let _ = driver.await;
+    snapshot.close().await;
     Ok(reports)
 }
 
@@ -1463,12 +1478,9 @@ pub async fn export_database(
     out: &mut impl std::io::Write,
 ) -> Result<u64, AuditError> {
     const CHUNK: i64 = 5000;
-    let (conn, connection) = connect_once(url).await?;
-    let driver = tokio::spawn(connection);
+    let snapshot = ReadSnapshot::open(url).await?;
+    let conn = &snapshot.conn;
     let failed = db_err("reading the audit database");
-    conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await
-        .map_err(&failed)?;
     let since = since_unix_ms.unwrap_or(i64::MIN);
     let mut written = 0;
     let (mut instance, mut seq) = (String::new(), 0i64);
@@ -1502,8 +1514,7 @@ pub async fn export_database(
             written += 1;
         }
     }
-    drop(conn);
-    let _ = driver.await;
+    snapshot.close().await;
     Ok(written)
 }
 
