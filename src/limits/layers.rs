@@ -23,7 +23,7 @@ use std::{
     pin::Pin,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     task::{Context, Poll},
     time::Duration,
@@ -72,6 +72,7 @@ fn refusal(e: RequestError) -> http::Response<Body> {
 pub struct ShedLayer {
     settings: Settings,
     in_flight: Arc<AtomicUsize>,
+    answer: Arc<Mutex<Option<ShedAnswer>>>,
 }
 
 impl ShedLayer {
@@ -79,8 +80,44 @@ impl ShedLayer {
         ShedLayer {
             settings,
             in_flight: Arc::default(),
+            answer: Arc::default(),
         }
     }
+
+    /// The OVERLOADED answer for `max`. It is the same for every shed call
+    /// while `max` stays, so its headers (the message, and the encoded
+    /// ErrorInfo and RetryInfo) are built once: a refusal is the gateway's
+    /// cheapest answer, and while it sheds it gives little else.
+    fn answer(&self, max: usize) -> http::Response<Body> {
+        let mut cached = self.answer.lock().unwrap_or_else(|e| e.into_inner());
+        let headers = match cached.as_ref() {
+            Some(answer) if answer.max == max => answer.headers.clone(),
+            _ => {
+                let built = refusal(RequestError::Overloaded {
+                    message: format!(
+                        "the gateway is serving as many calls as it can ({max}, limits.max_in_flight); retry after the delay given"
+                    ),
+                    retry_after: SHED_RETRY_AFTER,
+                });
+                let headers = built.headers().clone();
+                *cached = Some(ShedAnswer {
+                    max,
+                    headers: headers.clone(),
+                });
+                headers
+            }
+        };
+        drop(cached);
+        let mut response = http::Response::new(Body::default());
+        *response.headers_mut() = headers;
+        response
+    }
+}
+
+/// The shed call's answer as last built, and the bound it names.
+struct ShedAnswer {
+    max: usize,
+    headers: http::HeaderMap,
 }
 
 impl<S> tower::Layer<S> for ShedLayer {
@@ -132,12 +169,7 @@ where
         if before >= max {
             drop(counted);
             tracing::debug!(target: "interop_gateway::shed", path = req.uri().path(), max_in_flight = max, "call shed");
-            return Box::pin(std::future::ready(Ok(refusal(RequestError::Overloaded {
-                message: format!(
-                    "the gateway is serving as many calls as it can ({max}, limits.max_in_flight); retry after the delay given"
-                ),
-                retry_after: SHED_RETRY_AFTER,
-            }))));
+            return Box::pin(std::future::ready(Ok(self.layer.answer(max))));
         }
         let call = self.inner.call(req);
         Box::pin(async move {
@@ -438,6 +470,41 @@ pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_shed_answer_names_the_bound_in_force_when_it_is_given() {
+        let max = Arc::new(AtomicUsize::new(2));
+        let read = Arc::clone(&max);
+        let layer = ShedLayer::new(Settings::new(move || Limits {
+            max_in_flight: read.load(Ordering::Relaxed),
+            ..Limits::default()
+        }));
+        let status = |max: usize| {
+            let answer = layer.answer(max);
+            assert_eq!(answer.status(), http::StatusCode::OK);
+            assert_eq!(answer.headers()["content-type"], "application/grpc");
+            Status::from_header_map(answer.headers()).expect("a grpc-status header")
+        };
+        for expected in [2, 2, 5, 2] {
+            max.store(expected, Ordering::Relaxed);
+            let shed = status(layer.settings.current().max_in_flight);
+            assert_eq!(shed.code(), tonic::Code::Unavailable);
+            assert!(
+                shed.message()
+                    .contains(&format!("({expected}, limits.max_in_flight)")),
+                "{shed:?}"
+            );
+            let details = tonic_types::StatusExt::get_error_details(&shed);
+            assert_eq!(
+                details.error_info().map(|i| i.reason.as_str()),
+                Some("OVERLOADED")
+            );
+            assert_eq!(
+                details.retry_info().and_then(|r| r.retry_delay),
+                Some(SHED_RETRY_AFTER)
+            );
+        }
+    }
 
     #[test]
     fn grpc_timeouts_parse_as_the_spec_has_them() {
