@@ -151,6 +151,7 @@ where
     S: tower::Service<http::Request<B>, Response = http::Response<Body>>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    B: HttpBody + Send + 'static,
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
@@ -169,7 +170,12 @@ where
         if before >= max {
             drop(counted);
             tracing::debug!(target: "interop_gateway::shed", path = req.uri().path(), max_in_flight = max, "call shed");
-            return Box::pin(std::future::ready(Ok(self.layer.answer(max))));
+            let answer = self.layer.answer(max);
+            let drain = Drain::new(req.into_body());
+            return Box::pin(async move {
+                drain.await;
+                Ok(answer)
+            });
         }
         let call = self.inner.call(req);
         Box::pin(async move {
@@ -177,6 +183,65 @@ where
             drop(counted);
             response
         })
+    }
+}
+
+/// Most of a shed call's body read before its answer; see [`Drain`].
+const DRAIN_BYTES: usize = 64 * 1024;
+/// Longest a shed call's answer waits for the rest of its body.
+const DRAIN_TIME: Duration = Duration::from_millis(5);
+
+/// Reads a shed call's body to its end (it is one small message, nearly
+/// always already received with the headers), at most [`DRAIN_BYTES`] and
+/// [`DRAIN_TIME`], before the answer goes.
+///
+/// Answering a stream whose request is still open makes h2 reset it; under
+/// overload its last DATA frame then often reaches a reset stream h2 no
+/// longer remembers (it keeps a bounded number), which h2 answers with a
+/// reset of its own that it counts against the connection, for the
+/// connection's whole life (`MAX_LOCAL_ERROR_RESET_STREAMS`, the defence
+/// against MadeYouReset). A well-behaved client shed often enough would have
+/// its connection closed with GOAWAY, failing every call on it. A body read
+/// to its end leaves nothing to reset. Reading stops at the first error,
+/// past the bytes or the time allowed: the answer then goes as before.
+struct Drain<B> {
+    body: Pin<Box<B>>,
+    read: usize,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<B> Drain<B> {
+    fn new(body: B) -> Drain<B> {
+        Drain {
+            body: Box::pin(body),
+            read: 0,
+            deadline: None,
+        }
+    }
+}
+
+impl<B: HttpBody> Future for Drain<B> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        loop {
+            match this.body.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    this.read += frame.data_ref().map_or(0, prost::bytes::Buf::remaining);
+                    if this.read > DRAIN_BYTES {
+                        return Poll::Ready(());
+                    }
+                }
+                Poll::Ready(_) => return Poll::Ready(()),
+                Poll::Pending => break,
+            }
+        }
+        // Only a body still on its way costs a timer.
+        let deadline = this
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(DRAIN_TIME)));
+        deadline.as_mut().poll(cx)
     }
 }
 
@@ -580,14 +645,14 @@ mod tests {
     #[derive(Clone)]
     struct Held(Arc<tokio::sync::Notify>);
 
-    impl tower::Service<http::Request<()>> for Held {
+    impl<B> tower::Service<http::Request<B>> for Held {
         type Response = http::Response<Body>;
         type Error = std::convert::Infallible;
         type Future = BoxFuture<Self::Response, Self::Error>;
         fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
             Poll::Ready(Ok(()))
         }
-        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+        fn call(&mut self, _: http::Request<B>) -> Self::Future {
             let release = Arc::clone(&self.0);
             Box::pin(async move {
                 release.notified().await;
@@ -609,13 +674,18 @@ mod tests {
         let release = Arc::new(tokio::sync::Notify::new());
         let mut svc =
             ShedLayer::new(settings(|l| l.max_in_flight = 2)).layer(Held(release.clone()));
-        let a = svc.ready().await.unwrap().call(http::Request::new(()));
-        let b = svc.ready().await.unwrap().call(http::Request::new(()));
-        let shed = svc
-            .ready()
+        let a = ServiceExt::<http::Request<Body>>::ready(&mut svc)
             .await
             .unwrap()
-            .call(http::Request::new(()))
+            .call(http::Request::new(Body::default()));
+        let b = ServiceExt::<http::Request<Body>>::ready(&mut svc)
+            .await
+            .unwrap()
+            .call(http::Request::new(Body::default()));
+        let shed = ServiceExt::<http::Request<Body>>::ready(&mut svc)
+            .await
+            .unwrap()
+            .call(http::Request::new(Body::default()))
             .await
             .unwrap();
         assert_eq!(code(&shed), Some("14"));
@@ -629,11 +699,120 @@ mod tests {
         assert_eq!(code(&a.unwrap()), Some("0"));
         assert_eq!(code(&b.unwrap()), Some("0"));
         // Both slots are back.
-        let c = svc.ready().await.unwrap().call(http::Request::new(()));
-        let d = svc.ready().await.unwrap().call(http::Request::new(()));
+        let c = ServiceExt::<http::Request<Body>>::ready(&mut svc)
+            .await
+            .unwrap()
+            .call(http::Request::new(Body::default()));
+        let d = ServiceExt::<http::Request<Body>>::ready(&mut svc)
+            .await
+            .unwrap()
+            .call(http::Request::new(Body::default()));
         let (c, d, ()) = tokio::join!(c, d, async { release.notify_waiters() });
         assert_eq!(code(&c.unwrap()), Some("0"));
         assert_eq!(code(&d.unwrap()), Some("0"));
+    }
+
+    /// A request body that sends `chunks` after `after` polls, or never ends.
+    struct Trickle {
+        polls: usize,
+        after: usize,
+        chunks: Vec<Bytes>,
+        ends: bool,
+        ended: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl HttpBody for Trickle {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            self.polls += 1;
+            if self.polls <= self.after {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            match self.chunks.pop() {
+                Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                None if self.ends => {
+                    self.ended.store(true, Ordering::Relaxed);
+                    Poll::Ready(None)
+                }
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shed_answer_follows_its_body_but_never_waits_long_for_it() {
+        use tower::{Layer, Service, ServiceExt};
+        let release = Arc::new(tokio::sync::Notify::new());
+        let mut svc =
+            ShedLayer::new(settings(|l| l.max_in_flight = 1)).layer(Held(release.clone()));
+        let held = ServiceExt::<http::Request<Trickle>>::ready(&mut svc)
+            .await
+            .unwrap()
+            .call(http::Request::new(Trickle {
+                polls: 0,
+                after: 0,
+                chunks: Vec::new(),
+                ends: true,
+                ended: Arc::default(),
+            }));
+        // The body comes a few polls later: the answer waits for its end.
+        let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let body = Trickle {
+            polls: 0,
+            after: 3,
+            chunks: vec![Bytes::from_static(b"\0\0\0\0\x02\x0a\0")],
+            ends: true,
+            ended: Arc::clone(&ended),
+        };
+        let mut shed = ServiceExt::<http::Request<Trickle>>::ready(&mut svc)
+            .await
+            .unwrap()
+            .call(http::Request::new(body));
+        let answer = (&mut shed).await.unwrap();
+        assert_eq!(code(&answer), Some("14"));
+        assert!(
+            ended.load(Ordering::Relaxed),
+            "answered before the body ended"
+        );
+        // A body that never ends: answered after DRAIN_TIME all the same.
+        let started = tokio::time::Instant::now();
+        let never = Trickle {
+            polls: 0,
+            after: 0,
+            chunks: Vec::new(),
+            ends: false,
+            ended: Arc::default(),
+        };
+        let answer = ServiceExt::<http::Request<Trickle>>::ready(&mut svc)
+            .await
+            .unwrap()
+            .call(http::Request::new(never))
+            .await
+            .unwrap();
+        assert_eq!(code(&answer), Some("14"));
+        assert!(started.elapsed() >= DRAIN_TIME);
+        // More than DRAIN_BYTES is not read to its end either.
+        let big = Trickle {
+            polls: 0,
+            after: 0,
+            chunks: vec![Bytes::from(vec![0u8; DRAIN_BYTES + 1])],
+            ends: false,
+            ended: Arc::default(),
+        };
+        let answer = ServiceExt::<http::Request<Trickle>>::ready(&mut svc)
+            .await
+            .unwrap()
+            .call(http::Request::new(big))
+            .await
+            .unwrap();
+        assert_eq!(code(&answer), Some("14"));
+        let (held, ()) = tokio::join!(held, async { release.notify_waiters() });
+        assert_eq!(code(&held.unwrap()), Some("0"));
     }
 
     #[tokio::test]
