@@ -441,9 +441,7 @@ pub struct Limits {
     /// over all subjects.
     pub verify_failures_per_agency_hour: std::num::NonZeroU32,
     /// Calls being served at once, gateway-wide; more are shed at once
-    /// (UNAVAILABLE `OVERLOADED`). A call whose access record is queued for
-    /// its group commit no longer counts. Default
-    /// [`Limits::default_max_in_flight`].
+    /// (UNAVAILABLE `OVERLOADED`). Default [`Limits::default_max_in_flight`].
     pub max_in_flight: usize,
     /// Largest request body a call may send, bytes (its one message);
     /// larger is RESOURCE_EXHAUSTED `REQUEST_TOO_LARGE`. Default 64 KiB.
@@ -459,10 +457,10 @@ impl Limits {
     pub const MAX_REQUEST_BYTES: u64 = 4 * 1024 * 1024;
 
     /// Default gateway-wide `max_in_flight`: 64 calls per core. A call holds
-    /// a core for well under a millisecond, then gives its place back while
-    /// it waits for the access log's group commit: 64 per core keeps every
-    /// core busy, while a queue any longer only adds latency to calls that
-    /// would then time out.
+    /// a core for well under a millisecond and waits for the access log's
+    /// group commit for a few: 64 per core keeps every core and the commit
+    /// batches full, while a queue any longer only adds latency to calls
+    /// that would then time out.
     pub fn default_max_in_flight() -> usize {
         64 * std::thread::available_parallelism().map_or(2, |n| n.get())
     }

@@ -245,21 +245,6 @@ impl AuditLog {
         &self,
         record: AuditRecord,
     ) -> impl Future<Output = Result<u64, AuditError>> + Send + 'static {
-        let queued = self.enqueue(record);
-        async move { queued.await?.await }
-    }
-
-    /// [`AuditLog::append`] in two steps: resolves once `record` is in the
-    /// writer's queue (at once unless the queue is full), to a future that
-    /// resolves to its seq once it is on disk. Between the two the caller
-    /// only waits for the disk.
-    pub fn enqueue(
-        &self,
-        record: AuditRecord,
-    ) -> impl Future<
-        Output = Result<impl Future<Output = Result<u64, AuditError>> + Send + 'static, AuditError>,
-    > + Send
-           + 'static {
         let tx = self.tx.clone();
         async move {
             let stopped = || AuditError::Unavailable("the audit writer has stopped".into());
@@ -267,7 +252,7 @@ impl AuditLog {
             tx.send(Msg::Append(record, reply))
                 .await
                 .map_err(|_| stopped())?;
-            Ok(async move { answer.await.map_err(|_| stopped())? })
+            answer.await.map_err(|_| stopped())?
         }
     }
 

@@ -137,46 +137,12 @@ pub struct Shed<S> {
     layer: ShedLayer,
 }
 
-/// An admitted call's place among the gateway's calls in flight, in the
-/// call's request extensions so that the call can give it back before it
-/// ends: once its access record is queued for the log's group commit, the
-/// call only waits for the disk, which takes none of what `max_in_flight`
-/// protects (CPU; the memory of the calls waiting is bounded by the
-/// writer's queue). Counted to the end, one slow fdatasync filled every
-/// slot and shed calls at half load. Given back at the latest with the
-/// call's answer.
-#[derive(Clone)]
-pub struct InFlightSlot(Arc<SlotState>);
+/// One call counted in the gateway's calls in flight.
+struct Counted(Arc<AtomicUsize>);
 
-struct SlotState {
-    in_flight: Arc<AtomicUsize>,
-    held: std::sync::atomic::AtomicBool,
-}
-
-impl InFlightSlot {
-    /// Takes a place; returns it with the count before it.
-    fn take(in_flight: &Arc<AtomicUsize>) -> (InFlightSlot, usize) {
-        let before = in_flight.fetch_add(1, Ordering::AcqRel);
-        let slot = InFlightSlot(Arc::new(SlotState {
-            in_flight: Arc::clone(in_flight),
-            held: std::sync::atomic::AtomicBool::new(true),
-        }));
-        (slot, before)
-    }
-
-    /// Gives the place back; later calls do nothing.
-    pub fn release(&self) {
-        if self.0.held.swap(false, Ordering::AcqRel) {
-            self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
-
-impl Drop for SlotState {
+impl Drop for Counted {
     fn drop(&mut self) {
-        if *self.held.get_mut() {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -197,11 +163,12 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let max = self.layer.settings.current().max_in_flight;
-        let (slot, before) = InFlightSlot::take(&self.layer.in_flight);
+        let before = self.layer.in_flight.fetch_add(1, Ordering::AcqRel);
+        let counted = Counted(Arc::clone(&self.layer.in_flight));
         if before >= max {
-            slot.release();
+            drop(counted);
             tracing::debug!(target: "interop_gateway::shed", path = req.uri().path(), max_in_flight = max, "call shed");
             let answer = self.layer.answer(max);
             let drain = Drain::new(req.into_body());
@@ -210,11 +177,10 @@ where
                 Ok(answer)
             });
         }
-        req.extensions_mut().insert(slot.clone());
         let call = self.inner.call(req);
         Box::pin(async move {
             let response = call.await;
-            slot.release();
+            drop(counted);
             response
         })
     }
@@ -744,66 +710,6 @@ mod tests {
         let (c, d, ()) = tokio::join!(c, d, async { release.notify_waiters() });
         assert_eq!(code(&c.unwrap()), Some("0"));
         assert_eq!(code(&d.unwrap()), Some("0"));
-    }
-
-    /// A service that gives its in-flight slot back, as a call does once
-    /// its access record is queued, then answers when `release` is notified.
-    #[derive(Clone)]
-    struct Committing(Arc<tokio::sync::Notify>, Arc<AtomicUsize>);
-
-    impl<B> tower::Service<http::Request<B>> for Committing {
-        type Response = http::Response<Body>;
-        type Error = std::convert::Infallible;
-        type Future = BoxFuture<Self::Response, Self::Error>;
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-            Poll::Ready(Ok(()))
-        }
-        fn call(&mut self, req: http::Request<B>) -> Self::Future {
-            let release = Arc::clone(&self.0);
-            let waiting = Arc::clone(&self.1);
-            let slot = req.extensions().get::<InFlightSlot>().cloned();
-            Box::pin(async move {
-                let notified = release.notified();
-                slot.expect("the shed layer's slot").release();
-                waiting.fetch_add(1, Ordering::AcqRel);
-                notified.await;
-                Ok(Status::ok("").into_http())
-            })
-        }
-    }
-
-    #[tokio::test]
-    async fn a_call_waiting_for_its_commit_holds_no_slot() {
-        use tower::{Layer, Service, ServiceExt};
-        let release = Arc::new(tokio::sync::Notify::new());
-        let layer = ShedLayer::new(settings(|l| l.max_in_flight = 1));
-        let in_flight = Arc::clone(&layer.in_flight);
-        let waiting = Arc::new(AtomicUsize::new(0));
-        let mut svc = layer.layer(Committing(release.clone(), waiting.clone()));
-        // Three calls one after the other under max_in_flight = 1, none
-        // answered yet: each gave its slot back before it waits, so none is
-        // shed.
-        let mut calls = Vec::new();
-        for n in 1..=3 {
-            let call = ServiceExt::<http::Request<Body>>::ready(&mut svc)
-                .await
-                .unwrap()
-                .call(http::Request::new(Body::default()));
-            let call = tokio::spawn(call);
-            let waited = tokio::time::timeout(Duration::from_secs(10), async {
-                while waiting.load(Ordering::Acquire) < n && !call.is_finished() {
-                    tokio::task::yield_now().await;
-                }
-            });
-            waited.await.unwrap();
-            assert!(!call.is_finished(), "call {n} was answered (shed) at once");
-            calls.push(call);
-        }
-        assert_eq!(in_flight.load(Ordering::Acquire), 0);
-        release.notify_waiters();
-        for call in calls {
-            assert_eq!(code(&call.await.unwrap().unwrap()), Some("0"));
-        }
     }
 
     /// A request body that sends `chunks` after `after` polls, or never ends.

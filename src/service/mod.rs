@@ -276,11 +276,6 @@ impl Core {
         let mut request_id = new_request_id();
         let mut relay_for_log: Option<AgencyId> = None;
         let certs = request.peer_certs();
-        // Given back once the access record is queued (see `InFlightSlot`).
-        let slot = request
-            .extensions()
-            .get::<crate::limits::layers::InFlightSlot>()
-            .cloned();
         let req = request.into_inner();
         let subject = req.subject_for_log();
         let requested_subjects = req.subjects();
@@ -396,15 +391,7 @@ impl Core {
                     receipt = Some(crate::receipt::Claims::of(&record));
                 }
                 let appending = Instant::now();
-                let appended = match self.audit.enqueue(record).await {
-                    Ok(committed) => {
-                        if let Some(slot) = &slot {
-                            slot.release();
-                        }
-                        committed.await
-                    }
-                    Err(e) => Err(e),
-                };
+                let appended = self.audit.append(record).await;
                 if let Some(m) = &self.metrics {
                     m.audit_append(appending.elapsed());
                 }
