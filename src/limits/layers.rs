@@ -744,6 +744,19 @@ mod tests {
         }
     }
 
+    impl Trickle {
+        /// `chunks` after `after` polls, then the end when `ends`.
+        fn new(after: usize, chunks: Vec<Bytes>, ends: bool) -> Trickle {
+            Trickle {
+                polls: 0,
+                after,
+                chunks,
+                ends,
+                ended: Arc::default(),
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_shed_answer_follows_its_body_but_never_waits_long_for_it() {
         use tower::{Layer, Service, ServiceExt};
@@ -753,27 +766,15 @@ mod tests {
         let held = ServiceExt::<http::Request<Trickle>>::ready(&mut svc)
             .await
             .unwrap()
-            .call(http::Request::new(Trickle {
-                polls: 0,
-                after: 0,
-                chunks: Vec::new(),
-                ends: true,
-                ended: Arc::default(),
-            }));
-        // The body comes a few polls later: the answer waits for its end.
-        let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let body = Trickle {
-            polls: 0,
-            after: 3,
-            chunks: vec![Bytes::from_static(b"\0\0\0\0\x02\x0a\0")],
-            ends: true,
-            ended: Arc::clone(&ended),
+            .call(http::Request::new(Trickle::new(0, Vec::new(), true)));
+        let shed = |svc: &Shed<Held>, body: Trickle| {
+            let svc = svc.clone();
+            async move { svc.oneshot(http::Request::new(body)).await.unwrap() }
         };
-        let mut shed = ServiceExt::<http::Request<Trickle>>::ready(&mut svc)
-            .await
-            .unwrap()
-            .call(http::Request::new(body));
-        let answer = (&mut shed).await.unwrap();
+        // The body comes a few polls later: the answer waits for its end.
+        let body = Trickle::new(3, vec![Bytes::from_static(b"\0\0\0\0\x02\x0a\0")], true);
+        let ended = Arc::clone(&body.ended);
+        let answer = shed(&svc, body).await;
         assert_eq!(code(&answer), Some("14"));
         assert!(
             ended.load(Ordering::Relaxed),
@@ -781,35 +782,12 @@ mod tests {
         );
         // A body that never ends: answered after DRAIN_TIME all the same.
         let started = tokio::time::Instant::now();
-        let never = Trickle {
-            polls: 0,
-            after: 0,
-            chunks: Vec::new(),
-            ends: false,
-            ended: Arc::default(),
-        };
-        let answer = ServiceExt::<http::Request<Trickle>>::ready(&mut svc)
-            .await
-            .unwrap()
-            .call(http::Request::new(never))
-            .await
-            .unwrap();
+        let answer = shed(&svc, Trickle::new(0, Vec::new(), false)).await;
         assert_eq!(code(&answer), Some("14"));
         assert!(started.elapsed() >= DRAIN_TIME);
         // More than DRAIN_BYTES is not read to its end either.
-        let big = Trickle {
-            polls: 0,
-            after: 0,
-            chunks: vec![Bytes::from(vec![0u8; DRAIN_BYTES + 1])],
-            ends: false,
-            ended: Arc::default(),
-        };
-        let answer = ServiceExt::<http::Request<Trickle>>::ready(&mut svc)
-            .await
-            .unwrap()
-            .call(http::Request::new(big))
-            .await
-            .unwrap();
+        let big = vec![Bytes::from(vec![0u8; DRAIN_BYTES + 1])];
+        let answer = shed(&svc, Trickle::new(0, big, false)).await;
         assert_eq!(code(&answer), Some("14"));
         let (held, ()) = tokio::join!(held, async { release.notify_waiters() });
         assert_eq!(code(&held.unwrap()), Some("0"));
