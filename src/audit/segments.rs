@@ -193,6 +193,9 @@ pub(crate) type Wrap = dyn Fn(File) -> Box<dyn Sink> + Send + Sync;
 /// The most a segment is allocated ahead of its data.
 const PREALLOCATE: u64 = 4 << 20;
 
+/// The size of each write of zeros ahead of the data: one page.
+const ZERO_WRITE: usize = 4 << 10;
+
 /// The segment file as the store writes it: zeros are written ahead of the
 /// data, a few MiB at a time, and each group overwrites them. An
 /// `fdatasync` of a file that grew must also commit its new size to the
@@ -227,9 +230,14 @@ impl Preallocated {
         }
     }
 
-    /// Writes zeros from the allocated end to `target`.
+    /// Writes zeros from the allocated end to `target`, one page per write.
+    /// The page cache sizes a new folio by the write that creates it: zeros
+    /// written 64 KiB at a time become 64 KiB folios (Linux 6.18, ext4), and
+    /// every group that then overwrites a few hundred bytes of one dirties
+    /// and writes out the whole folio at its `fdatasync`: 66 KB to the disk
+    /// per commit instead of 4.6 KB, measured with 568-byte groups.
     fn allocate(&mut self, target: u64) -> io::Result<()> {
-        let zeros = vec![0u8; 64 << 10];
+        let zeros = [0u8; ZERO_WRITE];
         while self.allocated < target {
             let n = (target - self.allocated).min(zeros.len() as u64) as usize;
             let from = self.allocated;
