@@ -142,15 +142,6 @@ upstream = {{ address = "127.0.0.1:{owner_port}", server_name = "localhost", ca 
     text
 }
 
-/// A port free right now on 127.0.0.1, so the owner can be restarted on it.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A front gateway forwarding every registry service to the owner on
 /// `owner_port`, whose CA is `owner_pki`'s.
 fn start_front(owner_pki: &Pki, owner_port: u16) -> (tempfile::TempDir, Pki, ServeProcess) {
@@ -194,12 +185,19 @@ impl Pair {
     fn start() -> Pair {
         let owner_dir = tempfile::tempdir().unwrap();
         let owner_pki = Pki::new(owner_dir.path());
-        let owner_port = free_port();
         let owner_cfg = owner_dir.path().join("gateway.toml");
-        std::fs::write(&owner_cfg, owner_config(owner_port)).unwrap();
+        std::fs::write(&owner_cfg, owner_config(0)).unwrap();
         let cfg = interop_gateway::config::Config::load(&owner_cfg).unwrap();
         store_fixtures(owner_dir.path(), &cfg.store_path());
         let owner = ServeProcess::start(&owner_cfg, None);
+        // The owner picked its port; a restart binds that same port again.
+        let owner_port: u16 = owner
+            .addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the owner's address has a port");
+        std::fs::write(&owner_cfg, owner_config(owner_port)).unwrap();
 
         let (front_dir, front_pki, front) = start_front(&owner_pki, owner_port);
         Pair {
