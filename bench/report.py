@@ -100,6 +100,29 @@ def main(out):
     }
     if errors:
         emit(f"Requests that did not end OK: {errors}.")
+    # Saturation rounds: the first pass, then baseline and gateway again,
+    # alternating (ROUNDS); the target is judged on the sums.
+    rounds = [(ok(base), ok(closed["gateway"]))]
+    n = 2
+    while True:
+        b, g_r = load(out, f"baseline-closed-r{n}"), load(out, f"gateway-closed-r{n}")
+        if not (b and g_r):
+            break
+        rounds.append((ok(b), ok(g_r)))
+        n += 1
+    base_sum, gw_sum = sum(b for b, _ in rounds), sum(g for _, g in rounds)
+    gw_mean = gw_sum / len(rounds)
+    sat_ratio = div(gw_sum, base_sum)
+    ratios = [div(g, b) for b, g in rounds]
+    if len(rounds) > 1:
+        emit("")
+        emit("Saturation, baseline and gateway measured alternately:")
+        emit("")
+        emit("| round | baseline OK/s | gateway OK/s | ratio |")
+        emit("|---|---:|---:|---:|")
+        for i, (b, g_r) in enumerate(rounds, 1):
+            emit(f"| {i} | {b:.0f} | {g_r:.0f} | {div(g_r, b):.2f}x |")
+        emit(f"| all | {base_sum:.0f} | {gw_sum:.0f} | {sat_ratio:.2f}x |")
     emit("")
     emit("### Targets")
     emit("")
@@ -111,9 +134,14 @@ def main(out):
     bound = 2 * bp99 + fsync["p99_ms"]
     emit("| target | measured | |")
     emit("|---|---|---|")
+    spread = (
+        f" over {len(rounds)} alternating rounds (each {min(ratios):.2f}-{max(ratios):.2f} x)"
+        if len(rounds) > 1
+        else ""
+    )
     emit(
-        f"| gateway saturation >= 0.85 x baseline | {div(ok(g), ok(base)):.2f} x "
-        f"| {check(ok(g) >= 0.85 * ok(base))} |"
+        f"| gateway saturation >= 0.85 x baseline | {sat_ratio:.2f} x{spread} "
+        f"| {check(sat_ratio >= 0.85)} |"
     )
     emit(
         f"| gateway p99 at half load <= 2 x baseline p99 + fsync p99 | {gp99:.2f} ms vs "
@@ -133,10 +161,11 @@ def main(out):
         load(out, "direct-open-fhalf"),
     )
     if fwd and fwd_open and direct_open:
-        r = div(ok(fwd), ok(g))
+        r = div(ok(fwd), gw_mean)
+        against = f"the direct gateway's {'mean ' if len(rounds) > 1 else ''}{gw_mean:.0f}"
         emit(
             f"| forwarded saturation >= 0.45 x direct gateway | {ok(fwd):.0f} vs "
-            f"{ok(g):.0f} req/s ({r:.2f} x) | {check(r >= 0.45)} |"
+            f"{against} req/s ({r:.2f} x) | {check(r >= 0.45)} |"
         )
         fp50, dp50 = okl(fwd_open)["p50"], okl(direct_open)["p50"]
         emit(
