@@ -122,6 +122,9 @@ pub mod witness_result {
     pub const LOG_ROLLED_BACK: &str = "log_rolled_back";
     /// The log disagrees with the chain the witness countersigned.
     pub const LOG_FORKED: &str = "log_forked";
+    /// The record the witness countersigned last was deleted under
+    /// retention (no archive): the log cannot show it that it goes on.
+    pub const WITNESSED_RECORD_RETIRED: &str = "witnessed_record_retired";
     /// Not reached: connection refused, handshake failed, timed out.
     pub const UNAVAILABLE: &str = "unavailable";
     /// Any other refusal by the witness.
@@ -418,7 +421,7 @@ impl Metrics {
         );
         registry.register(
             "interop_gateway_witness_countersign",
-            "Checkpoints sent to a witness (configured address), by result (ok, log_rolled_back, log_forked, unavailable, refused, bad_countersignature, error)",
+            "Checkpoints sent to a witness (configured address), by result (ok, log_rolled_back, log_forked, witnessed_record_retired, unavailable, refused, bad_countersignature, error)",
             m.witness_countersign.clone(),
         );
         registry.register(

@@ -11,7 +11,8 @@
 //! that seq from the witness itself: a first send without it (or with a
 //! stale one) is answered `WITNESS_STATE_MISMATCH` with `witnessed_seq`, and
 //! re-sent once with the hash there. A witnessed seq the log does not have
-//! is exactly a rolled-back log: logged as an error and counted.
+//! is a rolled-back log, unless retention deleted it (no archive, attested
+//! by `audit.retired`): either is logged as an error and counted apart.
 //!
 //! Every countersignature received is verified and appended (fsynced) to
 //! `<audit dir>/witness-receipts/<witness kid>.jsonl` in the witness's own
@@ -198,22 +199,65 @@ impl Task {
         }
     }
 
-    /// The chain hash at `seq` from the store (blocking read, off the runtime).
-    async fn hash_at(&self, seq: u64) -> Result<Option<[u8; 32]>, Failed> {
+    /// A blocking read of the store, off the runtime; a failure is logged
+    /// (saying what was being read) and counted.
+    async fn read<T: Send + 'static>(
+        &self,
+        what: &str,
+        read: impl FnOnce(&dyn AuditReader) -> Result<T, crate::audit::AuditError> + Send + 'static,
+    ) -> Result<T, Failed> {
         let reader = Arc::clone(&self.log.reader);
-        match tokio::task::spawn_blocking(move || reader.chain_hash_at(seq)).await {
-            Ok(Ok(hash)) => Ok(hash),
+        match tokio::task::spawn_blocking(move || read(reader.as_ref())).await {
+            Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
-                tracing::error!(witness = %self.address, error = %e, seq, "cannot read the chain hash a witness needs");
+                tracing::error!(witness = %self.address, error = %e, "cannot read {what}");
                 self.count(witness_result::ERROR);
                 Err(Failed)
             }
             Err(e) => {
-                tracing::error!(witness = %self.address, error = %e, "reading the chain hash failed");
+                tracing::error!(witness = %self.address, error = %e, "reading {what} failed");
                 self.count(witness_result::ERROR);
                 Err(Failed)
             }
         }
+    }
+
+    /// The chain hash at `seq` from the store.
+    async fn hash_at(&self, seq: u64) -> Result<Option<[u8; 32]>, Failed> {
+        self.read("the chain hash a witness needs", move |r| {
+            r.chain_hash_at(seq)
+        })
+        .await
+    }
+
+    /// Says why the record `seq` the witness countersigned last is not in
+    /// the log: deleted under retention, or the log was rolled back.
+    async fn missing(&self, seq: u64, cp: &Checkpoint) -> Failed {
+        let Ok(retired) = self.read("audit.retired", |r| r.retired_through()).await else {
+            return Failed;
+        };
+        match retired {
+            Some(through) if seq < through => {
+                tracing::error!(
+                    witness = %self.address,
+                    witnessed_seq = seq,
+                    retired_through = through,
+                    checkpoint_seq = cp.seq,
+                    "the witness countersigned record {seq} of this access log last, and retention has since deleted it (no archive_dir; audit.retired attests records up to {through}): this log cannot show the witness that its checkpoints go on from there, so the witness will refuse them until its operator moves this log's file out of the witness's <data_dir>/witness/"
+                );
+                self.count(witness_result::WITNESSED_RECORD_RETIRED);
+            }
+            _ => {
+                tracing::error!(
+                    witness = %self.address,
+                    witnessed_seq = seq,
+                    checkpoint_seq = cp.seq,
+                    "the witness countersigned record {seq} of this access log, which the log no longer has: the log was rolled back (restored from an older copy); the witness will refuse its checkpoints"
+                );
+                self.count(witness_result::LOG_ROLLED_BACK);
+            }
+        }
+        Failed
     }
 
     /// Sends `cp`, re-sending once with the right consistency hash when the
@@ -227,16 +271,7 @@ impl Task {
                         seq,
                         hash: hash.to_vec(),
                     }),
-                    None => {
-                        tracing::error!(
-                            witness = %self.address,
-                            witnessed_seq = seq,
-                            checkpoint_seq = cp.seq,
-                            "the witness countersigned record {seq} of this access log, which the log no longer has: the log was rolled back (restored from an older copy); the witness will refuse its checkpoints"
-                        );
-                        self.count(witness_result::LOG_ROLLED_BACK);
-                        return Err(Failed);
-                    }
+                    None => return Err(self.missing(seq, cp).await),
                 },
             };
             let request = CountersignRequest {
@@ -338,5 +373,93 @@ impl Task {
         }
         tracing::debug!(witness = %self.address, seq = cp.seq, "checkpoint countersigned");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditError, SubjectRow};
+
+    /// A log that no longer has the record the witness countersigned last,
+    /// with (or without) a retention statement covering it.
+    struct Gone {
+        retired_through: Option<u64>,
+    }
+
+    impl AuditReader for Gone {
+        fn subject_page(
+            &self,
+            _: &str,
+            _: Option<&str>,
+            _: usize,
+        ) -> Result<Vec<SubjectRow>, AuditError> {
+            Ok(Vec::new())
+        }
+        fn records_after(
+            &self,
+            _: u64,
+            _: usize,
+        ) -> Result<Vec<(u64, crate::audit::AuditRecord)>, AuditError> {
+            Ok(Vec::new())
+        }
+        fn chain_hash_at(&self, _: u64) -> Result<Option<[u8; 32]>, AuditError> {
+            Ok(None)
+        }
+        fn retired_through(&self) -> Result<Option<u64>, AuditError> {
+            Ok(self.retired_through)
+        }
+    }
+
+    /// The result counted when the witness last countersigned record 5.
+    async fn counted(retired_through: Option<u64>) -> String {
+        let metrics = Arc::new(Metrics::new());
+        // Never dialled: the send fails before any call.
+        let channel = tonic::transport::Endpoint::from_static("https://127.0.0.1:9").connect_lazy();
+        let mut task = Task {
+            address: "witness.example:443".into(),
+            client: WitnessServiceClient::new(channel),
+            log: LogSide {
+                key: [7; 32],
+                instance: String::new(),
+                reader: Arc::new(Gone { retired_through }),
+                receipts: PathBuf::from("unused"),
+                metrics: Some(Arc::clone(&metrics)),
+                every: Duration::from_secs(1),
+            },
+            witnessed: Some(5),
+        };
+        let cp = Checkpoint {
+            seq: 40,
+            hash: [1; 32],
+            time_unix_ms: 1,
+            signature: [2; 64],
+        };
+        assert!(task.send(&cp).await.is_err());
+        metrics
+            .render(true)
+            .lines()
+            .filter(|l| l.starts_with("interop_gateway_witness_countersign_total{"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[tokio::test]
+    async fn a_witnessed_record_deleted_under_retention_is_not_called_a_rollback() {
+        let retired = counted(Some(10)).await;
+        assert!(
+            retired.contains(r#"result="witnessed_record_retired"} 1"#),
+            "{retired}"
+        );
+        assert!(!retired.contains("log_rolled_back"), "{retired}");
+        // Past the retired range, a missing record is a rollback.
+        for statement in [None, Some(3)] {
+            let rolled_back = counted(statement).await;
+            assert!(
+                rolled_back.contains(r#"result="log_rolled_back"} 1"#),
+                "{rolled_back}"
+            );
+        }
     }
 }

@@ -270,6 +270,13 @@ async fn retention_moves_sealed_segments_to_the_archive_and_verification_spans_b
 async fn retention_without_an_archive_deletes_with_a_signed_statement() {
     let fx = Fx::with_records(300).await;
     let segs = fx.segments();
+    // The chain hash after the last record retention will delete.
+    let boundary = {
+        let log = fx.open(10, false).await;
+        let hash = log.reader().chain_hash_at(segs[segs.len() - 1].first - 1);
+        log.shutdown().await.unwrap();
+        hash.unwrap().unwrap()
+    };
     let signer = fx.signer();
     let mut store = FileStore::new(&fx.dir(), signer.public_key(), fx.files(false));
     store.recover().unwrap();
@@ -288,7 +295,15 @@ async fn retention_without_an_archive_deletes_with_a_signed_statement() {
 
     // The deleted range's reads are gone from the index too; the log goes on.
     let log = fx.open(10, false).await;
+    // A witness is shown the hash of the last record deleted (the statement
+    // keeps it) and told apart from a rollback before it.
+    let through = newest[0].first - 1;
+    let reader = log.reader();
+    assert_eq!(reader.retired_through().unwrap(), Some(through));
+    assert_eq!(reader.chain_hash_at(through).unwrap(), Some(boundary));
+    assert_eq!(reader.chain_hash_at(through - 1).unwrap(), None);
     assert_eq!(log.append(sample(301, A)).await.unwrap(), 301);
+    assert!(reader.chain_hash_at(through + 1).unwrap().is_some());
     let page = log.records_for_subject(A, None, 1000).unwrap();
     assert!(page
         .iter()

@@ -1004,6 +1004,14 @@ pub struct FileReader {
 }
 
 impl FileReader {
+    /// The signed statement of the records deleted under retention, if any.
+    fn retired(&self) -> Result<Option<Checkpoint>, AuditError> {
+        read_retired(&self.dir).map_err(|what| AuditError::Corrupt {
+            path: self.dir.join(RETIRED_FILE),
+            what,
+        })
+    }
+
     fn with_conn<T>(&self, f: impl FnOnce(&Connection) -> io::Result<T>) -> Result<T, AuditError> {
         let path = self.dir.join(index::INDEX_FILE);
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
@@ -1115,6 +1123,13 @@ impl AuditReader for FileReader {
         if seq == 0 {
             return Ok(Some(super::chain::GENESIS));
         }
+        // Records deleted under retention: the statement keeps the hash of
+        // the last one, and nothing of those before it.
+        if let Some(retired) = self.retired()? {
+            if seq <= retired.seq {
+                return Ok((seq == retired.seq).then_some(retired.hash));
+            }
+        }
         let mut found = None;
         self.walk_after(seq - 1, |at, hash, _| {
             if at == seq {
@@ -1123,6 +1138,10 @@ impl AuditReader for FileReader {
             false
         })?;
         Ok(found)
+    }
+
+    fn retired_through(&self) -> Result<Option<u64>, AuditError> {
+        Ok(self.retired()?.map(|retired| retired.seq))
     }
 }
 

@@ -198,6 +198,14 @@ pub trait AuditReader: Send + Sync + 'static {
         )))
     }
 
+    /// The last record deleted under retention with no archive, when any
+    /// was (from the signed statement that attests the deletion). A witness
+    /// that last countersigned a record before it cannot be shown that the
+    /// log goes on from there: the record is gone, not rolled back.
+    fn retired_through(&self) -> Result<Option<u64>, AuditError> {
+        Ok(None)
+    }
+
     /// The secret page tokens are sealed with, when the store shares one
     /// between instances (a token issued by one must open on another).
     /// `None`: the gateway uses a key of its own process.
