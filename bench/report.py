@@ -43,6 +43,19 @@ def check(ok):
     return "met" if ok else "MISSED"
 
 
+def saturation_rounds(out):
+    """(baseline, gateway) OK/s of each saturation round: the first pass, then
+    the two again, alternating (ROUNDS). Targets are judged on the sums."""
+    rounds = [(ok(load(out, "baseline-closed")), ok(load(out, "gateway-closed")))]
+    n = 2
+    while True:
+        b, g = load(out, f"baseline-closed-r{n}"), load(out, f"gateway-closed-r{n}")
+        if not (b and g):
+            return rounds
+        rounds.append((ok(b), ok(g)))
+        n += 1
+
+
 def main(out):
     lines = []
     emit = lines.append
@@ -100,16 +113,7 @@ def main(out):
     }
     if errors:
         emit(f"Requests that did not end OK: {errors}.")
-    # Saturation rounds: the first pass, then baseline and gateway again,
-    # alternating (ROUNDS); the target is judged on the sums.
-    rounds = [(ok(base), ok(closed["gateway"]))]
-    n = 2
-    while True:
-        b, g_r = load(out, f"baseline-closed-r{n}"), load(out, f"gateway-closed-r{n}")
-        if not (b and g_r):
-            break
-        rounds.append((ok(b), ok(g_r)))
-        n += 1
+    rounds = saturation_rounds(out)
     base_sum, gw_sum = sum(b for b, _ in rounds), sum(g for _, g in rounds)
     gw_mean = gw_sum / len(rounds)
     sat_ratio = div(gw_sum, base_sum)
