@@ -899,6 +899,7 @@ impl Config {
             segment_max_age,
             retain,
             archive_dir,
+            ..Default::default()
         };
         if raw.audit.database_url.is_some() {
             for (key, set) in [

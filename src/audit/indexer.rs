@@ -15,6 +15,14 @@
 //! ask [`Pending`] first: every row with a seq above what the index holds
 //! is still here, so a page of `ListAccessRecords` is complete the moment
 //! its record is acknowledged.
+//!
+//! Memory stays bounded when `index.sqlite` cannot be written (a full or
+//! read-only disk, a lock held elsewhere): past [`Tuning::max_rows`] rows
+//! waiting, the newest are dropped and the index is *behind*. Listings then
+//! fail (the log is intact; its index is incomplete) rather than leave out
+//! records, and once commits succeed again the thread re-reads the dropped
+//! range from the segments, in seq order, before anything newer, so
+//! `indexed_seq` never passes a hole.
 
 use std::{
     path::Path,
@@ -31,6 +39,40 @@ const FLUSH_ROWS: usize = 32768;
 const FLUSH_AFTER: Duration = Duration::from_millis(1000);
 /// After a failed commit, wait this long before trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Rows kept in memory at most (about 70 bytes each) while commits fail.
+const MAX_ROWS: usize = 4 * FLUSH_ROWS;
+
+/// When the thread commits, and how much it may hold.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Tuning {
+    /// Commit once the oldest row waiting has waited this long.
+    pub flush_after: Duration,
+    /// Rows held in memory at most; past it the index is behind.
+    pub max_rows: usize,
+    /// How long a commit waits for a lock held by another connection.
+    pub busy_timeout: Duration,
+    /// After a failed commit, wait this long before trying again.
+    pub retry_after: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            flush_after: FLUSH_AFTER,
+            max_rows: MAX_ROWS,
+            busy_timeout: Duration::from_secs(10),
+            retry_after: RETRY_AFTER,
+        }
+    }
+}
+
+/// A listing asked while rows of acknowledged records are neither in the
+/// index nor in memory: the index lacks the records in `(indexed, through]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Behind {
+    pub indexed: u64,
+    pub through: u64,
+}
 
 /// One subject of one record, or (with no subject) a checkpoint's position.
 #[derive(Clone, Debug)]
@@ -50,7 +92,21 @@ struct State {
     since: Option<Instant>,
     /// Every row with a seq up to this is in `index.sqlite`.
     indexed: u64,
+    /// Rows of records up to this seq (above `indexed` and the rows of
+    /// `flushing`) were dropped from memory while commits failed; the
+    /// thread re-reads them from the segments. At most `indexed` when the
+    /// index is not behind.
+    dropped_through: u64,
     closed: bool,
+}
+
+impl State {
+    fn behind(&self) -> Option<Behind> {
+        (self.dropped_through > self.indexed).then_some(Behind {
+            indexed: self.indexed,
+            through: self.dropped_through,
+        })
+    }
 }
 
 struct Shared {
@@ -72,15 +128,19 @@ impl Pending {
     /// Newest first: the seqs and positions of `subject`'s records below
     /// `before` and at most `last`, at most `limit`, among the rows not yet
     /// in the index; and the seq up to which the index has every row (what
-    /// the index is then asked for, so no row is returned twice).
+    /// the index is then asked for, so no row is returned twice). `Behind`
+    /// while rows dropped from memory are not in the index yet.
     pub fn page(
         &self,
         subject: &str,
         before: u64,
         last: u64,
         limit: usize,
-    ) -> (Vec<(u64, Position)>, u64) {
+    ) -> Result<(Vec<(u64, Position)>, u64), Behind> {
         let state = self.0.lock();
+        if let Some(behind) = state.behind() {
+            return Err(behind);
+        }
         let rows = state
             .waiting
             .iter()
@@ -90,7 +150,7 @@ impl Pending {
             .take(limit)
             .map(|r| (r.seq, r.at))
             .collect();
-        (rows, state.indexed)
+        Ok((rows, state.indexed))
     }
 
     /// The newest checkpoint at or before `seq` among the rows not yet in
@@ -110,6 +170,7 @@ impl Pending {
 /// The `audit-index` thread. Dropping it commits what is left and joins.
 pub(crate) struct Indexer {
     shared: Arc<Shared>,
+    max_rows: usize,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -117,31 +178,36 @@ impl Indexer {
     /// Starts the thread on `dir`'s index, which holds every row up to
     /// `indexed`, with `pending` (from [`Indexer::pending`] of a store not
     /// yet opened) as the readers' view.
-    pub fn start(dir: &Path, indexed: u64, pending: &Pending) -> std::io::Result<Self> {
-        Self::start_flushing_after(dir, indexed, pending, FLUSH_AFTER)
-    }
-
-    fn start_flushing_after(
+    /// `catch_up(conn, after, through)` indexes, from the segments, the
+    /// records with a seq in `(after, through]` (rows dropped from memory).
+    pub fn start(
         dir: &Path,
         indexed: u64,
         pending: &Pending,
-        flush_after: Duration,
+        tuning: Tuning,
+        catch_up: CatchUp,
     ) -> std::io::Result<Self> {
         let conn = index::open_writer(dir)?;
         // A page cache that holds the hot part of the B-tree, and a WAL that
         // takes several batches before it is copied back.
         conn.execute_batch("PRAGMA cache_size=-8192; PRAGMA wal_autocheckpoint=4096;")
+            .and_then(|()| conn.busy_timeout(tuning.busy_timeout))
             .map_err(|e| std::io::Error::other(format!("{}: {e}", index::INDEX_FILE)))?;
         let shared = Arc::clone(&pending.0);
-        shared.lock().indexed = indexed;
+        {
+            let mut state = shared.lock();
+            state.indexed = indexed;
+            state.dropped_through = 0;
+        }
         let thread = std::thread::Builder::new()
             .name("audit-index".into())
             .spawn({
                 let shared = Arc::clone(&shared);
-                move || run(&conn, &shared, flush_after)
+                move || run(&conn, &shared, tuning, &catch_up)
             })?;
         Ok(Self {
             shared,
+            max_rows: tuning.max_rows.max(1),
             thread: Some(thread),
         })
     }
@@ -160,6 +226,28 @@ impl Indexer {
             return;
         }
         let mut state = self.shared.lock();
+        if state.waiting.len() + rows.len() > self.max_rows {
+            // Commits have been failing: drop what waits (and these), to be
+            // re-read from the segments once the index can be written.
+            let through = state
+                .waiting
+                .iter()
+                .chain(&rows)
+                .map(|r| r.seq)
+                .max()
+                .unwrap_or(0);
+            if state.behind().is_none() {
+                tracing::error!(
+                    rows = state.waiting.len() + rows.len(),
+                    "the access log's index cannot keep up (see the errors before); rows are dropped \
+                     from memory and will be re-read from the segments, and listings fail until then"
+                );
+            }
+            state.dropped_through = state.dropped_through.max(through);
+            state.waiting = Vec::new();
+            state.since = None;
+            return;
+        }
         let first = state.waiting.is_empty();
         if first {
             state.since = Some(Instant::now());
@@ -184,16 +272,30 @@ impl Drop for Indexer {
     }
 }
 
-fn run(conn: &rusqlite::Connection, shared: &Shared, flush_after: Duration) {
+/// Indexes, from the segments, the records with a seq in `(after, through]`.
+pub(crate) type CatchUp =
+    Box<dyn Fn(&rusqlite::Connection, u64, u64) -> std::io::Result<()> + Send + 'static>;
+
+/// What the thread does next.
+enum Job {
+    Commit(Arc<Vec<Row>>),
+    CatchUp(Behind),
+}
+
+fn run(conn: &rusqlite::Connection, shared: &Shared, tuning: Tuning, catch_up: &CatchUp) {
     loop {
-        let batch = {
+        let job = {
             let mut state = shared.lock();
             loop {
                 if !state.flushing.is_empty() {
-                    // A failed commit: try it again (with what came since).
-                    break;
+                    // A failed commit: try it again.
+                    break Job::Commit(Arc::clone(&state.flushing));
                 }
-                let due = state.since.map(|t| t + flush_after);
+                if let Some(behind) = state.behind() {
+                    // Before anything newer, so the index has no hole.
+                    break Job::CatchUp(behind);
+                }
+                let due = state.since.map(|t| t + tuning.flush_after);
                 let now = Instant::now();
                 if !state.waiting.is_empty()
                     && (state.closed
@@ -202,7 +304,7 @@ fn run(conn: &rusqlite::Connection, shared: &Shared, flush_after: Duration) {
                 {
                     state.flushing = Arc::new(std::mem::take(&mut state.waiting));
                     state.since = None;
-                    break;
+                    break Job::Commit(Arc::clone(&state.flushing));
                 }
                 if state.closed {
                     return;
@@ -218,19 +320,46 @@ fn run(conn: &rusqlite::Connection, shared: &Shared, flush_after: Duration) {
                     None => shared.wake.wait(state).unwrap_or_else(|p| p.into_inner()),
                 };
             }
-            Arc::clone(&state.flushing)
         };
-        match commit(conn, &batch) {
-            Ok(()) => {
-                let mut state = shared.lock();
-                if let Some(last) = batch.iter().map(|r| r.seq).max() {
-                    state.indexed = state.indexed.max(last);
-                }
-                state.flushing = Arc::default();
+        let (done, failed) = match &job {
+            Job::Commit(batch) => (
+                batch.iter().map(|r| r.seq).max().unwrap_or(0),
+                commit(conn, batch).err(),
+            ),
+            Job::CatchUp(behind) => {
+                tracing::info!(
+                    after = behind.indexed,
+                    through = behind.through,
+                    "indexing from the segments the records whose rows were dropped from memory"
+                );
+                (
+                    behind.through,
+                    catch_up(conn, behind.indexed, behind.through).err(),
+                )
             }
-            Err(e) => {
-                tracing::error!(error = %e, rows = batch.len(), "could not update the access log's index; the rows stay in memory and are retried");
-                let state = shared.lock();
+        };
+        let mut state = shared.lock();
+        match failed {
+            None => {
+                state.indexed = state.indexed.max(done);
+                if let Job::Commit(_) = job {
+                    state.flushing = Arc::default();
+                } else {
+                    tracing::info!(
+                        through = done,
+                        "the access log's index has caught up; listings are complete again"
+                    );
+                }
+            }
+            Some(e) => {
+                match &job {
+                    Job::Commit(batch) => {
+                        tracing::error!(error = %e, rows = batch.len(), "could not update the access log's index; the rows stay in memory and are retried")
+                    }
+                    Job::CatchUp(_) => {
+                        tracing::error!(error = %e, "could not index the dropped rows from the segments; retrying")
+                    }
+                }
                 if state.closed {
                     // Opening the log re-indexes them from the segments.
                     return;
@@ -238,7 +367,7 @@ fn run(conn: &rusqlite::Connection, shared: &Shared, flush_after: Duration) {
                 drop(
                     shared
                         .wake
-                        .wait_timeout(state, RETRY_AFTER)
+                        .wait_timeout(state, tuning.retry_after)
                         .unwrap_or_else(|p| p.into_inner()),
                 );
             }
@@ -265,6 +394,18 @@ fn commit(conn: &rusqlite::Connection, rows: &[Row]) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// Commits only when dropped or closed, and never re-reads anything.
+    fn idle() -> Tuning {
+        Tuning {
+            flush_after: Duration::from_secs(3600),
+            ..Tuning::default()
+        }
+    }
+
+    fn no_catch_up() -> CatchUp {
+        Box::new(|_, _, _| Err(std::io::Error::other("nothing to re-read in this test")))
+    }
+
     fn row(subject: Option<&str>, seq: u64) -> Row {
         Row {
             subject: subject.map(Into::into),
@@ -281,8 +422,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pending = Indexer::pending();
         // Nothing is committed before the drop.
-        let hour = Duration::from_secs(3600);
-        let indexer = Indexer::start_flushing_after(dir.path(), 0, &pending, hour).unwrap();
+        let indexer = Indexer::start(dir.path(), 0, &pending, idle(), no_catch_up()).unwrap();
         let mut rows = Vec::new();
         for seq in 1..=10 {
             let subject = if seq % 2 == 0 { "even" } else { "odd" };
@@ -291,14 +431,14 @@ mod tests {
         rows.push(row(None, 10));
         indexer.add(rows);
         // Before any commit: all from memory, newest first, within the bounds.
-        let (seen, indexed) = pending.page("even", 10, 8, 100);
+        let (seen, indexed) = pending.page("even", 10, 8, 100).unwrap();
         assert_eq!(seen.iter().map(|r| r.0).collect::<Vec<_>>(), [8, 6, 4, 2]);
         assert_eq!(indexed, 0);
-        assert_eq!(pending.page("odd", u64::MAX, 10, 2).0.len(), 2);
+        assert_eq!(pending.page("odd", u64::MAX, 10, 2).unwrap().0.len(), 2);
         // Dropping commits what is left; the index then has every row and
         // memory none of them.
         drop(indexer);
-        let (seen, indexed) = pending.page("even", u64::MAX, 10, 100);
+        let (seen, indexed) = pending.page("even", u64::MAX, 10, 100).unwrap();
         assert!(seen.is_empty());
         assert_eq!(indexed, 10);
         assert_eq!(pending.mark_at_or_before(10), None);
@@ -320,12 +460,103 @@ mod tests {
     fn a_checkpoint_waiting_in_memory_is_found_before_the_index_has_it() {
         let dir = tempfile::tempdir().unwrap();
         let pending = Indexer::pending();
-        let hour = Duration::from_secs(3600);
-        let indexer = Indexer::start_flushing_after(dir.path(), 0, &pending, hour).unwrap();
+        let indexer = Indexer::start(dir.path(), 0, &pending, idle(), no_catch_up()).unwrap();
         indexer.add(vec![row(None, 5), row(Some("a"), 6), row(None, 9)]);
         assert_eq!(pending.mark_at_or_before(8).map(|m| m.0), Some(5));
         assert_eq!(pending.mark_at_or_before(9).map(|m| m.0), Some(9));
         assert_eq!(pending.mark_at_or_before(4), None);
         drop(indexer);
+    }
+
+    /// While another connection holds the index's write lock, rows past
+    /// `max_rows` are dropped and listings say the index is behind instead
+    /// of leaving records out; once the lock is gone, the dropped range is
+    /// re-read (here from a stand-in for the segments) before anything
+    /// newer is committed, and every row is listed again.
+    #[test]
+    fn rows_dropped_while_the_index_is_locked_are_read_again_before_newer_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let pending = Indexer::pending();
+        let tuning = Tuning {
+            flush_after: Duration::from_millis(1),
+            max_rows: 4,
+            busy_timeout: Duration::from_millis(5),
+            retry_after: Duration::from_millis(5),
+        };
+        // The stand-in for the segments: record n names "s".
+        let (asked, asked_rx) = std::sync::mpsc::channel();
+        let catch_up: CatchUp = Box::new(move |conn, after, through| {
+            asked.send((after, through)).unwrap();
+            let mut batch = index::Batch::begin(conn)?;
+            for seq in after + 1..=through {
+                batch.row(
+                    "s",
+                    seq,
+                    Position {
+                        segment: 1,
+                        offset: seq * 100,
+                    },
+                )?;
+            }
+            batch.commit()
+        });
+        let indexer = Indexer::start(dir.path(), 0, &pending, tuning, catch_up).unwrap();
+        let lock = rusqlite::Connection::open(dir.path().join(index::INDEX_FILE)).unwrap();
+        lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+        indexer.add(vec![row(Some("s"), 1), row(Some("s"), 2)]);
+        // Rows 1-2 go to the thread, whose commit fails and is retried.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !pending.0.lock().flushing.iter().any(|r| r.seq == 2) {
+            assert!(
+                Instant::now() < deadline,
+                "rows 1-2 never left for the index"
+            );
+            std::thread::yield_now();
+        }
+        indexer.add(vec![row(Some("s"), 3), row(Some("s"), 4)]);
+        assert_eq!(pending.page("s", u64::MAX, 4, 10).unwrap().0.len(), 4);
+        // Past four rows waiting: 3-7 are dropped; memory holds 1-2 only.
+        indexer.add(vec![
+            row(Some("s"), 5),
+            row(Some("s"), 6),
+            row(Some("s"), 7),
+        ]);
+        assert_eq!(pending.0.lock().waiting.len(), 0);
+        assert_eq!(
+            pending.page("s", u64::MAX, 7, 10),
+            Err(Behind {
+                indexed: 0,
+                through: 7
+            })
+        );
+        // A row that arrives later waits in memory, behind the gap.
+        indexer.add(vec![row(Some("s"), 8)]);
+        assert!(pending.page("s", u64::MAX, 8, 10).is_err());
+
+        lock.execute_batch("ROLLBACK").unwrap();
+        // Rows 1-2 commit, then 3-7 are re-read, then 8 commits.
+        assert_eq!(asked_rx.recv_timeout(Duration::from_secs(30)), Ok((2, 7)));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let state = pending.0.lock();
+            if state.indexed == 8 {
+                break;
+            }
+            drop(state);
+            assert!(Instant::now() < deadline, "the index never caught up");
+            std::thread::yield_now();
+        }
+        let (mem, indexed) = pending.page("s", u64::MAX, 8, 10).unwrap();
+        assert!(mem.is_empty());
+        assert_eq!(indexed, 8);
+        drop(indexer);
+        let conn = index::open_reader(dir.path()).unwrap();
+        let listed = index::page(&conn, "s", u64::MAX, 8, 100).unwrap();
+        assert_eq!(
+            listed.iter().map(|r| r.0).collect::<Vec<_>>(),
+            [8, 7, 6, 5, 4, 3, 2, 1]
+        );
+        assert_eq!(index::indexed_seq(&conn).unwrap(), 8);
     }
 }

@@ -44,6 +44,7 @@ impl Fx {
             segment_max_age: None,
             retain: Some(Duration::from_secs(86_400)),
             archive_dir: archive.then(|| self.archive()),
+            index: Default::default(),
         }
     }
     fn opts(&self, every: u64, archive: bool) -> AuditOptions {
@@ -542,4 +543,85 @@ fn lines_end_at_a_newline_and_data_at_a_nul() {
     assert_eq!(next_line(&mut unterminated, &mut buf).unwrap(), Line::Torn);
     let mut empty: &[u8] = b"";
     assert_eq!(next_line(&mut empty, &mut buf).unwrap(), Line::End);
+}
+
+/// An index that cannot be written (its write lock held by another
+/// connection) does not grow memory without bound: rows past the limit are
+/// dropped, listings fail instead of leaving records out, and once the lock
+/// is gone the dropped records are indexed again from the segments (across
+/// several sealed ones) so every record is listed, before and after a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_that_cannot_be_written_catches_up_from_the_segments() {
+    let fx = Fx::new();
+    let opts = || {
+        let mut opts = fx.opts(10, false);
+        opts.files.index = super::indexer::Tuning {
+            flush_after: Duration::from_millis(1),
+            max_rows: 8,
+            busy_timeout: Duration::from_millis(5),
+            retry_after: Duration::from_millis(5),
+        };
+        opts
+    };
+    let log = AuditLog::open(&fx.dir(), fx.signer(), opts())
+        .await
+        .unwrap();
+    let reader = log.reader();
+    let seqs_of = |rows: Vec<SubjectRow>| {
+        rows.iter()
+            .map(|r| r.cursor.parse::<u64>().unwrap())
+            .collect::<Vec<_>>()
+    };
+    for i in 1..=6 {
+        log.append(record(i)).await.unwrap();
+    }
+    let lock = rusqlite::Connection::open(fx.dir().join(INDEX_FILE)).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    for i in 7..=60 {
+        assert_eq!(log.append(record(i)).await.unwrap(), i);
+    }
+    let refused = reader.subject_page(A, None, 100).unwrap_err();
+    assert!(
+        matches!(&refused, AuditError::Unavailable(m) if m.contains("index lacks records")),
+        "{refused:?}"
+    );
+    assert!(fx.segments().len() > 2, "the records span sealed segments");
+
+    lock.execute_batch("ROLLBACK").unwrap();
+    let expected: Vec<u64> = (1..=60).rev().filter(|i| i % 3 == 0).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let listed = loop {
+        match reader.subject_page(A, None, 100) {
+            Ok(rows) => break seqs_of(rows),
+            Err(AuditError::Unavailable(_)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(e) => panic!("the index did not catch up: {e:?}"),
+        }
+    };
+    assert_eq!(listed, expected);
+    // Paged, across the boundary of what was dropped.
+    let first = reader.subject_page(B, None, 30).unwrap();
+    let rest = reader
+        .subject_page(B, first.last().map(|r| r.cursor.as_str()), 100)
+        .unwrap();
+    let mut both = seqs_of(first);
+    both.extend(seqs_of(rest));
+    assert_eq!(
+        both,
+        (1..=60).rev().filter(|i| i % 3 != 0).collect::<Vec<_>>()
+    );
+    log.shutdown().await.unwrap();
+
+    let log = AuditLog::open(&fx.dir(), fx.signer(), opts())
+        .await
+        .unwrap();
+    assert_eq!(
+        seqs_of(log.reader().subject_page(A, None, 100).unwrap()),
+        expected
+    );
+    log.shutdown().await.unwrap();
+    let report = verify_in(&fx.dir(), None).unwrap();
+    assert_eq!(report.records, 60);
 }

@@ -45,7 +45,7 @@ use super::{
     chain::Checkpoint,
     files::{self, LOG_FILE},
     index::{self, Batch, Position},
-    indexer::{Indexer, Pending, Row},
+    indexer::{self, Indexer, Pending, Row},
     line,
     record::AuditRecord,
     store::{AuditReader, AuditStore, Entry, Recovered, SubjectRow},
@@ -146,6 +146,8 @@ pub struct FileOptions {
     /// audit folder (to `archive_dir`, or deleted with a signed statement).
     pub retain: Option<Duration>,
     pub archive_dir: Option<PathBuf>,
+    /// How the subject index is written (tests shorten its timings).
+    pub(crate) index: indexer::Tuning,
 }
 
 impl Default for FileOptions {
@@ -155,6 +157,7 @@ impl Default for FileOptions {
             segment_max_age: None,
             retain: None,
             archive_dir: None,
+            index: indexer::Tuning::default(),
         }
     }
 }
@@ -335,6 +338,76 @@ pub struct FileStore {
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> AuditError {
     let path = path.to_owned();
     move |source| AuditError::Io { path, source }
+}
+
+/// Why reading a segment for [`index_range`] stopped early.
+enum Stop {
+    /// Past the range.
+    Done,
+    Failed(io::Error),
+}
+
+/// Indexes into `conn`, from the segments in the audit folder `dir`, the
+/// records with a seq in `(after, through]` and the checkpoints among them,
+/// in one transaction: the rows the indexer dropped from memory while the
+/// index could not be written. Every such record is acknowledged, hence
+/// complete in its segment, whatever the writer is appending meanwhile.
+fn index_range(dir: &Path, conn: &Connection, after: u64, through: u64) -> io::Result<()> {
+    let segs = list_segments(dir, None)?;
+    let mut batch = Batch::begin(conn)?;
+    let mut read_all = || -> io::Result<()> {
+        for (i, seg) in segs.iter().enumerate() {
+            let next_first = segs.get(i + 1).map_or(u64::MAX, |s| s.first);
+            // Records up to `after` only (the next opens with a copy of its
+            // final checkpoint); a segment that opens at `through + 1` holds
+            // the copy of the checkpoint at `through`.
+            if next_first <= after.saturating_add(1) || seg.first > through.saturating_add(1) {
+                continue;
+            }
+            let file = File::open(&seg.path)?;
+            let read = verify::read_entries(BufReader::new(file), 0, |offset, entry| {
+                let at = Position {
+                    segment: seg.first,
+                    offset,
+                };
+                match &entry {
+                    Entry::Record { seq, .. } if *seq > through => Err(Stop::Done),
+                    Entry::Record { seq, record, .. } if *seq > after => {
+                        batch.record(*seq, at, record).map_err(Stop::Failed)
+                    }
+                    Entry::Checkpoint(cp) if cp.seq >= after && cp.seq <= through => {
+                        batch.mark(cp.seq, at).map_err(Stop::Failed)
+                    }
+                    _ => Ok(()),
+                }
+            });
+            match read {
+                Ok(_)
+                | Err(ReadError::Refused {
+                    error: Stop::Done, ..
+                }) => {}
+                Err(ReadError::Refused {
+                    error: Stop::Failed(e),
+                    ..
+                })
+                | Err(ReadError::Io { source: e, .. }) => return Err(e),
+                Err(ReadError::Malformed { line, what }) => {
+                    return Err(io::Error::other(format!(
+                        "{} line {line}: {what}",
+                        seg.path.display()
+                    )))
+                }
+            }
+        }
+        Ok(())
+    };
+    match read_all() {
+        Ok(()) => batch.commit(),
+        Err(e) => {
+            batch.rollback();
+            Err(e)
+        }
+    }
 }
 
 impl FileStore {
@@ -932,8 +1005,17 @@ impl AuditStore for FileStore {
         });
         self.conn = Some(conn);
         // The index now holds every row up to `last_seq`.
-        self.indexer =
-            Some(Indexer::start(&self.dir, last_seq, &self.pending).map_err(io_at(&index_path))?);
+        let dir = self.dir.clone();
+        self.indexer = Some(
+            Indexer::start(
+                &self.dir,
+                last_seq,
+                &self.pending,
+                self.opts.index,
+                Box::new(move |conn, after, through| index_range(&dir, conn, after, through)),
+            )
+            .map_err(io_at(&index_path))?,
+        );
         Ok(Recovered {
             head,
             tail,
@@ -1048,7 +1130,17 @@ impl AuditReader for FileReader {
         let last = self.committed.load(Ordering::Acquire);
         // The newest rows may not be in the index yet; every row above what
         // it holds is still pending, so the two never overlap.
-        let (mut rows, indexed) = self.pending.page(subject, before, last, limit);
+        let (mut rows, indexed) =
+            self.pending
+                .page(subject, before, last, limit)
+                .map_err(|behind| {
+                    AuditError::Unavailable(format!(
+                    "the access log's index lacks records {}..={} (it could not be written; they \
+                     are being indexed again from the log), so a listing would be incomplete",
+                    behind.indexed + 1,
+                    behind.through
+                ))
+                })?;
         if rows.len() < limit {
             let more = limit - rows.len();
             let older =
