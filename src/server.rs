@@ -413,19 +413,26 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
             let _ = serving_stop.wait_for(|s| *s).await;
         });
         tokio::pin!(serve);
+        // The drain begins: the stop signal has already ended the accept
+        // loop and told tonic to send GOAWAY on every connection; health
+        // says NOT_SERVING at once, and calls in flight get until the drain
+        // timeout to finish.
+        let begin_drain = || async {
+            follower.abort();
+            set_health(&health_reporter, tonic_health::ServingStatus::NotServing).await;
+            let timeout = drain_live.snapshot().config.connections.drain_timeout;
+            tracing::info!(
+                timeout_ms = timeout.as_millis() as u64,
+                "draining: no new connections or calls; finishing calls in flight"
+            );
+            timeout
+        };
         let served = tokio::select! {
             // The stop signal first: once it is sent, the drain below runs
             // even when serving has already wound down.
             biased;
             _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {
-                // The drain: the stop signal has already ended the accept
-                // loop and told tonic to send GOAWAY on every connection;
-                // health says NOT_SERVING at once, and calls in flight get
-                // until the drain timeout to finish.
-                follower.abort();
-                set_health(&health_reporter, tonic_health::ServingStatus::NotServing).await;
-                let timeout = drain_live.snapshot().config.connections.drain_timeout;
-                tracing::info!(timeout_ms = timeout.as_millis() as u64, "draining: no new connections or calls; finishing calls in flight");
+                let timeout = begin_drain().await;
                 match tokio::time::timeout(timeout, &mut serve).await {
                     Ok(served) => served,
                     Err(_) => {
@@ -434,7 +441,15 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
                     }
                 }
             }
-            served = &mut serve => served,
+            served = &mut serve => {
+                // The stop signal's value can be seen (serving ends on it)
+                // before its waiters are woken: the same drain, with no
+                // call left to wait for.
+                if *stop.borrow() {
+                    begin_drain().await;
+                }
+                served
+            }
         };
         served.map_err(|e| ServeError::Transport(e.to_string()))?;
         for task in probers {
