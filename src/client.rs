@@ -207,7 +207,8 @@ pub fn explain_failure(error: &str, addr: &str, files: &IdentityFiles) -> String
         // client's side of the handshake is done, so the refusal arrives
         // as a closed connection, in varying words.
         format!(
-            "the gateway most likely refused {cert}: it has no extended key usage, and gateways              require clientAuth unless their operator relaxes it (see certs/README.md)"
+            "the gateway most likely refused {cert}: it has no extended key usage, and gateways \
+             require clientAuth unless their operator relaxes it (see certs/README.md)"
         )
     } else if has("close_notify")
         || has("connection closed")
@@ -217,11 +218,11 @@ pub fn explain_failure(error: &str, addr: &str, files: &IdentityFiles) -> String
         || has("connection was not ready")
     {
         format!(
-            "the gateway closed the connection right after the TLS handshake: {cert} chains to \
-             a CA it trusts but names no agency configured there (no or several \
+            "the gateway closed the connection right after the TLS handshake: it refused {cert} \
+             (revoked by a CRL it loads, or naming no agency configured there: no or several \
              spiffe://<trust domain>/agency/<code> URI SANs, another trust domain, or an \
-             unregistered agency code), or the gateway is at a connection limit; its log names \
-             the cause"
+             unregistered agency code), or it is at a connection limit; its log names the \
+             cause"
         )
     } else if has("timed out") || has("deadline") {
         format!("no answer from {addr} in time")

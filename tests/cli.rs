@@ -248,6 +248,48 @@ fn dev_config_bootstraps_serves_calls_and_exits_zero_on_sigterm() {
         "interop.audit.v1.AccessLogService/WatchAccessRecords"
     );
 
+    // Another agency's gateway is called with the four flags and no
+    // config at all (none in the working folder, none named).
+    let elsewhere = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let out = Command::new(BIN)
+        .current_dir(elsewhere.path())
+        .env_remove("INTEROP_GATEWAY_CONFIG")
+        .arg("call")
+        .args(["--addr", &addr, "--ca"])
+        .arg(certs.join("ca.pem"))
+        .arg("--cert")
+        .arg(certs.join(format!("agencies/{LAND_OFFICE}.pem")))
+        .arg("--key")
+        .arg(certs.join(format!("agencies/{LAND_OFFICE}.key")))
+        .args(["GetCitizen", &request])
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["citizen"]["fullName"], first["fullName"]);
+    // Without --ca it needs the config, and says which flags spare it.
+    let out = Command::new(BIN)
+        .current_dir(elsewhere.path())
+        .env_remove("INTEROP_GATEWAY_CONFIG")
+        .arg("call")
+        .args([
+            "--addr",
+            &addr,
+            "--agency",
+            LAND_OFFICE,
+            "GetCitizen",
+            &request,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("gateway.toml") && stderr.contains("give --addr, --ca, --cert and --key"),
+        "{stderr}"
+    );
+
     let (status, log) = serve.terminate_with_log();
     assert!(status.success(), "exit {status:?}; log:\n{log}");
     assert!(log.contains("stopped"), "{log}");

@@ -1332,7 +1332,7 @@ pub async fn verify_database(
         .get(0);
     if !has_log {
         return Err(DatabaseVerifyError::Unavailable(AuditError::Options(
-            "this database holds no access log (no audit tables): check the URL's database name"
+            "this database holds no access log (no audit tables): no gateway with this database_url has started yet, or the URL names another database"
                 .into(),
         )));
     }

@@ -168,9 +168,23 @@ async fn watch(client: &mut Client, text: &str) -> Result<tonic::Status, Failure
 }
 
 pub fn run(args: Args) -> Result<(), Failure> {
-    let config = load_config(&args.config.config)?;
+    // Another agency's gateway is called with --addr, --ca, --cert and
+    // --key alone; without them they come from this gateway's config.
+    let config = if args.target.needs_config() {
+        Some(load_config(&args.config.config).map_err(|f| {
+            Failure::new(
+                f.exit_code,
+                format!(
+                    "{}\n(give --addr, --ca, --cert and --key to call a gateway without its config)",
+                    f.message
+                ),
+            )
+        })?)
+    } else {
+        None
+    };
     if let Some(method) = catalog_method(&args.method) {
-        let (addr, identity, files) = args.target.resolve(Some(&config))?;
+        let (addr, identity, files) = args.target.resolve(config.as_ref())?;
         let rt = runtime()?;
         let result = rt.block_on(async {
             let mut client = Client::connect(&addr, &identity).await.map_err(|e| {
@@ -199,7 +213,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 ),
             )
         })?;
-    let (addr, identity, files) = args.target.resolve(Some(&config))?;
+    let (addr, identity, files) = args.target.resolve(config.as_ref())?;
     let rt = runtime()?;
     if method == policy::WATCH_ACCESS_RECORDS {
         let ended = rt.block_on(async {

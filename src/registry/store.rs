@@ -60,7 +60,7 @@ CREATE INDEX IF NOT EXISTS parcel_holder_by_parcel
 /// A store that cannot be opened or read.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("store {path} does not exist; create it with `interop-gateway import`")]
+    #[error("store {path} does not exist; create it with `interop-gateway import` (every registry service without an `upstream` is served from it; an empty file makes an empty registry)")]
     Missing { path: PathBuf },
     #[error("store {path}: {source}")]
     Sqlite {
