@@ -317,6 +317,34 @@ pub struct Metrics {
     forwarded_failures: Family<OwnerLabels, Counter>,
     witness_countersign: Family<WitnessResultLabels, Counter>,
     witness_last_seq: Family<WitnessLabels, Gauge>,
+    watches: Family<AgencyLabels, Gauge>,
+    watch_events: Family<AgencyLabels, Counter>,
+    watch_ended: Family<ReasonLabels, Counter>,
+}
+
+/// One open `WatchAccessRecords` stream, counted in [`Metrics`].
+pub struct WatchMeter {
+    open: Gauge,
+    events: Counter,
+    ended: Family<ReasonLabels, Counter>,
+}
+
+impl WatchMeter {
+    /// One record sent.
+    pub fn event(&self) {
+        self.events.inc();
+    }
+
+    /// The stream ended, for `reason` (`left`: the watcher went away).
+    pub fn ended(&self, reason: &'static str) {
+        self.ended.get_or_create(&ReasonLabels { reason }).inc();
+    }
+}
+
+impl Drop for WatchMeter {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -357,6 +385,9 @@ impl Metrics {
             forwarded_failures: Family::default(),
             witness_countersign: Family::default(),
             witness_last_seq: Family::default(),
+            watches: Family::default(),
+            watch_events: Family::default(),
+            watch_ended: Family::default(),
         };
         // Both results exist from the start, so `increase()` sees the first.
         for result in ["ok", "error"] {
@@ -429,7 +460,37 @@ impl Metrics {
             "Seq of the latest checkpoint a witness (configured address) countersigned",
             m.witness_last_seq.clone(),
         );
+        registry.register(
+            "interop_gateway_watches",
+            "WatchAccessRecords streams open now, by agency",
+            m.watches.clone(),
+        );
+        registry.register(
+            "interop_gateway_watch_events",
+            "Access records sent on WatchAccessRecords streams, by agency",
+            m.watch_events.clone(),
+        );
+        registry.register(
+            "interop_gateway_watch_ended",
+            "WatchAccessRecords streams ended, by reason (left, overflow, shutdown, denied, unavailable)",
+            m.watch_ended.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts a `WatchAccessRecords` stream of `agency` as open until the
+    /// returned meter is dropped; the meter counts its events and its end.
+    pub fn watch(&self, agency: &str) -> WatchMeter {
+        let labels = AgencyLabels {
+            agency: Arc::from(agency),
+        };
+        let open = self.watches.get_or_create_owned(&labels);
+        open.inc();
+        WatchMeter {
+            open,
+            events: self.watch_events.get_or_create_owned(&labels),
+            ended: self.watch_ended.clone(),
+        }
     }
 
     /// Counts one checkpoint sent to the witness at `witness` (its configured

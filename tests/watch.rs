@@ -227,3 +227,69 @@ async fn shutdown_ends_open_watches_instead_of_waiting_for_them() {
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(reason(&status), "SHUTTING_DOWN");
 }
+
+/// `/metrics` counts open watches and the records they were sent, by
+/// agency, and why each ended (here the watcher leaving).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_are_counted_while_open_with_their_events_and_how_they_ended() {
+    let gw = Gateway::start_with(Options {
+        extra_config: format!("{WATCH_GRANT}\n[admin]\nlisten = \"127.0.0.1:0\"\n"),
+        ..Options::default()
+    })
+    .await;
+    let admin = gw.admin.clone().expect("[admin] is configured");
+    let mut agency = gw.client(LAND_OFFICE).await;
+    let mut portal = gw.client(PORTAL).await;
+    let mut stream = watch(&mut portal, "").await;
+    lookup(&mut agency, 1).await;
+    lookup(&mut agency, 2).await;
+    let mut seen = Vec::new();
+    until_dossier(&mut stream, 2, &mut seen).await;
+
+    let text = scrape(&admin).await;
+    let open = |text: &str| metric(text, "interop_gateway_watches", &[("agency", PORTAL)]);
+    assert_eq!(open(&text), Some(1.0), "{text}");
+    // Every event the watcher read was counted as it was handed over.
+    let events = metric(
+        &text,
+        "interop_gateway_watch_events_total",
+        &[("agency", PORTAL)],
+    )
+    .unwrap_or(0.0);
+    assert!(
+        events >= seen.len() as f64,
+        "{events} < {}: {text}",
+        seen.len()
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "interop_gateway_watch_ended_total",
+            &[("reason", "left")]
+        ),
+        None
+    );
+
+    // The watcher goes away; the gateway notices on its own.
+    drop(stream);
+    drop(portal);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let text = scrape(&admin).await;
+        if open(&text) == Some(0.0) {
+            break text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        metric(
+            &text,
+            "interop_gateway_watch_ended_total",
+            &[("reason", "left")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    gw.stop().await;
+}

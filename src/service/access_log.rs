@@ -257,13 +257,16 @@ async fn start_watch(core: &Core, cursor: &str) -> Result<(Feed, Positions), Req
 /// the store was read, so every record is in one or the other; per chain,
 /// seqs already sent are skipped (none is sent twice) and a seq past the
 /// next expected sends the watch back to the store (none is skipped).
+/// Returns why the watch ended (the reasons of
+/// `interop_gateway_watch_ended`); counts its events on `meter`.
 async fn run_watch(
     core: Core,
     call: super::Call,
     mut positions: Positions,
     mut feed: Feed,
     tx: &WatchSender,
-) {
+    meter: Option<&crate::metrics::WatchMeter>,
+) -> &'static str {
     let mut stopping = core.stopping.clone();
     let mut generation = call.snapshot.generation;
     // A watch outlives reloads: before each event, a config newer than the
@@ -279,14 +282,31 @@ async fn run_watch(
         Ok::<(), RequestError>(())
     };
     // Sends one record and moves past it; false when the watch is over.
+    // Why a watch ended when an event could not be delivered.
+    let gone = |core: &Core| {
+        if *core.stopping.borrow() {
+            "shutdown"
+        } else {
+            "left"
+        }
+    };
+    // Sends one record and moves past it; why the watch is over, if it is.
     let mut send = async |record: ChainRecord, positions: &mut Positions, feed: &Feed| {
         if let Err(e) = allowed(&core) {
             deliver(tx, Err(e), &mut core.stopping.clone()).await;
-            return false;
+            return Some("denied");
         }
         positions.insert(record.instance, record.seq);
         let event = core.watch_event(feed.cursor(positions), record.record);
-        deliver(tx, Ok(event), &mut core.stopping.clone()).await
+        // Counted as it is handed to the stream (so a scrape after the
+        // watcher read it sees it).
+        if let Some(meter) = meter {
+            meter.event();
+        }
+        if !deliver(tx, Ok(event), &mut core.stopping.clone()).await {
+            return Some(gone(&core));
+        }
+        None
     };
     loop {
         // Catch up from the store.
@@ -296,15 +316,15 @@ async fn run_watch(
                 Err(e) => {
                     tracing::error!(error = %e, "access log read failed");
                     deliver(tx, Err(read_failed()), &mut stopping).await;
-                    return;
+                    return "unavailable";
                 }
             };
             if batch.is_empty() {
                 break;
             }
             for record in batch {
-                if !send(record, &mut positions, &feed).await {
-                    return;
+                if let Some(ended) = send(record, &mut positions, &feed).await {
+                    return ended;
                 }
             }
         }
@@ -312,7 +332,7 @@ async fn run_watch(
         loop {
             let next = tokio::select! {
                 _ = stopping.wait_for(|s| *s) => Next::Closed,
-                _ = tx.closed() => return,
+                _ = tx.closed() => return "left",
                 next = feed.next() => next,
             };
             let committed = match next {
@@ -335,15 +355,15 @@ async fn run_watch(
                         retry_after: std::time::Duration::ZERO,
                     };
                     deliver(tx, Err(overflow), &mut stopping).await;
-                    return;
+                    return "overflow";
                 }
                 Next::Closed => {
                     deliver(tx, Err(shutting_down()), &mut stopping).await;
-                    return;
+                    return "shutdown";
                 }
                 Next::Unavailable => {
                     deliver(tx, Err(read_failed()), &mut stopping).await;
-                    return;
+                    return "unavailable";
                 }
             };
             let at = positions.get(&committed.instance).copied().unwrap_or(0);
@@ -354,8 +374,9 @@ async fn run_watch(
                 // Never skip: read what is missing back from the store.
                 break;
             }
-            if !send(Arc::unwrap_or_clone(committed), &mut positions, &feed).await {
-                return;
+            if let Some(ended) = send(Arc::unwrap_or_clone(committed), &mut positions, &feed).await
+            {
+                return ended;
             }
         }
     }
@@ -417,7 +438,14 @@ impl AccessLogService for Core {
                     let core = self.clone();
                     // `core` (and its hold on the log) is gone before the
                     // stream ends, so shutdown finds the log free to seal.
-                    tokio::spawn(async move { run_watch(core, call, positions, feed, &tx).await });
+                    tokio::spawn(async move {
+                        let meter = core.metrics.as_ref().map(|m| m.watch(call.agency.as_str()));
+                        let ended =
+                            run_watch(core, call, positions, feed, &tx, meter.as_ref()).await;
+                        if let Some(meter) = meter {
+                            meter.ended(ended);
+                        }
+                    });
                     Ok(Answer {
                         response: ReceiverStream::new(rx),
                         subjects: Vec::new(),
