@@ -218,10 +218,11 @@ pub fn explain_failure(error: &str, addr: &str, files: &IdentityFiles) -> String
         || has("connection was not ready")
     {
         format!(
-            "the gateway closed the connection right after the TLS handshake: it refused {cert} \
-             (revoked by a CRL it loads, or naming no agency configured there: no or several \
+            "the gateway closed the connection right after the TLS handshake, so it most likely \
+             refused {cert}: issued by a CA it does not trust (for that agency: its own `ca`), \
+             revoked by a CRL it loads, or naming no agency configured there (no or several \
              spiffe://<trust domain>/agency/<code> URI SANs, another trust domain, or an \
-             unregistered agency code), or it is at a connection limit; its log names the \
+             unregistered agency code); or it is at a connection limit. Its log names the \
              cause"
         )
     } else if has("timed out") || has("deadline") {

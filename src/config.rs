@@ -712,8 +712,18 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let mut msg = e.message().to_owned();
             if let Some(span) = e.span() {
-                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-                msg = format!("line {line}: {msg}");
+                let start = span.start.min(text.len());
+                let line = text[..start].matches('\n').count() + 1;
+                // Unknown keys name themselves; type errors and duplicates
+                // are told the key here.
+                let named = |key: &str| {
+                    let last = key.rsplit('.').next().unwrap_or(key);
+                    msg.contains(&format!("`{last}`"))
+                };
+                msg = match key_at(text, span) {
+                    Some(key) if !named(&key) => format!("line {line}: {key}: {msg}"),
+                    _ => format!("line {line}: {msg}"),
+                };
             }
             err(msg)
         })?;
@@ -1055,30 +1065,92 @@ impl Config {
     }
 
     /// Checks that every TLS file exists, naming the key of the first missing one.
+    /// In a dev config, says which command makes a missing dev file (a
+    /// start would create the dev PKI; check-config and reloads create
+    /// nothing).
     pub fn check_files(&self) -> Result<(), ConfigError> {
+        const PKI: &str = "a dev config: `interop-gateway certs init` creates the dev PKI";
+        const CRL: &str =
+            "a dev config: `interop-gateway certs crl` (or `certs revoke`) writes the dev CA's CRL";
         let mut files = vec![
-            ("tls.cert", &self.tls.cert),
-            ("tls.key", &self.tls.key),
-            ("tls.client_ca", &self.tls.client_ca),
+            ("tls.cert".to_owned(), &self.tls.cert, Some(PKI)),
+            ("tls.key".to_owned(), &self.tls.key, Some(PKI)),
+            ("tls.client_ca".to_owned(), &self.tls.client_ca, Some(PKI)),
         ];
         for crl in &self.tls.crls {
-            files.push(("tls.crls", crl));
+            files.push(("tls.crls".to_owned(), crl, Some(CRL)));
         }
-        for agency in self.agencies.values() {
+        for (code, agency) in &self.agencies {
             if let Some(ca) = &agency.ca {
-                files.push(("agency.ca", ca));
+                files.push((format!("agency {code:?}: ca"), ca, None));
             }
         }
-        for (key, file) in files {
+        for (key, file, hint) in files {
             if !file.is_file() {
+                let hint = match hint {
+                    Some(hint) if self.dev => format!(" ({hint})"),
+                    _ => String::new(),
+                };
                 return Err(ConfigError {
                     file: self.path.display().to_string(),
-                    message: format!("{key}: file {} does not exist", file.display()),
+                    message: format!("{key}: file {} does not exist{hint}", file.display()),
                 });
             }
         }
         Ok(())
     }
+}
+
+/// The dotted key (`audit.receipts`, `agency.burst`) whose value or name
+/// is at `span` of the TOML `text`: the key before the nearest `=` on the
+/// line (inline tables included), else the text of the span itself, under
+/// the table header above it.
+fn key_at(text: &str, span: std::ops::Range<usize>) -> Option<String> {
+    let start = span.start.min(text.len());
+    let end = span.end.clamp(start, text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let before = text.get(line_start..start)?;
+    let bare = |t: &str| {
+        let t = t.trim().trim_matches(['"', '\'']);
+        (!t.is_empty()
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+        .then(|| t.to_owned())
+    };
+    // The span is a key (a duplicate) or a value (a type error).
+    let key = if text[end..].trim_start().starts_with('=') {
+        bare(&text[start..end])?
+    } else {
+        let eq = before.rfind('=')?;
+        bare(
+            before[..eq]
+                .rsplit(['{', ',', ' ', '\t'])
+                .find(|t| !t.trim().is_empty())?,
+        )?
+    };
+    // Inside an inline table: `upstream = { ..., key = ... }`.
+    let key = match before.find('{') {
+        Some(brace) => match before[..brace].find('=').and_then(|eq| bare(&before[..eq])) {
+            Some(outer) if outer != key => format!("{outer}.{key}"),
+            _ => key,
+        },
+        None => key,
+    };
+    let table = text[..line_start].lines().rev().find_map(|l| {
+        let l = l.trim();
+        l.starts_with('[').then(|| {
+            l.trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        })
+    });
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key,
+    })
 }
 
 /// Validates one `[[registry]]` entry (index `i`); errors name the key.
@@ -1244,6 +1316,30 @@ client_ca = "ca.pem"
 
     fn parse(extra: &str) -> Result<Config, ConfigError> {
         Config::parse(&format!("{BASE}{extra}"), Path::new("/etc/gw/gateway.toml"))
+    }
+
+    /// A value of the wrong type, or a key given twice, is reported with
+    /// its line and its dotted key.
+    #[test]
+    fn type_errors_and_duplicates_name_the_key() {
+        let base_lines = BASE.matches('\n').count();
+        for (text, expected) in [
+            (
+                "[audit]\nreceipts = \"yes\"\n",
+                format!("line {}: audit.receipts: invalid type", base_lines + 2),
+            ),
+            (
+                "[limits]\ndrain_timeout_ms = 5\ndrain_timeout_ms = 6\n",
+                format!("line {}: limits.drain_timeout_ms: duplicate key", base_lines + 3),
+            ),
+            (
+                "[[registry]]\nservice = \"interop.business.v1.BusinessRegistryService\"\nowner = \"000.00.12.H13\"\nupstream = { address = \"a:1\", ca = \"c\", cert = \"c\", key = \"k\", timeout_ms = \"x\" }\n",
+                format!("line {}: registry.upstream.timeout_ms: invalid type", base_lines + 4),
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.message.starts_with(&expected), "{e} / {expected}");
+        }
     }
 
     #[test]

@@ -190,6 +190,9 @@ const UNAUTHENTICATED_REASONS: &[&str] = &[
     reason::NO_AGENCY_IDENTITY,
     reason::WRONG_TRUST_DOMAIN,
     reason::UNKNOWN_AGENCY,
+    reason::CERTIFICATE_REVOKED,
+    reason::WRONG_ISSUER,
+    reason::CERTIFICATE_INVALID,
 ];
 
 fn known_reason(text: &str) -> &'static str {

@@ -171,7 +171,7 @@ pub fn reload(live: &Live, metrics: Option<&Metrics>) -> Result<ReloadSummary, C
             for key in &summary.restart_needed {
                 tracing::warn!(
                     key,
-                    "config reload: this key changed but only takes effect at the next start"
+                    "config reload: this key differs from the config the gateway started with and only takes effect at the next start"
                 );
             }
             for warning in &summary.warnings {

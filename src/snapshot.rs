@@ -54,6 +54,8 @@ pub struct Snapshot {
     per_agency: HashMap<String, (PathBuf, Arc<dyn ClientCertVerifier>)>,
     /// Certificates in the `tls.client_ca` bundle.
     client_cas: usize,
+    /// CRLs past their `nextUpdate` (see [`tls::load_crls`]).
+    crl_warnings: Vec<String>,
     /// Leaf certificate (DER) -> its agency, once verified under this
     /// snapshot; only successes are kept.
     verdicts: BoundedCache<Vec<u8>, Verdict>,
@@ -105,7 +107,10 @@ impl Snapshot {
             certs: tls::load_certs("tls.client_ca", &files.client_ca).map_err(fail)?,
         };
         let client_cas = client_ca.certs.len();
-        let crls = tls::load_crls(&files.crls).map_err(fail)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let (crls, crl_warnings) = tls::load_crls(&files.crls, now).map_err(fail)?;
         let eku = files.require_client_auth_eku;
         let mut per_agency = HashMap::new();
         let mut every_ca = Vec::new();
@@ -143,6 +148,7 @@ impl Snapshot {
             shared,
             per_agency,
             client_cas,
+            crl_warnings,
             verdicts: BoundedCache::new(VERDICT_CACHE_ENTRIES),
             disclosures: DisclosureCache::default(),
         })
@@ -152,10 +158,11 @@ impl Snapshot {
     /// trusted CAs, each agency without a `ca` of its own can be vouched for
     /// by any of them.
     pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = self.crl_warnings.clone();
         if self.client_cas < 2 {
-            return Vec::new();
+            return warnings;
         }
-        self.config
+        warnings.extend(self.config
             .agencies
             .values()
             .filter(|a| a.ca.is_none())
@@ -167,7 +174,8 @@ impl Snapshot {
                     self.config.tls.client_ca.display()
                 )
             })
-            .collect()
+        );
+        warnings
     }
 
     /// The configured agency a client certificate chain (leaf first, as the
@@ -284,15 +292,19 @@ pub struct ReloadSummary {
     pub agencies: usize,
     pub grants: usize,
     pub crl_files: usize,
-    /// Keys that changed but only take effect at the next start (they shape
-    /// the listener, the store, the access log or the forwarding channels).
+    /// Keys that differ from the config the process started with but only
+    /// take effect at the next start (they shape the listener, the store,
+    /// the access log or the forwarding channels).
     pub restart_needed: Vec<&'static str>,
     /// [`Snapshot::warnings`] of the new snapshot.
     pub warnings: Vec<String>,
 }
 
 impl ReloadSummary {
-    fn between(old: &Config, new: &Snapshot) -> ReloadSummary {
+    /// `started`: the config the process started with, which is what the
+    /// start-only keys still follow (not the previous reload's).
+    fn between(started: &Config, new: &Snapshot) -> ReloadSummary {
+        let old = started;
         let c = &new.config;
         let mut restart_needed = Vec::new();
         let mut changed = |key, differs: bool| {
@@ -312,7 +324,20 @@ impl ReloadSummary {
             "registry",
             format!("{:?}", old.registries) != format!("{:?}", c.registries),
         );
-        changed("limits.verify_*", old.limits != c.limits);
+        // Built into the verification budget at start; `max_in_flight`,
+        // `max_request_bytes` and `max_call_ms` are read per call.
+        let verify = |l: &crate::config::Limits| {
+            (
+                l.verify_failures_per_subject,
+                l.verify_window,
+                l.verify_failures_per_agency_hour,
+            )
+        };
+        changed("limits.verify_*", verify(&old.limits) != verify(&c.limits));
+        changed(
+            "admin.listen",
+            old.admin.as_ref().map(|a| a.listen) != c.admin.as_ref().map(|a| a.listen),
+        );
         // Built into the connection cap and tonic's HTTP/2 settings at
         // start; the other connection limits apply to the next connection.
         let (o, n) = (&old.connections, &c.connections);
@@ -352,6 +377,8 @@ impl ReloadSummary {
 /// The snapshot in force, swapped whole by a reload.
 pub struct Live {
     current: ArcSwap<Snapshot>,
+    /// The config the process started with: what the start-only keys follow.
+    started: Arc<Config>,
     /// One reload at a time: two signals in a row build in turn, and the
     /// later file wins.
     reloading: Mutex<()>,
@@ -368,8 +395,10 @@ impl std::fmt::Debug for Live {
 impl Live {
     /// The first snapshot, generation 1.
     pub fn new(config: Config) -> Result<Arc<Live>, ConfigError> {
+        let started = Arc::new(config.clone());
         Ok(Arc::new(Live {
             current: ArcSwap::from_pointee(Snapshot::build(config, 1)?),
+            started,
             reloading: Mutex::new(()),
         }))
     }
@@ -389,7 +418,7 @@ impl Live {
         let config = Config::load(&old.config.path)?;
         config.check_files()?;
         let snapshot = Snapshot::build(config, old.generation + 1)?;
-        let summary = ReloadSummary::between(&old.config, &snapshot);
+        let summary = ReloadSummary::between(&self.started, &snapshot);
         self.current.store(Arc::new(snapshot));
         Ok(summary)
     }
@@ -504,6 +533,58 @@ mod tests {
         assert!(
             e.message.starts_with("tls.crls (") && e.message.contains("crl.pem"),
             "{e}"
+        );
+    }
+
+    /// A CRL that is PEM but not a CRL is named as the CRL file, not as the
+    /// CA the verifier is built for; a cut-off one says what is missing.
+    #[test]
+    fn a_broken_crl_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::generate("ca").unwrap();
+        std::fs::write(dir.path().join("own-ca.pem"), ca.cert_pem()).unwrap();
+        std::fs::write(
+            dir.path().join("crl.pem"),
+            "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+        )
+        .unwrap();
+        let config = setup(dir.path(), &ca, &[], "ca = \"own-ca.pem\"", "\"crl.pem\"");
+        let e = Snapshot::build(config, 1).unwrap_err();
+        assert!(
+            e.message.starts_with("tls.crls (") && e.message.contains("does not parse"),
+            "{e}"
+        );
+        std::fs::write(
+            dir.path().join("crl.pem"),
+            "-----BEGIN X509 CRL-----\nAAAA\n",
+        )
+        .unwrap();
+        let config = setup(dir.path(), &ca, &[], "", "\"crl.pem\"");
+        let e = Snapshot::build(config, 1).unwrap_err();
+        assert!(e.message.contains("\"-----END X509 CRL-----\""), "{e}");
+    }
+
+    /// A CRL past its `nextUpdate` is applied, with a warning.
+    #[test]
+    fn a_crl_past_its_next_update_is_applied_with_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::generate("ca").unwrap();
+        let path = dir.path().join("crl.pem");
+        std::fs::write(&path, ca.crl_pem(&[7]).unwrap()).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let (crls, warnings) = tls::load_crls(std::slice::from_ref(&path), now).unwrap();
+        assert_eq!((crls.len(), warnings.len()), (1, 0));
+        let in_a_month = now + 30 * 86_400;
+        let (crls, warnings) = tls::load_crls(std::slice::from_ref(&path), in_a_month).unwrap();
+        assert_eq!(crls.len(), 1);
+        assert!(
+            warnings.len() == 1
+                && warnings[0].contains("nextUpdate")
+                && warnings[0].contains("crl.pem"),
+            "{warnings:?}"
         );
     }
 }

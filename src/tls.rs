@@ -65,22 +65,82 @@ pub fn load_key(key: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>
         .map_err(|e| err(key, path, format!("no usable PEM private key: {e}")))
 }
 
-/// Reads every CRL of the `[tls] crls` files.
+/// A PEM error in words (the library prints markers as byte lists).
+fn pem_error(e: &rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error as E;
+    match e {
+        E::MissingSectionEnd { end_marker } => format!(
+            "missing the line {:?}",
+            format!("-----END {}-----", String::from_utf8_lossy(end_marker))
+        ),
+        E::IllegalSectionStart { line } => {
+            format!("malformed BEGIN line {:?}", String::from_utf8_lossy(line))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The CRLs of the `[tls] crls` files, each parsed (so a broken one is
+/// named here, not later by the verifier built with it), and a warning per
+/// CRL past its `nextUpdate` (still applied: its CA may have stopped
+/// publishing).
 pub fn load_crls(
     paths: &[std::path::PathBuf],
-) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    now_unix: i64,
+) -> Result<(Vec<CertificateRevocationListDer<'static>>, Vec<String>), TlsError> {
     let mut crls = Vec::new();
+    let mut warnings = Vec::new();
     for path in paths {
         let data = fs::read(path).map_err(|e| err("tls.crls", path, e.to_string()))?;
         let found = CertificateRevocationListDer::pem_slice_iter(&data)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| err("tls.crls", path, format!("not a PEM CRL file: {e}")))?;
+            .map_err(|e| {
+                err(
+                    "tls.crls",
+                    path,
+                    format!("not a PEM CRL file: {}", pem_error(&e)),
+                )
+            })?;
         if found.is_empty() {
             return Err(err("tls.crls", path, "no PEM CRL (BEGIN X509 CRL) found"));
         }
+        for (i, crl) in found.iter().enumerate() {
+            let which = if found.len() > 1 {
+                format!("CRL {} of the file", i + 1)
+            } else {
+                "the CRL".to_owned()
+            };
+            let parsed = match x509_parser::parse_x509_crl(crl.as_ref()) {
+                Ok(([], parsed)) => parsed,
+                Ok(_) => {
+                    return Err(err(
+                        "tls.crls",
+                        path,
+                        format!("{which}: bytes after its end"),
+                    ))
+                }
+                Err(e) => {
+                    return Err(err(
+                        "tls.crls",
+                        path,
+                        format!("{which} does not parse: {e}"),
+                    ))
+                }
+            };
+            if let Some(next) = parsed.next_update() {
+                if next.timestamp() < now_unix {
+                    warnings.push(format!(
+                        "tls.crls ({}): {which} of {} was due to be replaced on {} (its nextUpdate) and still is not; it is applied, but check that its CA still publishes",
+                        path.display(),
+                        parsed.issuer(),
+                        next
+                    ));
+                }
+            }
+        }
         crls.extend(found);
     }
-    Ok(crls)
+    Ok((crls, warnings))
 }
 
 /// Trust anchors read from one PEM file (`key` names it in errors).
@@ -133,7 +193,8 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         path: &files.client_ca,
         certs: load_certs("tls.client_ca", &files.client_ca)?,
     };
-    let crls = load_crls(&files.crls)?;
+    // Warnings are the snapshot's to report; this is for tests and tools.
+    let (crls, _) = load_crls(&files.crls, 0)?;
     let verifier = client_verifier(&[anchors], &crls, files.require_client_auth_eku)?;
     server_config_with(files, verifier)
 }

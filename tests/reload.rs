@@ -400,5 +400,22 @@ async fn per_connection_limits_apply_to_the_next_connection_and_the_rest_need_a_
     let text = format!("{}\n[limits]\nmax_connections = 10\n", gw.text);
     let summary = gw.reload_with(&text).unwrap();
     assert_eq!(summary.restart_needed, vec!["limits.max_connections"]);
+    // Back to what it started with: nothing waits for a restart any more.
+    let summary = gw.reload_with(&gw.text.clone()).unwrap();
+    assert!(summary.restart_needed.is_empty(), "{summary:?}");
+    // Limits read per call are not start-only (no `limits.verify_*`).
+    let text = format!(
+        "{}\n[limits]\nmax_in_flight = 5\nmax_call_ms = 9000\n",
+        gw.text
+    );
+    let summary = gw.reload_with(&text).unwrap();
+    assert!(summary.restart_needed.is_empty(), "{summary:?}");
+    let text = format!("{}\n[limits]\nverify_window_hours = 2\n", gw.text);
+    let summary = gw.reload_with(&text).unwrap();
+    assert_eq!(summary.restart_needed, vec!["limits.verify_*"]);
+    // The admin listener is bound at start.
+    let text = format!("{}\n[admin]\nlisten = \"127.0.0.1:0\"\n", gw.text);
+    let summary = gw.reload_with(&text).unwrap();
+    assert_eq!(summary.restart_needed, vec!["admin.listen"]);
     gw.stop().await;
 }

@@ -56,8 +56,13 @@ pub fn run(args: Args) -> Result<(), Failure> {
             let jws = if path.is_file() {
                 std::fs::read_to_string(path)
                     .map_err(|e| Failure::new(EXIT_CONFIG, format!("--receipt {given}: {e}")))?
-            } else {
+            } else if given.matches('.').count() == 2 && !given.contains('/') {
                 given.clone()
+            } else {
+                return Err(Failure::new(
+                    EXIT_CONFIG,
+                    format!("--receipt {given}: no such file, nor a compact JWS (header.payload.signature)"),
+                ));
             };
             let response = match &response_file {
                 Some(p) => Some(std::fs::read(p).map_err(|e| {
