@@ -125,7 +125,9 @@ impl AgencyIdentity {
             if !eku.value.client_auth && !eku.value.any {
                 return Err(fail(
                     &files.cert,
-                    "its extended key usage does not include clientAuth, so the gateway refuses                      it as an agency certificate; have your CA issue one with clientAuth (see                      certs/README.md)"
+                    "its extended key usage does not include clientAuth, so the gateway refuses \
+                     it as an agency certificate; have your CA issue one with clientAuth (see \
+                     certs/README.md)"
                         .into(),
                 ));
             }

@@ -69,7 +69,7 @@ pub struct Admission {
 pub enum Refused {
     /// The certificate names no configured agency; `reason` is the
     /// `ErrorInfo` reason a call would get.
-    #[error("{message}")]
+    #[error("{reason}: {message}")]
     NoAgency {
         reason: &'static str,
         message: String,

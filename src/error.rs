@@ -239,39 +239,53 @@ impl RequestError {
     }
 }
 
-/// Most characters of one field violation's description in an answer, and
-/// of its message: descriptions may quote what the caller sent, and an
-/// answer's headers must stay well under any client's header limit.
-const MAX_DESCRIPTION_CHARS: usize = 256;
-const MAX_MESSAGE_CHARS: usize = 2048;
-/// Most field violations listed in one answer.
+/// Most UTF-8 bytes of one field violation's description in an answer, and
+/// of its message, marks of a cut included: descriptions may quote what the
+/// caller sent, and an answer's headers must stay well under any client's
+/// header limit (16 KiB is common) however the text encodes. A message goes
+/// out percent-encoded (`grpc-message`: up to 3 bytes per byte) and again
+/// inside the base64 details; see the test for the worst case.
+const MAX_DESCRIPTION_BYTES: usize = 256;
+const MAX_MESSAGE_BYTES: usize = 1024;
+/// Most field violations listed in one answer, and most bytes of all their
+/// fields and descriptions together.
 const MAX_VIOLATIONS: usize = 16;
+const MAX_VIOLATIONS_BYTES: usize = 2048;
 
-/// `text` cut to `max` characters, marked as cut.
+/// `text` cut to at most `max` bytes (never inside a character), marked as
+/// cut; the mark counts toward `max`.
 fn clip(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        None => text.to_owned(),
-        Some((at, _)) => format!("{}… ({} bytes in all)", &text[..at], text.len()),
+    if text.len() <= max {
+        return text.to_owned();
     }
+    let mark = format!("… ({} bytes in all)", text.len());
+    let mut at = max.saturating_sub(mark.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    format!("{}{mark}", &text[..at])
 }
 
 /// The violations as an answer lists them: each description clipped, at
 /// most [`MAX_VIOLATIONS`], the rest counted.
 fn listed(violations: &[Violation]) -> Vec<Violation> {
-    let mut out: Vec<Violation> = violations
-        .iter()
-        .take(MAX_VIOLATIONS)
-        .map(|v| {
-            Violation::new(
-                clip(&v.field, 64),
-                clip(&v.description, MAX_DESCRIPTION_CHARS),
-            )
-        })
-        .collect();
-    if violations.len() > MAX_VIOLATIONS {
+    let mut out: Vec<Violation> = Vec::new();
+    let mut bytes = 0;
+    for v in violations.iter().take(MAX_VIOLATIONS) {
+        let v = Violation::new(
+            clip(&v.field, 64),
+            clip(&v.description, MAX_DESCRIPTION_BYTES),
+        );
+        bytes += v.field.len() + v.description.len();
+        if bytes > MAX_VIOLATIONS_BYTES {
+            break;
+        }
+        out.push(v);
+    }
+    if violations.len() > out.len() {
         out.push(Violation::new(
             "...",
-            format!("and {} more", violations.len() - MAX_VIOLATIONS),
+            format!("and {} more", violations.len() - out.len()),
         ));
     }
     out
@@ -295,7 +309,7 @@ impl From<RequestError> for Status {
                 status.details().to_vec().into(),
             );
         }
-        let message = clip(&err.to_string(), MAX_MESSAGE_CHARS);
+        let message = clip(&err.to_string(), MAX_MESSAGE_BYTES);
         let mut metadata = std::collections::HashMap::new();
         let mut details = ErrorDetails::new();
         match &err {
@@ -386,12 +400,46 @@ mod tests {
         );
         let details = status.get_error_details();
         let listed = &details.bad_request().unwrap().field_violations;
-        assert_eq!(listed.len(), MAX_VIOLATIONS + 1);
-        assert!(listed[0].description.len() < 400);
+        // 2 KiB of violations hold 7 of these (each about 275 bytes).
+        let shown = listed.len() - 1;
+        assert_eq!(shown, 7);
+        assert!(listed[0].description.len() <= MAX_DESCRIPTION_BYTES);
         assert!(listed[0].description.ends_with("(50000 bytes in all)"));
-        assert_eq!(listed[MAX_VIOLATIONS].description, "and 84 more");
+        assert_eq!(
+            listed[shown].description,
+            format!("and {} more", 100 - shown)
+        );
         // Short text is kept whole; multi-byte characters are never split.
         assert_eq!(clip("abc", 3), "abc");
-        assert!(clip(&"đ".repeat(10), 3).starts_with("đđđ…"));
+        let cut = clip(&"đ".repeat(100), 40);
+        assert!(cut.starts_with("đđđ") && cut.len() <= 40, "{cut}");
+    }
+
+    /// The worst case for an answer's headers: every quoted byte outside
+    /// ASCII (three UTF-8 bytes a character, each percent-encoded in
+    /// `grpc-message`), as many violations as fit. The whole header block
+    /// stays under half of the 16 KiB many clients allow.
+    #[test]
+    fn an_answer_quoting_caller_text_fits_a_client_header_limit() {
+        let quoted = "Ặ".repeat(300);
+        let violations: Vec<Violation> = (0..20)
+            .map(|i| {
+                Violation::new(
+                    format!("read_mask.paths[{i}]"),
+                    format!("{quoted}{i} is not a field of Citizen"),
+                )
+            })
+            .collect();
+        let status = Status::from(RequestError::InvalidArgument {
+            reason: reason::INVALID_FIELD_MASK,
+            violations,
+        });
+        let response = status.into_http::<()>();
+        let size: usize = response
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .sum();
+        assert!(size < 8 * 1024, "{size} bytes of headers");
     }
 }

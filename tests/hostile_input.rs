@@ -70,7 +70,11 @@ async fn malformed_requests_end_in_their_documented_status() {
     let deep = grpc_frame(&nested);
     // A length prefix running past the message.
     let overrun = grpc_frame(&[0x12, 0x7f, b'0']);
+    // A valid message marked compressed, with no grpc-encoding.
+    let mut compressed = grpc_frame(&valid);
+    compressed[0] = 1;
     for (case, body) in [
+        ("compressed flag", compressed),
         ("truncated frame", truncated),
         ("bad varint", bad_varint),
         ("wrong wire type", wrong_wire_type),

@@ -120,6 +120,38 @@ async fn enumerating_a_birth_year_stops_at_the_budget_without_finding_the_date()
     let position = guesses.iter().position(|d| *d == truth).unwrap();
     assert!(position >= 5, "the true date must lie beyond the budget");
 
+    // Dates no one is born on are malformed requests: refused as such, and
+    // they spend nothing of the budget below.
+    for bad in [
+        Date {
+            year: 2002,
+            month: 2,
+            day: 30,
+        },
+        Date::default(),
+        Date {
+            year: 1970,
+            month: 0,
+            day: 0,
+        },
+        Date {
+            year: 0,
+            month: 6,
+            day: 5,
+        },
+    ] {
+        let status = land
+            .citizen
+            .verify_citizen(verify(PROCEDURE_LAND, CITIZEN_ID, bad))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{bad:?}: {status:?}"
+        );
+    }
+
     let (mut answered, mut refused) = (0, 0);
     for dob in &guesses {
         match land

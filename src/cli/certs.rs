@@ -31,8 +31,8 @@ pub enum CertsCommand {
         /// Agency code, e.g. 000.00.20.H13.
         #[arg(long)]
         agency: String,
-        /// Validity in days.
-        #[arg(long, default_value_t = 365)]
+        /// Validity in days (1 to 3650).
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(i64).range(1..=3650))]
         days: i64,
     },
     /// Revoke a certificate of the dev CA and write a new CRL (crl.pem beside
@@ -129,7 +129,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 .map_err(|e| Failure::new(EXIT_CONFIG, format!("--agency: {e}")))?;
             if !config.agencies.contains_key(&agency) {
                 eprintln!(
-                    "note: agency {agency} is not in {}; the gateway will answer UNAUTHENTICATED until an [[agency]] entry is added",
+                    "note: agency {agency} is not in {}; the gateway closes its connections right after the TLS handshake (UNKNOWN_AGENCY in its log) until an [[agency]] entry is added",
                     config.path.display()
                 );
             }

@@ -220,13 +220,13 @@ pub fn parse_day_start(text: &str) -> Result<i64, String> {
     if let Ok(ms) = text.parse::<i64>() {
         return Ok(ms);
     }
-    let (y, m, d) = parse_date(text)?;
+    let (y, m, d) = parse_date(text).map_err(|e| format!("{e} (or milliseconds since 1970)"))?;
     Ok(crate::domain::calendar::to_days(y, m, d) * 86_400_000 - VN_OFFSET_MS)
 }
 
 /// A `YYYY-MM-DD` calendar date.
 pub fn parse_date(text: &str) -> Result<(i32, u32, u32), String> {
-    let bad = || format!("{text:?} is not a date YYYY-MM-DD (or milliseconds since 1970)");
+    let bad = || format!("{text:?} is not a date YYYY-MM-DD");
     let parts: Vec<&str> = text.split('-').collect();
     let [y, m, d] = parts.as_slice() else {
         return Err(bad());

@@ -336,7 +336,22 @@ impl<B> LimitedBody<B> {
             let wanted = GRPC_FRAME_HEADER - self.header.len();
             self.header
                 .extend_from_slice(&data[..wanted.min(data.len())]);
-            if let [_, a, b, c, d] = self.header[..] {
+            if let [flag, a, b, c, d] = self.header[..] {
+                if flag != 0 {
+                    // tonic answers a compressed flag without an encoding
+                    // with INTERNAL, as if the gateway had failed.
+                    self.left = 0;
+                    return Err(Status::from(RequestError::InvalidArgument {
+                        reason: crate::error::reason::MALFORMED_REQUEST,
+                        violations: vec![crate::error::Violation::new(
+                            "request",
+                            format!(
+                                "the message is marked compressed (flag {flag}); this gateway \
+                                 accepts uncompressed messages only (no grpc-encoding)"
+                            ),
+                        )],
+                    }));
+                }
                 if u32::from_be_bytes([a, b, c, d]) as usize > self.max {
                     return Err(self.too_large());
                 }

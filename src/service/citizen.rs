@@ -138,6 +138,19 @@ impl CitizenRegistryService for Core {
                     "nothing to verify: set full_name, date_of_birth or both",
                 ));
             }
+            // A date no one can be born on is a malformed request, not a
+            // failed verification: it costs no budget.
+            if let Some(d) = &req.date_of_birth {
+                if !crate::registry::validate::is_real_date(d) {
+                    return Err(RequestError::invalid(
+                        "date_of_birth",
+                        format!(
+                            "{:04}-{:02}-{:02} is not a date: give year, month and day of a real date",
+                            d.year, d.month, d.day
+                        ),
+                    ));
+                }
+            }
             // Refused before the registry is read, so a refusal says nothing
             // about the record.
             let slot = self

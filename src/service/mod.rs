@@ -180,6 +180,11 @@ pub fn loggable_id(id: &str) -> String {
     if let Ok(pid) = domain::personal_id::parse(id) {
         return pid.masked();
     }
+    // Caller text that is no identifier is not repeated, as in the access
+    // record: its placeholder, which the record's matches.
+    if !id.is_empty() && !domain::is_subject_key(id) {
+        return recorded::placeholder(id);
+    }
     let mut out = String::new();
     let mut digits = String::new();
     let flush = |digits: &mut String, out: &mut String| {
@@ -283,7 +288,13 @@ impl Core {
         let mut audited_agency: Option<AgencyId> = None;
         let procedure_for_log = req
             .context()
-            .map(|c| c.procedure_code.chars().take(40).collect::<String>())
+            .map(
+                |c| match domain::agency::parse_procedure_code(&c.procedure_code) {
+                    Ok(_) => c.procedure_code.clone(),
+                    Err(_) if c.procedure_code.is_empty() => String::new(),
+                    Err(_) => recorded::placeholder(&c.procedure_code),
+                },
+            )
             .unwrap_or_default();
         let mut agency_for_log = String::from("-");
         // Slots among the agencies' calls in flight, held until the call
@@ -720,5 +731,10 @@ mod tests {
         }
         assert_eq!(loggable_id("0300588569"), "030***");
         assert_eq!(loggable_id("31117/12/101"), "31117/12/101");
+        // Text that is no identifier is not repeated: its placeholder.
+        for text in ["+84 912 345 678", "=1+2", "3112/0/0", "\u{1b}]0;pwned\u{7}"] {
+            let shown = loggable_id(text);
+            assert!(shown.starts_with("invalid:"), "{text:?} -> {shown:?}");
+        }
     }
 }

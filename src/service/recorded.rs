@@ -55,15 +55,33 @@ pub fn officer_id_ok(id: &str, max: usize) -> bool {
     id.chars().count() <= max && !id.chars().any(|c| c.is_control() || is_invisible_format(c))
 }
 
-/// Unicode format and separator characters that change how text displays
-/// without showing themselves.
+/// Unicode's format characters (general category Cf, Unicode 15.1: they
+/// change how text displays or is read without showing themselves, tag
+/// characters and interlinear annotation included), the line and
+/// paragraph separators, and the Mongolian vowel separator.
 fn is_invisible_format(c: char) -> bool {
     matches!(c,
-        '\u{00AD}' | '\u{061C}' | '\u{180E}'
+        '\u{00AD}'
+        | '\u{0600}'..='\u{0605}'
+        | '\u{061C}'
+        | '\u{06DD}'
+        | '\u{070F}'
+        | '\u{0890}'..='\u{0891}'
+        | '\u{08E2}'
+        | '\u{180E}'
         | '\u{200B}'..='\u{200F}'
         | '\u{2028}'..='\u{202E}'
-        | '\u{2060}'..='\u{2069}'
+        | '\u{2060}'..='\u{2064}'
+        | '\u{2066}'..='\u{206F}'
         | '\u{FEFF}'
+        | '\u{FFF9}'..='\u{FFFB}'
+        | '\u{110BD}'
+        | '\u{110CD}'
+        | '\u{13430}'..='\u{1343F}'
+        | '\u{1BCA0}'..='\u{1BCA3}'
+        | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0001}'
+        | '\u{E0020}'..='\u{E007F}'
     )
 }
 
@@ -82,6 +100,18 @@ mod officer_id_tests {
             "cb\u{2028}",
             "\u{FEFF}cb",
             "cb\u{2066}x",
+            // Tag characters, inhibit-symmetric-swapping, interlinear
+            // annotation, musical and hieroglyph format controls, number signs.
+            "cb\u{E0001}017",
+            "cb\u{E0041}017",
+            "cb\u{206A}017",
+            "cb\u{206F}017",
+            "cb\u{FFF9}017",
+            "cb\u{FFFB}017",
+            "cb\u{1D173}017",
+            "cb\u{13430}017",
+            "cb\u{0600}017",
+            "cb\u{110BD}017",
         ] {
             assert!(!officer_id_ok(bad, 64), "{bad:?}");
         }
