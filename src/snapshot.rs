@@ -301,10 +301,9 @@ pub struct ReloadSummary {
 }
 
 impl ReloadSummary {
-    /// `started`: the config the process started with, which is what the
+    /// `old`: the config the process started with, which is what the
     /// start-only keys still follow (not the previous reload's).
-    fn between(started: &Config, new: &Snapshot) -> ReloadSummary {
-        let old = started;
+    fn between(old: &Config, new: &Snapshot) -> ReloadSummary {
         let c = &new.config;
         let mut restart_needed = Vec::new();
         let mut changed = |key, differs: bool| {

@@ -341,16 +341,10 @@ impl<B> LimitedBody<B> {
                     // tonic answers a compressed flag without an encoding
                     // with INTERNAL, as if the gateway had failed.
                     self.left = 0;
-                    return Err(Status::from(RequestError::InvalidArgument {
-                        reason: crate::error::reason::MALFORMED_REQUEST,
-                        violations: vec![crate::error::Violation::new(
-                            "request",
-                            format!(
-                                "the message is marked compressed (flag {flag}); this gateway \
-                                 accepts uncompressed messages only (no grpc-encoding)"
-                            ),
-                        )],
-                    }));
+                    return Err(Status::from(malformed_request(format!(
+                        "the message is marked compressed (flag {flag}); this gateway accepts \
+                         uncompressed messages only (no grpc-encoding)"
+                    ))));
                 }
                 if u32::from_be_bytes([a, b, c, d]) as usize > self.max {
                     return Err(self.too_large());
@@ -496,13 +490,18 @@ fn malformed(response: &http::Response<Body>) -> Option<http::Response<Body>> {
         "" => "the request ended inside a message",
         what => what,
     };
-    Some(refusal(RequestError::InvalidArgument {
+    Some(refusal(malformed_request(format!(
+        "not a well-formed message of this method: {what}"
+    ))))
+}
+
+/// INVALID_ARGUMENT `MALFORMED_REQUEST`: the request's bytes are not a
+/// message of the method, for the reason `what`.
+fn malformed_request(what: String) -> RequestError {
+    RequestError::InvalidArgument {
         reason: crate::error::reason::MALFORMED_REQUEST,
-        violations: vec![crate::error::Violation::new(
-            "request",
-            format!("not a well-formed message of this method: {what}"),
-        )],
-    }))
+        violations: vec![crate::error::Violation::new("request", what)],
+    }
 }
 
 impl<S, B> tower::Service<http::Request<B>> for Malformed<S>

@@ -281,7 +281,6 @@ async fn run_watch(
         generation = now.generation;
         Ok::<(), RequestError>(())
     };
-    // Sends one record and moves past it; false when the watch is over.
     // Why a watch ended when an event could not be delivered.
     let gone = |core: &Core| {
         if *core.stopping.borrow() {
