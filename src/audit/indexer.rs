@@ -18,7 +18,7 @@
 //!
 //! Memory stays bounded when `index.sqlite` cannot be written (a full or
 //! read-only disk, a lock held elsewhere): past [`Tuning::max_rows`] rows
-//! waiting, the newest are dropped and the index is *behind*. Listings then
+//! waiting, those are dropped and the index is *behind*. Listings then
 //! fail (the log is intact; its index is incomplete) rather than leave out
 //! records, and once commits succeed again the thread re-reads the dropped
 //! range from the segments, in seq order, before anything newer, so
