@@ -226,6 +226,14 @@ async fn retention_moves_sealed_segments_to_the_archive_and_verify_spans_both() 
         &["audit", "verify", "--segment", &first],
         &config,
     ));
+    // A segment no file starts at is a usage error naming those that exist.
+    let out = gateway_cli(&["audit", "verify", "--segment", "2"], &config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no segment starts at record 2; they start at: 1,"),
+        "{stderr}"
+    );
     std::fs::write(victim, text).unwrap();
     // A removed archived segment is a gap.
     std::fs::remove_file(victim).unwrap();

@@ -780,6 +780,21 @@ pub(crate) fn verify_legacy(
     ))
 }
 
+/// What to tell someone who points a command at an audit folder holding no
+/// log at all (neither segments nor a single-file log); `None` when there
+/// is one.
+pub fn no_log_in(dir: &Path) -> Option<String> {
+    let absent = !dir.join(segments::SEGMENTS_DIR).exists() && !dir.join(LOG_FILE).exists();
+    absent.then(|| {
+        format!(
+            "no access log in {}: neither a {}/ folder nor an {LOG_FILE} (is [audit] dir right? \
+             a gateway creates the log when it first starts)",
+            dir.display(),
+            segments::SEGMENTS_DIR
+        )
+    })
+}
+
 /// Every record line of the log in order, segments and archive alike (or
 /// the single file of an unmigrated folder): `each` gets the line as
 /// logged (without its newline) and the record. Does not verify.
@@ -789,6 +804,9 @@ pub fn for_each_record(
     mut each: impl FnMut(&[u8], AuditRecord) -> io::Result<()>,
 ) -> Result<(), AuditError> {
     let files: Vec<PathBuf> = if !dir.join(segments::SEGMENTS_DIR).exists() {
+        if let Some(absent) = no_log_in(dir) {
+            return Err(AuditError::Unavailable(absent));
+        }
         vec![dir.join(LOG_FILE)]
     } else {
         segments::list_segments(dir, archive_dir)

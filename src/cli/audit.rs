@@ -104,6 +104,27 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 }
                 Source::Files(config) => config,
             };
+            if let Some(absent) = audit::verify::no_log_in(&config.audit.dir) {
+                return Err(Failure::new(EXIT_FAILED, absent));
+            }
+            // A --segment that names no segment is a typo, not a broken log.
+            if !segments.is_empty() {
+                let archive = config.audit.files.archive_dir.as_deref();
+                let present: Vec<u64> = audit::segments::list_segments(&config.audit.dir, archive)
+                    .map(|list| list.iter().map(|s| s.first).collect())
+                    .unwrap_or_default();
+                if let Some(missing) = segments.iter().find(|s| !present.contains(s)) {
+                    let shown: Vec<String> = present.iter().take(20).map(u64::to_string).collect();
+                    return Err(Failure::new(
+                        EXIT_CONFIG,
+                        format!(
+                            "--segment {missing}: no segment starts at record {missing}; they start at: {}{}",
+                            shown.join(", "),
+                            if present.len() > 20 { ", ..." } else { "" }
+                        ),
+                    ));
+                }
+            }
             let started = std::time::Instant::now();
             let scope = audit::VerifyScope {
                 dir: &config.audit.dir,

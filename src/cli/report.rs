@@ -339,7 +339,10 @@ fn read_log(config: &crate::config::Config) -> Result<Vec<AuditRecord>, Failure>
             Ok(())
         },
     )
-    .map_err(|e| Failure::new(EXIT_FAILED, format!("{e} (run `audit verify`)")))?;
+    .map_err(|e| match e {
+        crate::audit::AuditError::Unavailable(_) => Failure::new(EXIT_FAILED, e),
+        e => Failure::new(EXIT_FAILED, format!("{e} (run `audit verify`)")),
+    })?;
     Ok(records)
 }
 
