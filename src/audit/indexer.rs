@@ -17,8 +17,9 @@
 //! its record is acknowledged.
 //!
 //! Memory stays bounded when `index.sqlite` cannot be written (a full or
-//! read-only disk, a lock held elsewhere): past [`Tuning::max_rows`] rows
-//! waiting, those are dropped and the index is *behind*. Listings then
+//! read-only disk, a lock held elsewhere): while commits fail, past
+//! [`Tuning::max_rows`] rows waiting, those are dropped and the index is
+//! *behind*. Listings then
 //! fail (the log is intact; its index is incomplete) rather than leave out
 //! records, and once commits succeed again the thread re-reads the dropped
 //! range from the segments, in seq order, before anything newer, so
@@ -97,6 +98,9 @@ struct State {
     /// thread re-reads them from the segments. At most `indexed` when the
     /// index is not behind.
     dropped_through: u64,
+    /// The last commit or catch-up failed: rows past the bound are dropped
+    /// only then (a healthy index that is merely busy keeps them).
+    failing: bool,
     closed: bool,
 }
 
@@ -198,6 +202,7 @@ impl Indexer {
             let mut state = shared.lock();
             state.indexed = indexed;
             state.dropped_through = 0;
+            state.failing = false;
         }
         let thread = std::thread::Builder::new()
             .name("audit-index".into())
@@ -226,7 +231,7 @@ impl Indexer {
             return;
         }
         let mut state = self.shared.lock();
-        if state.waiting.len() + rows.len() > self.max_rows {
+        if state.failing && state.waiting.len() + rows.len() > self.max_rows {
             // Commits have been failing: drop what waits (and these), to be
             // re-read from the segments once the index can be written.
             let through = state
@@ -246,6 +251,9 @@ impl Indexer {
             state.dropped_through = state.dropped_through.max(through);
             state.waiting = Vec::new();
             state.since = None;
+            // The thread may sleep without a deadline: it has a range to
+            // re-read once commits succeed again.
+            self.shared.wake.notify_one();
             return;
         }
         let first = state.waiting.is_empty();
@@ -339,6 +347,7 @@ fn run(conn: &rusqlite::Connection, shared: &Shared, tuning: Tuning, catch_up: &
             }
         };
         let mut state = shared.lock();
+        state.failing = failed.is_some();
         match failed {
             None => {
                 state.indexed = state.indexed.max(done);
@@ -539,13 +548,14 @@ mod tests {
         indexer.add(vec![row(Some("s"), 1), row(Some("s"), 2)]);
         // Rows 1-2 go to the thread, whose commit fails and is retried.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !pending.0.lock().flushing.iter().any(|r| r.seq == 2) {
+        while !pending.0.lock().failing {
             assert!(
                 Instant::now() < deadline,
-                "rows 1-2 never left for the index"
+                "the commit of rows 1-2 never failed"
             );
             std::thread::yield_now();
         }
+        assert!(pending.0.lock().flushing.iter().any(|r| r.seq == 2));
         indexer.add(vec![row(Some("s"), 3), row(Some("s"), 4)]);
         assert_eq!(pending.page("s", u64::MAX, 4, 10).unwrap().0.len(), 4);
         // Past four rows waiting: 3-7 are dropped; memory holds 1-2 only.

@@ -347,67 +347,78 @@ enum Stop {
     Failed(io::Error),
 }
 
-/// Indexes into `conn`, from the segments in the audit folder `dir`, the
-/// records with a seq in `(after, through]` and the checkpoints among them,
-/// in one transaction: the rows the indexer dropped from memory while the
+/// Indexes into `conn`, from the segments in the audit folder `dir` and
+/// the archive, the records with a seq in `(after, through]` and the
+/// checkpoints among them: the rows the indexer dropped from memory while the
 /// index could not be written. Every such record is acknowledged, hence
 /// complete in its segment, whatever the writer is appending meanwhile.
-fn index_range(dir: &Path, conn: &Connection, after: u64, through: u64) -> io::Result<()> {
-    let segs = list_segments(dir, None)?;
-    let mut batch = Batch::begin(conn)?;
-    let mut read_all = || -> io::Result<()> {
-        for (i, seg) in segs.iter().enumerate() {
-            let next_first = segs.get(i + 1).map_or(u64::MAX, |s| s.first);
-            // Records up to `after` only (the next opens with a copy of its
-            // final checkpoint); a segment that opens at `through + 1` holds
-            // the copy of the checkpoint at `through`.
-            if next_first <= after.saturating_add(1) || seg.first > through.saturating_add(1) {
-                continue;
-            }
-            let file = File::open(&seg.path)?;
-            let read = verify::read_entries(BufReader::new(file), 0, |offset, entry| {
-                let at = Position {
-                    segment: seg.first,
-                    offset,
-                };
-                match &entry {
-                    Entry::Record { seq, .. } if *seq > through => Err(Stop::Done),
-                    Entry::Record { seq, record, .. } if *seq > after => {
-                        batch.record(*seq, at, record).map_err(Stop::Failed)
-                    }
-                    Entry::Checkpoint(cp) if cp.seq >= after && cp.seq <= through => {
-                        batch.mark(cp.seq, at).map_err(Stop::Failed)
-                    }
-                    _ => Ok(()),
-                }
-            });
-            match read {
-                Ok(_)
-                | Err(ReadError::Refused {
-                    error: Stop::Done, ..
-                }) => {}
-                Err(ReadError::Refused {
-                    error: Stop::Failed(e),
-                    ..
-                })
-                | Err(ReadError::Io { source: e, .. }) => return Err(e),
-                Err(ReadError::Malformed { line, what }) => {
-                    return Err(io::Error::other(format!(
-                        "{} line {line}: {what}",
-                        seg.path.display()
-                    )))
-                }
-            }
+fn index_range(
+    dir: &Path,
+    archive: Option<&Path>,
+    conn: &Connection,
+    after: u64,
+    through: u64,
+) -> io::Result<()> {
+    let segs = list_segments(dir, archive)?;
+    for (i, seg) in segs.iter().enumerate() {
+        let next_first = segs.get(i + 1).map_or(u64::MAX, |s| s.first);
+        // Records up to `after` only (the next opens with a copy of its
+        // final checkpoint); a segment that opens at `through + 1` holds
+        // the copy of the checkpoint at `through`.
+        if next_first <= after.saturating_add(1) || seg.first > through.saturating_add(1) {
+            continue;
         }
-        Ok(())
-    };
-    match read_all() {
-        Ok(()) => batch.commit(),
-        Err(e) => {
-            batch.rollback();
-            Err(e)
+        // One transaction per segment, in seq order: the index's write lock
+        // is never held for more than one segment's read, and what is
+        // committed never leaves a hole below `indexed_seq`.
+        let mut batch = Batch::begin(conn)?;
+        let file = match File::open(&seg.path) {
+            Ok(file) => file,
+            Err(e) => {
+                batch.rollback();
+                return Err(e);
+            }
+        };
+        let read = verify::read_entries(BufReader::new(file), 0, |offset, entry| {
+            let at = Position {
+                segment: seg.first,
+                offset,
+            };
+            match &entry {
+                Entry::Record { seq, .. } if *seq > through => Err(Stop::Done),
+                Entry::Record { seq, record, .. } if *seq > after => {
+                    batch.record(*seq, at, record).map_err(Stop::Failed)
+                }
+                Entry::Checkpoint(cp) if cp.seq >= after && cp.seq <= through => {
+                    batch.mark(cp.seq, at).map_err(Stop::Failed)
+                }
+                _ => Ok(()),
+            }
+        });
+        let failed = match read {
+            Ok(_)
+            | Err(ReadError::Refused {
+                error: Stop::Done, ..
+            }) => None,
+            Err(ReadError::Refused {
+                error: Stop::Failed(e),
+                ..
+            })
+            | Err(ReadError::Io { source: e, .. }) => Some(e),
+            Err(ReadError::Malformed { line, what }) => Some(io::Error::other(format!(
+                "{} line {line}: {what}",
+                seg.path.display()
+            ))),
+        };
+        match failed {
+            None => batch.commit()?,
+            Some(e) => {
+                batch.rollback();
+                return Err(e);
+            }
         }
     }
+    Ok(())
 }
 
 impl FileStore {
@@ -1005,14 +1016,16 @@ impl AuditStore for FileStore {
         });
         self.conn = Some(conn);
         // The index now holds every row up to `last_seq`.
-        let dir = self.dir.clone();
+        let (dir, archive) = (self.dir.clone(), self.opts.archive_dir.clone());
         self.indexer = Some(
             Indexer::start(
                 &self.dir,
                 last_seq,
                 &self.pending,
                 self.opts.index,
-                Box::new(move |conn, after, through| index_range(&dir, conn, after, through)),
+                Box::new(move |conn, after, through| {
+                    index_range(&dir, archive.as_deref(), conn, after, through)
+                }),
             )
             .map_err(io_at(&index_path))?,
         );

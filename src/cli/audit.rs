@@ -111,8 +111,12 @@ pub fn run(args: Args) -> Result<(), Failure> {
             if !segments.is_empty() {
                 let archive = config.audit.files.archive_dir.as_deref();
                 let present: Vec<u64> = audit::segments::list_segments(&config.audit.dir, archive)
-                    .map(|list| list.iter().map(|s| s.first).collect())
-                    .unwrap_or_default();
+                    .map_err(|e| {
+                        Failure::new(EXIT_FAILED, format!("{}: {e}", config.audit.dir.display()))
+                    })?
+                    .iter()
+                    .map(|s| s.first)
+                    .collect();
                 if let Some(missing) = segments.iter().find(|s| !present.contains(s)) {
                     let shown: Vec<String> = present.iter().take(20).map(u64::to_string).collect();
                     return Err(Failure::new(

@@ -56,7 +56,15 @@ pub fn run(args: Args) -> Result<(), Failure> {
             let jws = if path.is_file() {
                 std::fs::read_to_string(path)
                     .map_err(|e| Failure::new(EXIT_CONFIG, format!("--receipt {given}: {e}")))?
-            } else if given.matches('.').count() == 2 && !given.contains('/') {
+            } else if given.starts_with("eyJ") // a JSON header, base64url
+                && given.split('.').count() == 3
+                && given.split('.').all(|part| {
+                    !part.is_empty()
+                        && part
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                })
+            {
                 given.clone()
             } else {
                 return Err(Failure::new(

@@ -181,9 +181,10 @@ pub fn loggable_id(id: &str) -> String {
         return pid.masked();
     }
     // Caller text that is no identifier is not repeated, as in the access
-    // record: its placeholder, which the record's matches.
+    // record: its placeholder, made (like the record's) of its first 20
+    // characters, so the two match.
     if !id.is_empty() && !domain::is_subject_key(id) {
-        return recorded::placeholder(id);
+        return recorded::placeholder(&id.chars().take(20).collect::<String>());
     }
     let mut out = String::new();
     let mut digits = String::new();
@@ -736,5 +737,12 @@ mod tests {
             let shown = loggable_id(text);
             assert!(shown.starts_with("invalid:"), "{text:?} -> {shown:?}");
         }
+        // The same placeholder as the access record's, made of the first
+        // 20 characters (as `subjects()` keeps them).
+        let long = "+84 912 345 678 ext 1234";
+        assert_eq!(
+            loggable_id(long),
+            super::recorded::placeholder(&long.chars().take(20).collect::<String>())
+        );
     }
 }
