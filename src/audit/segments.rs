@@ -820,7 +820,14 @@ impl FileStore {
                     files::replace_file(&path, &text, false)
                         .and_then(|()| files::sync_parent(&path))
                         .map_err(io_at(&path))?;
-                    fs::remove_file(&from).map_err(io_at(&from))?;
+                    // Already gone when an earlier try stopped after it (at
+                    // the index, say): that try is finished here.
+                    match fs::remove_file(&from) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                            return Err(io_at(&from)(e));
+                        }
+                        _ => {}
+                    }
                     files::sync_parent(&from).map_err(io_at(&from))?;
                     if let Some(conn) = &self.conn {
                         index::forget_through(conn, oldest.last).map_err(io_at(&from))?;
