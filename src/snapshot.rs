@@ -107,10 +107,7 @@ impl Snapshot {
             certs: tls::load_certs("tls.client_ca", &files.client_ca).map_err(fail)?,
         };
         let client_cas = client_ca.certs.len();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        let (crls, crl_warnings) = tls::load_crls(&files.crls, now).map_err(fail)?;
+        let (crls, crl_warnings) = tls::load_crls(&files.crls, now_unix()).map_err(fail)?;
         let eku = files.require_client_auth_eku;
         let mut per_agency = HashMap::new();
         let mut every_ca = Vec::new();
@@ -570,10 +567,7 @@ mod tests {
         let ca = Ca::generate("ca").unwrap();
         let path = dir.path().join("crl.pem");
         std::fs::write(&path, ca.crl_pem(&[7]).unwrap()).unwrap();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
+        let now = now_unix();
         let (crls, warnings) = tls::load_crls(std::slice::from_ref(&path), now).unwrap();
         assert_eq!((crls.len(), warnings.len()), (1, 0));
         let in_a_month = now + 30 * 86_400;

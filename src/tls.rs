@@ -47,7 +47,13 @@ pub fn load_certs(
     let data = fs::read(path).map_err(|e| err(key, path, e.to_string()))?;
     let certs = CertificateDer::pem_slice_iter(&data)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(key, path, format!("not a PEM certificate file: {e}")))?;
+        .map_err(|e| {
+            err(
+                key,
+                path,
+                format!("not a PEM certificate file: {}", pem_error(&e)),
+            )
+        })?;
     if certs.is_empty() {
         return Err(err(
             key,
@@ -61,8 +67,13 @@ pub fn load_certs(
 /// Reads a PEM private key (PKCS#8, PKCS#1 or SEC1).
 pub fn load_key(key: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let data = fs::read(path).map_err(|e| err(key, path, e.to_string()))?;
-    PrivateKeyDer::from_pem_slice(&data)
-        .map_err(|e| err(key, path, format!("no usable PEM private key: {e}")))
+    PrivateKeyDer::from_pem_slice(&data).map_err(|e| {
+        err(
+            key,
+            path,
+            format!("no usable PEM private key: {}", pem_error(&e)),
+        )
+    })
 }
 
 /// A PEM error in words (the library prints markers as byte lists).

@@ -340,18 +340,83 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> AuditError {
     move |source| AuditError::Io { path, source }
 }
 
-/// Why reading a segment for [`index_range`] stopped early.
+/// Why reading a segment for [`index_segment`] stopped early.
 enum Stop {
     /// Past the range.
     Done,
     Failed(io::Error),
 }
 
+/// Whether `segs[i]` may hold a record in `(after, through]` or the copy of
+/// the checkpoint at `after` or `through`: a segment's records end where
+/// the next one starts (which opens with a copy of its final checkpoint).
+fn segment_in_range(segs: &[SegmentFile], i: usize, after: u64, through: u64) -> bool {
+    let next_first = segs.get(i + 1).map_or(u64::MAX, |s| s.first);
+    next_first > after.saturating_add(1) && segs[i].first <= through.saturating_add(1)
+}
+
+/// Indexes into `conn`, in one transaction, the records of `seg` with a seq
+/// in `(after, through]` and its checkpoints from `after` on; returns how
+/// many records. Safe while the writer appends to the segment: those
+/// records are acknowledged, hence complete, and a torn line ends the read.
+fn index_segment(
+    conn: &Connection,
+    seg: &SegmentFile,
+    after: u64,
+    through: u64,
+) -> Result<u64, ReadError<io::Error>> {
+    let io = |source| ReadError::Io { line: 0, source };
+    let file = File::open(&seg.path).map_err(io)?;
+    let mut batch = Batch::begin(conn).map_err(io)?;
+    let mut n = 0u64;
+    let read = verify::read_entries(BufReader::new(file), 0, |offset, entry| {
+        let at = Position {
+            segment: seg.first,
+            offset,
+        };
+        match &entry {
+            Entry::Record { seq, .. } if *seq > through => Err(Stop::Done),
+            Entry::Record { seq, record, .. } if *seq > after => {
+                n += 1;
+                batch.record(*seq, at, record).map_err(Stop::Failed)
+            }
+            Entry::Checkpoint(cp) if cp.seq >= after && cp.seq <= through => {
+                batch.mark(cp.seq, at).map_err(Stop::Failed)
+            }
+            _ => Ok(()),
+        }
+    });
+    let failed = match read {
+        Ok(_)
+        | Err(ReadError::Refused {
+            error: Stop::Done, ..
+        }) => None,
+        Err(ReadError::Refused {
+            error: Stop::Failed(error),
+            line,
+        }) => Some(ReadError::Refused { line, error }),
+        Err(ReadError::Io { line, source }) => Some(ReadError::Io { line, source }),
+        Err(ReadError::Malformed { line, what }) => Some(ReadError::Malformed { line, what }),
+    };
+    match failed {
+        None => {
+            batch.commit().map_err(io)?;
+            Ok(n)
+        }
+        Some(e) => {
+            batch.rollback();
+            Err(e)
+        }
+    }
+}
+
 /// Indexes into `conn`, from the segments in the audit folder `dir` and
 /// the archive, the records with a seq in `(after, through]` and the
-/// checkpoints among them: the rows the indexer dropped from memory while the
-/// index could not be written. Every such record is acknowledged, hence
-/// complete in its segment, whatever the writer is appending meanwhile.
+/// checkpoints among them: the rows the indexer dropped from memory while
+/// the index could not be written. One transaction per segment, in seq
+/// order: the index's write lock is never held for more than one
+/// segment's read, and what is committed never leaves a hole below
+/// `indexed_seq`.
 fn index_range(
     dir: &Path,
     archive: Option<&Path>,
@@ -361,62 +426,15 @@ fn index_range(
 ) -> io::Result<()> {
     let segs = list_segments(dir, archive)?;
     for (i, seg) in segs.iter().enumerate() {
-        let next_first = segs.get(i + 1).map_or(u64::MAX, |s| s.first);
-        // Records up to `after` only (the next opens with a copy of its
-        // final checkpoint); a segment that opens at `through + 1` holds
-        // the copy of the checkpoint at `through`.
-        if next_first <= after.saturating_add(1) || seg.first > through.saturating_add(1) {
+        if !segment_in_range(&segs, i, after, through) {
             continue;
         }
-        // One transaction per segment, in seq order: the index's write lock
-        // is never held for more than one segment's read, and what is
-        // committed never leaves a hole below `indexed_seq`.
-        let mut batch = Batch::begin(conn)?;
-        let file = match File::open(&seg.path) {
-            Ok(file) => file,
-            Err(e) => {
-                batch.rollback();
-                return Err(e);
+        index_segment(conn, seg, after, through).map_err(|e| match e {
+            ReadError::Io { source, .. } | ReadError::Refused { error: source, .. } => source,
+            ReadError::Malformed { line, what } => {
+                io::Error::other(format!("{} line {line}: {what}", seg.path.display()))
             }
-        };
-        let read = verify::read_entries(BufReader::new(file), 0, |offset, entry| {
-            let at = Position {
-                segment: seg.first,
-                offset,
-            };
-            match &entry {
-                Entry::Record { seq, .. } if *seq > through => Err(Stop::Done),
-                Entry::Record { seq, record, .. } if *seq > after => {
-                    batch.record(*seq, at, record).map_err(Stop::Failed)
-                }
-                Entry::Checkpoint(cp) if cp.seq >= after && cp.seq <= through => {
-                    batch.mark(cp.seq, at).map_err(Stop::Failed)
-                }
-                _ => Ok(()),
-            }
-        });
-        let failed = match read {
-            Ok(_)
-            | Err(ReadError::Refused {
-                error: Stop::Done, ..
-            }) => None,
-            Err(ReadError::Refused {
-                error: Stop::Failed(e),
-                ..
-            })
-            | Err(ReadError::Io { source: e, .. }) => Some(e),
-            Err(ReadError::Malformed { line, what }) => Some(io::Error::other(format!(
-                "{} line {line}: {what}",
-                seg.path.display()
-            ))),
-        };
-        match failed {
-            None => batch.commit()?,
-            Some(e) => {
-                batch.rollback();
-                return Err(e);
-            }
-        }
+        })?;
     }
     Ok(())
 }
@@ -577,35 +595,12 @@ impl FileStore {
         indexed: u64,
     ) -> Result<(), AuditError> {
         for (i, seg) in segs.iter().enumerate() {
-            let next_first = segs.get(i + 1).map_or(u64::MAX, |s| s.first);
-            if next_first <= indexed + 1 {
+            if !segment_in_range(segs, i, indexed, u64::MAX) {
                 continue;
             }
             tracing::info!(segment = %seg.path.display(), "indexing a sealed segment the index lacks");
-            let file = File::open(&seg.path).map_err(io_at(&seg.path))?;
-            let mut batch = Batch::begin(conn).map_err(io_at(&seg.path))?;
-            let mut n = 0u64;
-            let result = verify::read_entries(BufReader::new(file), 0, |offset, entry| {
-                let at = Position {
-                    segment: seg.first,
-                    offset,
-                };
-                match &entry {
-                    Entry::Record { seq, record, .. } if *seq > indexed => {
-                        n += 1;
-                        batch.record(*seq, at, record)
-                    }
-                    Entry::Checkpoint(cp) => batch.mark(cp.seq, at),
-                    Entry::Record { .. } => Ok(()),
-                }
-            });
-            match result {
-                Ok(_) => batch.commit().map_err(io_at(&seg.path))?,
-                Err(e) => {
-                    batch.rollback();
-                    return Err(self.read_error(&seg.path, e));
-                }
-            }
+            let n = index_segment(conn, seg, indexed, u64::MAX)
+                .map_err(|e| self.read_error(&seg.path, e))?;
             tracing::info!(records = n, "indexed");
         }
         Ok(())
