@@ -265,6 +265,19 @@ async fn retention_moves_sealed_segments_to_the_archive_and_verification_spans_b
         export(&fx.dir(), Some(&fx.archive()), None, None, &mut out).unwrap(),
         300
     );
+
+    // An index deleted (as the docs allow) is rebuilt at the next start
+    // from the archive too, not only from the segments left in the folder.
+    for name in ["index.sqlite", "index.sqlite-wal", "index.sqlite-shm"] {
+        let _ = fs::remove_file(fx.dir().join(name));
+    }
+    let log = fx.open(10, true).await;
+    let page = log.records_for_subject(A, Some("10"), 5).unwrap();
+    assert_eq!(
+        page.iter().map(|r| r.cursor.as_str()).collect::<Vec<_>>(),
+        ["9", "6", "3"]
+    );
+    log.shutdown().await.unwrap();
 }
 
 #[tokio::test]

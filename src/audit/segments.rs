@@ -898,8 +898,15 @@ impl AuditStore for FileStore {
         let index_path = self.dir.join(index::INDEX_FILE);
         let conn = index::open_writer(&self.dir).map_err(io_at(&index_path))?;
         let indexed = index::indexed_seq(&conn).map_err(io_at(&index_path))?;
-        if indexed + 1 < active.first && !segs.is_empty() {
-            self.reindex_sealed(&conn, &segs, indexed)?;
+        if indexed + 1 < active.first {
+            // The sealed segments the index lacks may have been archived
+            // by retention: read them there too.
+            let mut sealed = match &self.opts.archive_dir {
+                Some(archive) => list_segments(&self.dir, Some(archive)).map_err(io_at(archive))?,
+                None => segs.clone(),
+            };
+            sealed.retain(|s| s.first < active.first);
+            self.reindex_sealed(&conn, &sealed, indexed)?;
         }
 
         // Read the active segment from its last checkpoint the index knows.
