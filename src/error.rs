@@ -33,6 +33,11 @@ pub mod reason {
     pub const INTERNAL: &str = "INTERNAL";
     pub const RELAY_NOT_ALLOWED: &str = "RELAY_NOT_ALLOWED";
     pub const UPSTREAM_UNAVAILABLE: &str = "UPSTREAM_UNAVAILABLE";
+    /// The registry's owner refused this gateway's call as
+    /// UNAUTHENTICATED (the two gateways' configs disagree about the relay
+    /// or the consumer agency): PERMISSION_DENIED here, since the caller's
+    /// own identity was accepted.
+    pub const UPSTREAM_REFUSED: &str = "UPSTREAM_REFUSED";
     pub const WATCH_OVERFLOW: &str = "WATCH_OVERFLOW";
     pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
     /// The agency is over its `rate_per_second` (RESOURCE_EXHAUSTED).
@@ -156,8 +161,8 @@ pub enum RequestError {
         owner: String,
         message: String,
     },
-    /// The registry owner's own answer, passed on unchanged (code, message
-    /// and `google.rpc` details).
+    /// The registry owner's own refusal of the request, passed on (code,
+    /// message and `google.rpc` details); see `upstream` for which codes.
     #[error("{}", .0.message())]
     Upstream(Status),
 }
@@ -301,11 +306,12 @@ impl From<RequestError> for Status {
             other => other,
         };
         if let RequestError::Upstream(status) = &err {
-            // The owner's code, message and details; none of its metadata
-            // (its request id names a record in the owner's log, not ours).
+            // The owner's code, message (bounded as ours are) and details;
+            // none of its metadata (its request id names a record in the
+            // owner's log, not ours).
             return Status::with_details(
                 status.code(),
-                status.message(),
+                clip(status.message(), MAX_MESSAGE_BYTES),
                 status.details().to_vec().into(),
             );
         }

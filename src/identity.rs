@@ -116,12 +116,12 @@ pub struct Principal {
 }
 
 /// Decides whom a call from `caller` is for, given the value of its
-/// `x-interop-on-behalf-of` header (`None`: absent; `Some(Err(()))`: present
-/// but not text). Only a relay may name another agency, and only a configured
+/// `x-interop-on-behalf-of` header (`None`: absent; `Some(Err(why))`: present
+/// but unusable). Only a relay may name another agency, and only a configured
 /// one; a relay without the header is itself.
 pub fn principal(
     caller: AgencyId,
-    on_behalf_of: Option<Result<&str, ()>>,
+    on_behalf_of: Option<Result<&str, &'static str>>,
     is_relay: impl Fn(&str) -> bool,
     is_known: impl Fn(&str) -> bool,
 ) -> Result<Principal, RequestError> {
@@ -140,9 +140,9 @@ pub fn principal(
             metadata: vec![("agency".to_owned(), caller.to_string())],
         });
     }
-    let code = named.map_err(|()| RequestError::Unauthenticated {
+    let code = named.map_err(|why| RequestError::Unauthenticated {
         reason: reason::UNKNOWN_AGENCY,
-        message: "x-interop-on-behalf-of is not an agency code".into(),
+        message: why.into(),
     })?;
     if !is_known(code) {
         return Err(RequestError::Unauthenticated {
@@ -268,7 +268,12 @@ mod tests {
         assert_eq!(reason_of(not_relay), reason::RELAY_NOT_ALLOWED);
         let unknown = principal(id("000.00.00.H99"), Some(Ok("000.00.00.X00")), relay, known);
         assert_eq!(reason_of(unknown), reason::UNKNOWN_AGENCY);
-        let garbled = principal(id("000.00.00.H99"), Some(Err(())), relay, known);
+        let garbled = principal(
+            id("000.00.00.H99"),
+            Some(Err("x-interop-on-behalf-of is not an agency code")),
+            relay,
+            known,
+        );
         assert_eq!(reason_of(garbled), reason::UNKNOWN_AGENCY);
     }
 }

@@ -270,7 +270,7 @@ impl Snapshot {
     pub fn principal_of(
         &self,
         caller: AgencyId,
-        on_behalf_of: Option<Result<&str, ()>>,
+        on_behalf_of: Option<Result<&str, &'static str>>,
     ) -> Result<Principal, RequestError> {
         identity::principal(
             caller,

@@ -569,6 +569,14 @@ async fn only_relays_may_call_on_behalf_of_another_agency() {
     // A relay without the header is itself, and holds no grant of its own.
     let status = relay.citizen.get_citizen(request(None)).await.unwrap_err();
     assert_eq!(reason(&status), "METHOD_NOT_GRANTED");
+    // Two agencies named: which one the call is for would be a guess.
+    let mut twice = request(Some(LAND_OFFICE));
+    twice
+        .metadata_mut()
+        .append("x-interop-on-behalf-of", BUSINESS_OFFICE.parse().unwrap());
+    let status = relay.citizen.get_citizen(twice).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("more than once"), "{status:?}");
 }
 
 /// Waits, through the front's `grpc.health.v1` Watch stream (no polling),
@@ -770,6 +778,9 @@ impl interop_gateway::proto::citizen::v1::citizen_registry_service_server::Citiz
         tonic::Status,
     > {
         let asked = request.into_inner().personal_id;
+        if let Some(status) = owner_failure(&asked) {
+            return Err(status);
+        }
         let mut citizen = citizen();
         let mut answer =
             tonic::Response::new(interop_gateway::proto::citizen::v1::GetCitizenResponse {
@@ -804,6 +815,36 @@ impl interop_gateway::proto::citizen::v1::citizen_registry_service_server::Citiz
         tonic::Status,
     > {
         std::future::pending().await
+    }
+}
+
+/// The statuses [`Misbehaving`] answers for some ids: its own failure with
+/// its internals in the message, a refusal of the relay, its own
+/// unavailability.
+fn owner_failure(asked: &str) -> Option<tonic::Status> {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let with_reason = |code, message: &str, reason: &str| {
+        tonic::Status::with_error_details(
+            code,
+            message,
+            ErrorDetails::with_error_info(reason, "elsewhere", []),
+        )
+    };
+    match asked {
+        "092085000125" => Some(tonic::Status::internal(
+            "stack trace /srv/owner/app.py line 42 db=postgres://admin:pw@10.0.0.5",
+        )),
+        "092085000126" => Some(with_reason(
+            tonic::Code::Unauthenticated,
+            "agency secret-name is not configured here",
+            "UNKNOWN_AGENCY",
+        )),
+        "092085000127" => Some(with_reason(
+            tonic::Code::Unavailable,
+            "disk /dev/sdb3 full",
+            "AUDIT_UNAVAILABLE",
+        )),
+        _ => None,
     }
 }
 
@@ -874,6 +915,47 @@ async fn an_owner_answering_beyond_the_mask_or_not_at_all_discloses_nothing() {
     assert_eq!(provenance.source_agency, CITIZEN_OWNER);
     assert_eq!(provenance.as_of.unwrap().seconds, 1_790_000_000);
 
+    // The owner's own failures: its text stays with it.
+    let mut failed = Vec::new();
+    for (id, code, why) in [
+        ("092085000125", tonic::Code::Internal, "INTERNAL"),
+        (
+            "092085000126",
+            tonic::Code::PermissionDenied,
+            "UPSTREAM_REFUSED",
+        ),
+        (
+            "092085000127",
+            tonic::Code::Unavailable,
+            "UPSTREAM_UNAVAILABLE",
+        ),
+    ] {
+        let status = land
+            .citizen
+            .get_citizen(GetCitizenRequest {
+                context: context(PROCEDURE_LAND),
+                personal_id: id.into(),
+                read_mask: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (status.code(), reason(&status).as_str()),
+            (code, why),
+            "{status:?}"
+        );
+        let shown = format!("{status:?}");
+        for secret in ["postgres://", "secret-name", "/dev/sdb3", "elsewhere"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(status.message().contains(CITIZEN_OWNER), "{status:?}");
+        failed.push(status);
+    }
+    let refused = tonic_types::StatusExt::get_error_details(&failed[1]);
+    let metadata = &refused.error_info().unwrap().metadata;
+    assert_eq!(metadata["owner_reason"], "UNKNOWN_AGENCY");
+    assert_eq!(metadata["owner"], CITIZEN_OWNER);
+
     let started = Instant::now();
     let status = land
         .citizen
@@ -899,7 +981,17 @@ async fn an_owner_answering_beyond_the_mask_or_not_at_all_discloses_nothing() {
         .iter()
         .map(|r| r["outcome"].as_str().unwrap())
         .collect();
-    assert_eq!(outcomes, ["INTERNAL", "OK", "UNAVAILABLE"]);
+    assert_eq!(
+        outcomes,
+        [
+            "INTERNAL",
+            "OK",
+            "INTERNAL",
+            "PERMISSION_DENIED",
+            "UNAVAILABLE",
+            "UNAVAILABLE"
+        ]
+    );
     let passed_on = record_with_id(&front_log, &rid);
     assert_eq!(strings(&passed_on["fields"]), ["full_name", "personal_id"]);
     drop(front);

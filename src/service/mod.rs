@@ -309,7 +309,9 @@ impl Core {
             audited_agency = Some(caller.clone());
             let principal = snapshot.principal_of(
                 caller,
-                on_behalf_of.as_ref().map(|v| v.as_deref().map_err(|_| ())),
+                on_behalf_of
+                    .as_ref()
+                    .map(|v| v.as_deref().map_err(|why| *why)),
             )?;
             let agency = principal.agency;
             if let Some(relay) = &principal.relay {
@@ -477,12 +479,24 @@ fn recordable(
     (recorded::context(context, MAX_OFFICER_ID), subjects)
 }
 
-/// The `x-interop-on-behalf-of` header of a request: absent, text, or not
-/// text (`Err`).
-pub fn on_behalf_of(metadata: &tonic::metadata::MetadataMap) -> Option<Result<&str, ()>> {
-    metadata
-        .get(crate::upstream::ON_BEHALF_OF_HEADER)
-        .map(|v| v.to_str().map_err(|_| ()))
+/// The `x-interop-on-behalf-of` header of a request: absent, one text
+/// value, or unusable (`Err`, saying why: not text, or given more than
+/// once, when which agency the call is for would be a guess).
+pub fn on_behalf_of(metadata: &tonic::metadata::MetadataMap) -> Option<Result<&str, &'static str>> {
+    let mut values = metadata
+        .get_all(crate::upstream::ON_BEHALF_OF_HEADER)
+        .iter();
+    let first = values.next()?;
+    if values.next().is_some() {
+        return Some(Err(
+            "x-interop-on-behalf-of is given more than once; a relayed call names one agency",
+        ));
+    }
+    Some(
+        first
+            .to_str()
+            .map_err(|_| "x-interop-on-behalf-of is not an agency code"),
+    )
 }
 
 impl Core {

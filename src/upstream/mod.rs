@@ -15,8 +15,14 @@
 //!
 //! What to ask the owner (the narrowed read mask) and what to check in its
 //! answer belong to the services (`service/`); this module moves one unary
-//! call and says how it ended: the owner's answer, the owner's own status
-//! (passed on unchanged), or `UPSTREAM_UNAVAILABLE`.
+//! call and says how it ended: the owner's answer; the owner's own refusal
+//! of the request (NOT_FOUND, INVALID_ARGUMENT, PERMISSION_DENIED,
+//! FAILED_PRECONDITION, OUT_OF_RANGE, RESOURCE_EXHAUSTED: passed on with
+//! its details); `UPSTREAM_UNAVAILABLE` (no answer in time, or the owner
+//! says it is unavailable); `UPSTREAM_REFUSED` (the owner does not accept
+//! this gateway's call for the consumer); or INTERNAL for any other status
+//! and for an answer that does not decode, with nothing of the owner's text
+//! passed on (it may name the owner's internals; the operator's log has it).
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -271,6 +277,7 @@ impl Upstream {
         }
         let path = PathAndQuery::try_from(format!("/{method}"))
             .map_err(|e| RequestError::Internal(format!("method path {method}: {e}")))?;
+        let consumer_code = consumer;
         let consumer = MetadataValue::try_from(consumer)
             .map_err(|e| RequestError::Internal(format!("agency code as metadata: {e}")))?;
         let request_id = crate::service::request_id_value(request_id)
@@ -316,13 +323,7 @@ impl Upstream {
             };
             // A status with a source was made on this side: no answer came.
             if std::error::Error::source(&status).is_none() {
-                if status.code() == tonic::Code::DeadlineExceeded {
-                    return Err(self.unavailable(format!(
-                        "did not answer within {} ms",
-                        self.timeout.as_millis()
-                    )));
-                }
-                return Err(RequestError::Upstream(status));
+                return Err(self.owner_status(status, consumer_code));
             }
             let why = crate::client::error_chain(&status);
             let time_left = deadline.saturating_duration_since(Instant::now()) > RETRY_BACKOFF;
@@ -336,6 +337,57 @@ impl Upstream {
             // operator, not for the consumer.
             tracing::warn!(target: "interop_gateway::upstream", service = self.service, owner = %self.owner, address = %self.address, error = %why, "no answer from the registry owner");
             return Err(self.unavailable("cannot be reached".into()));
+        }
+    }
+
+    /// What the consumer receives for a status that came with the owner's
+    /// answer (or for an answer that did not decode: tonic reports it the
+    /// same way); see the module docs.
+    fn owner_status(&self, status: tonic::Status, consumer: &str) -> RequestError {
+        use tonic::Code;
+        let owner_reason = owner_reason(&status);
+        match status.code() {
+            Code::NotFound
+            | Code::InvalidArgument
+            | Code::PermissionDenied
+            | Code::FailedPrecondition
+            | Code::OutOfRange
+            | Code::ResourceExhausted => RequestError::Upstream(status),
+            Code::DeadlineExceeded => self.unavailable(format!(
+                "did not answer within {} ms",
+                self.timeout.as_millis()
+            )),
+            Code::Unavailable => {
+                tracing::warn!(target: "interop_gateway::upstream", service = self.service, owner = %self.owner, reason = %owner_reason, message = %status.message(), "the registry owner answered UNAVAILABLE");
+                self.unavailable(format!("answered UNAVAILABLE ({owner_reason})"))
+            }
+            Code::Unauthenticated => {
+                tracing::warn!(target: "interop_gateway::upstream", service = self.service, owner = %self.owner, consumer, reason = %owner_reason, message = %status.message(), "the registry owner refused this gateway's call; the two gateways' configs disagree");
+                RequestError::PermissionDenied {
+                    reason: crate::error::reason::UPSTREAM_REFUSED,
+                    message: format!(
+                        "the owner of {} ({}) does not accept this gateway's calls for agency {consumer} \
+                         (UNAUTHENTICATED, {owner_reason}): its gateway does not know this gateway \
+                         as a relay or does not know agency {consumer}; no data is disclosed; ask \
+                         the operators of both gateways",
+                        self.service, self.owner
+                    ),
+                    metadata: vec![
+                        ("service".to_owned(), self.service.to_owned()),
+                        ("owner".to_owned(), self.owner.clone()),
+                        ("owner_reason".to_owned(), owner_reason),
+                    ],
+                }
+            }
+            code => {
+                tracing::error!(target: "interop_gateway::upstream", service = self.service, owner = %self.owner, code = ?code, reason = %owner_reason, message = %status.message(), "the registry owner's call failed; nothing of its answer is passed on");
+                RequestError::Internal(format!(
+                    "the owner of {} ({}) failed to answer ({}); nothing of its answer is disclosed",
+                    self.service,
+                    self.owner,
+                    crate::error::code_name(code)
+                ))
+            }
         }
     }
 
@@ -377,4 +429,23 @@ impl Upstream {
             tokio::time::sleep(if up { PROBE_EVERY_UP } else { PROBE_EVERY_DOWN }).await;
         }
     }
+}
+
+/// The owner's `ErrorInfo.reason`, when it is a reason code (capitals,
+/// digits and `_`, as this gateway's are); `none` otherwise, so that no
+/// text of the owner's reaches the consumer through it.
+fn owner_reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .error_info()
+        .map(|info| info.reason.as_str())
+        .filter(|r| {
+            !r.is_empty()
+                && r.len() <= 64
+                && r.bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        })
+        .unwrap_or("none")
+        .to_owned()
 }
