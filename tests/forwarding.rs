@@ -1073,5 +1073,35 @@ async fn registry_entries_are_checked_naming_the_key() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("upstream.key") && e.contains("other.key"), "{e}");
+
+    // check-config says so too, as serve would, and names a missing store
+    // while a service is still served from it.
+    let check = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        let out = gateway_cli(&["check-config"], &path);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = check(&mismatched);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("upstream.key") && stderr.contains("other.key"),
+        "{stderr}"
+    );
+    let (code, stderr) = check(&ok);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("registry.sqlite") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+    let store = interop_gateway::config::Config::parse(&ok, &path)
+        .unwrap()
+        .store_path();
+    std::fs::create_dir_all(store.parent().unwrap()).unwrap();
+    std::fs::write(&store, b"").unwrap();
+    let (code, stderr) = check(&ok);
+    assert_eq!(code, Some(0), "{stderr}");
     drop(pki);
 }

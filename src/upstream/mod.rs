@@ -132,6 +132,25 @@ pub struct Upstreams {
     by_service: BTreeMap<&'static str, Arc<Upstream>>,
 }
 
+/// Checks every `[[registry]]` upstream's files (`ca`, `cert`, `key`, and
+/// that the key is the certificate's) as [`Upstreams::from_config`] does at
+/// start, without a runtime and without connecting.
+pub fn check(config: &Config) -> Result<(), UpstreamError> {
+    for entry in config.registries.values() {
+        if let Some(s) = &entry.upstream {
+            mtls_endpoint(&s.address, &s.server_name, &s.ca, &s.cert, &s.key).map_err(|e| {
+                UpstreamError {
+                    service: entry.service.to_owned(),
+                    key: e.key,
+                    path: e.path.display().to_string(),
+                    message: e.message,
+                }
+            })?;
+        }
+    }
+    Ok(())
+}
+
 impl Upstreams {
     /// Builds a (lazily connecting) channel for every `[[registry]]` entry
     /// with an `upstream`. Fails on certificate or key files it cannot use.
