@@ -431,6 +431,34 @@ async fn forwarded_lookups_reach_the_owner_narrowed_and_are_logged_on_both_sides
     assert_eq!(at_front["outcome"], "OK");
     assert_eq!(owner_log.len(), front_log.len());
     assert!(owner_log.iter().all(|r| r["relay_agency_code"] == FRONT));
+
+    // The three services have one owner gateway: one connection to it,
+    // health probes included.
+    let front_pid = pair.front.child.id();
+    assert_eq!(connections_to(front_pid, pair.owner_port), 1);
+}
+
+/// Established TCP connections of process `pid` to loopback port `port`
+/// (Linux: its socket inodes in `/proc/<pid>/fd`, matched in `/proc/net/tcp`).
+fn connections_to(pid: u32, port: u16) -> usize {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let t = target.to_string_lossy().into_owned();
+            Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let remote = format!(":{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            f.len() > 9 && f[2].ends_with(&remote) && f[3] == "01" && inodes.contains(f[9])
+        })
+        .count()
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
-//! Forwarding to registry owners. For each `[[registry]]` entry with an
-//! `upstream`, one HTTP/2 channel over mutual TLS to the owner's gateway,
-//! shared by every call, with:
+//! Forwarding to registry owners. For each owner's gateway (the
+//! `[[registry]]` entries whose `upstream` settings are the same but
+//! `timeout_ms`), one HTTP/2 channel over mutual TLS, shared by every call
+//! to any of its services, with:
 //!
 //! - a concurrency limit (tower's `ConcurrencyLimit`): calls past
 //!   `max_in_flight` wait for a slot, within the call's budget;
@@ -154,11 +155,45 @@ pub fn check(config: &Config) -> Result<(), UpstreamError> {
 impl Upstreams {
     /// Builds a (lazily connecting) channel for every `[[registry]]` entry
     /// with an `upstream`. Fails on certificate or key files it cannot use.
+    ///
+    /// Entries with the same owner gateway (the same `upstream` settings
+    /// but `timeout_ms`) share one channel and its `max_in_flight`: one
+    /// HTTP/2 connection per owner, however many of its services are
+    /// forwarded.
     pub fn from_config(config: &Config) -> Result<Upstreams, UpstreamError> {
         let mut by_service = BTreeMap::new();
+        let mut channels: Vec<(&UpstreamSettings, Shared)> = Vec::new();
         for entry in config.registries.values() {
             if let Some(settings) = &entry.upstream {
-                by_service.insert(entry.service, Arc::new(Upstream::new(entry, settings)?));
+                let same_owner = |s: &&UpstreamSettings| {
+                    (
+                        &s.address,
+                        &s.server_name,
+                        &s.ca,
+                        &s.cert,
+                        &s.key,
+                        s.max_in_flight,
+                    ) == (
+                        &settings.address,
+                        &settings.server_name,
+                        &settings.ca,
+                        &settings.cert,
+                        &settings.key,
+                        settings.max_in_flight,
+                    )
+                };
+                let shared = match channels.iter().find(|(s, _)| same_owner(s)) {
+                    Some((_, shared)) => shared.clone(),
+                    None => {
+                        let shared = Shared::new(entry, settings)?;
+                        channels.push((settings, shared.clone()));
+                        shared
+                    }
+                };
+                by_service.insert(
+                    entry.service,
+                    Arc::new(Upstream::new(entry, settings, shared)),
+                );
             }
         }
         Ok(Upstreams { by_service })
@@ -206,8 +241,15 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-impl Upstream {
-    fn new(entry: &RegistryEntry, s: &UpstreamSettings) -> Result<Upstream, UpstreamError> {
+/// One owner gateway's channel and the limit on calls in flight over it.
+#[derive(Clone)]
+struct Shared {
+    channel: Channel,
+    limited: ConcurrencyLimit<Channel>,
+}
+
+impl Shared {
+    fn new(entry: &RegistryEntry, s: &UpstreamSettings) -> Result<Shared, UpstreamError> {
         let fail = |key: &'static str, path: &std::path::Path, message: String| UpstreamError {
             service: entry.service.to_owned(),
             key,
@@ -222,21 +264,28 @@ impl Upstream {
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
         let channel = endpoint.connect_lazy();
+        // Clones share the semaphore: the limit is the owner's.
         let limited = tower::ServiceBuilder::new()
             .concurrency_limit(s.max_in_flight)
             .service(channel.clone());
-        Ok(Upstream {
+        Ok(Shared { channel, limited })
+    }
+}
+
+impl Upstream {
+    fn new(entry: &RegistryEntry, s: &UpstreamSettings, shared: Shared) -> Upstream {
+        Upstream {
             service: entry.service,
             owner: entry.owner.clone(),
             address: s.address.clone(),
             timeout: s.timeout,
-            channel,
-            grpc: tonic::client::Grpc::new(limited),
+            channel: shared.channel,
+            grpc: tonic::client::Grpc::new(shared.limited),
             // Retries within the last 10 s may add 10% to the calls made,
             // plus one a second so a quiet gateway can still retry.
             budget: TpsBudget::new(Duration::from_secs(10), 1, 0.1),
             up: watch::Sender::new(true),
-        })
+        }
     }
 
     /// Follows whether the owner is believed up.
