@@ -201,7 +201,20 @@ async fn tampering_in_a_sealed_segment_and_a_removed_segment_are_caught() {
         )),
         "{failure}"
     );
+    let e = export(&fx.dir(), None, None, None, &mut Vec::new())
+        .unwrap_err()
+        .to_string();
+    let missing = format!(
+        "records {} to {} are missing",
+        victim.first,
+        segs[2].first - 1
+    );
+    assert!(e.contains(&missing), "{e}");
     fs::write(&victim.path, kept).unwrap();
+    assert_eq!(
+        export(&fx.dir(), None, None, None, &mut Vec::new()).unwrap(),
+        300
+    );
 
     // The newest segments removed (the very last may hold only its opening
     // checkpoint): audit.head names a checkpoint past the end.
@@ -236,9 +249,16 @@ async fn retention_moves_sealed_segments_to_the_archive_and_verification_spans_b
         (report.records, report.archived_segments),
         (300, before as u64 - 1)
     );
-    // Without the archive the gap is reported.
+    // Without the archive the gap is reported, by an export too.
     let failure = verify_in(&fx.dir(), None).unwrap_err();
     assert!(failure.what.contains("records 1 to"), "{failure}");
+    let e = export(&fx.dir(), None, None, None, &mut Vec::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("records 1 to") && e.contains("are missing"),
+        "{e}"
+    );
 
     // Tampering in the archive is caught there.
     let archived = &segs[0];

@@ -803,7 +803,21 @@ pub fn for_each_record(
     archive_dir: Option<&Path>,
     mut each: impl FnMut(&[u8], AuditRecord) -> io::Result<()>,
 ) -> Result<(), AuditError> {
-    let files: Vec<PathBuf> = if !dir.join(segments::SEGMENTS_DIR).exists() {
+    let segmented = dir.join(segments::SEGMENTS_DIR).exists();
+    // The seq the next record must have: a record missing (a segment
+    // removed, an archive not read) fails the read instead of leaving a
+    // silent hole in an export or a report.
+    let mut next = if segmented {
+        segments::read_retired(dir)
+            .map_err(|what| AuditError::Corrupt {
+                path: dir.join(segments::RETIRED_FILE),
+                what,
+            })?
+            .map_or(1, |retired| retired.seq + 1)
+    } else {
+        1
+    };
+    let files: Vec<PathBuf> = if !segmented {
         if let Some(absent) = no_log_in(dir) {
             return Err(AuditError::Unavailable(absent));
         }
@@ -833,7 +847,20 @@ pub fn for_each_record(
             lineno += 1;
             let bytes = &buf[..buf.len() - 1];
             match line::parse_entry(bytes) {
-                Ok(Entry::Record { record, .. }) => {
+                // A segment left in both the folder and the archive (a move
+                // to another file system cut short) is read once.
+                Ok(Entry::Record { seq, .. }) if seq < next => {}
+                // A checkpoint covers the records up to its seq: one past
+                // what was read means records are missing, as a record
+                // past it does.
+                Ok(Entry::Record { seq, .. }) if seq > next => {
+                    return Err(missing(&path, lineno, next, seq - 1))
+                }
+                Ok(Entry::Checkpoint(cp)) if cp.seq >= next => {
+                    return Err(missing(&path, lineno, next, cp.seq))
+                }
+                Ok(Entry::Record { seq, record, .. }) => {
+                    next = seq + 1;
                     each(bytes, record.into_owned()).map_err(io_err)?
                 }
                 Ok(Entry::Checkpoint(_)) => {}
@@ -847,6 +874,16 @@ pub fn for_each_record(
         }
     }
     Ok(())
+}
+
+fn missing(path: &Path, lineno: u64, from: u64, to: u64) -> AuditError {
+    AuditError::Corrupt {
+        path: path.to_owned(),
+        what: format!(
+            "line {lineno}: records {from} to {to} are missing (a segment removed, or archive_dir \
+             not set to where retention moved them); `audit verify` says more"
+        ),
+    }
 }
 
 /// Writes the record lines of the log in `dir` (and its archive) that
