@@ -579,6 +579,9 @@ pub struct Rate {
 
 /// Largest `rate_per_second` accepted.
 const MAX_RATE_PER_SECOND: f64 = 1_000_000.0;
+/// Smallest `rate_per_second` accepted: one call in about 11.6 days. Below
+/// it a refusal's RetryInfo could not be stated as a duration.
+const MIN_RATE_PER_SECOND: f64 = 0.000_001;
 
 fn agency_limits(i: usize, a: &RawAgency) -> Result<AgencyLimits, String> {
     let rate = match (a.rate_per_second, a.burst) {
@@ -589,9 +592,9 @@ fn agency_limits(i: usize, a: &RawAgency) -> Result<AgencyLimits, String> {
             ))
         }
         (Some(r), burst) => {
-            if !(r.is_finite() && r > 0.0 && r <= MAX_RATE_PER_SECOND) {
+            if !(r.is_finite() && (MIN_RATE_PER_SECOND..=MAX_RATE_PER_SECOND).contains(&r)) {
                 return Err(format!(
-                    "agency[{i}].rate_per_second: must be above 0 and at most {MAX_RATE_PER_SECOND}, got {r}"
+                    "agency[{i}].rate_per_second: must be above 0, from {MIN_RATE_PER_SECOND} (one call in about 11.6 days) to {MAX_RATE_PER_SECOND}, got {r}"
                 ));
             }
             let burst = match burst {
@@ -1526,6 +1529,7 @@ client_ca = "ca.pem"
             ),
             ("rate_per_second = -3", "agency[0].rate_per_second"),
             ("rate_per_second = nan", "agency[0].rate_per_second"),
+            ("rate_per_second = 1e-300", "agency[0].rate_per_second"),
             ("burst = 10", "agency[0].burst: set rate_per_second too"),
             (
                 "rate_per_second = 5\nburst = 0",

@@ -29,6 +29,8 @@ pub mod layers;
 /// milliseconds, so a slot is usually free again well within this.
 pub const IN_FLIGHT_RETRY_AFTER: Duration = Duration::from_millis(50);
 
+const YEAR: Duration = Duration::from_secs(365 * 86_400);
+
 /// A token bucket: `tokens` as of `at`, refilled at the rate given on each
 /// use (so a new rate applies from the next call, without losing state).
 #[derive(Clone, Debug, Default)]
@@ -57,8 +59,10 @@ impl Bucket {
         } else {
             self.tokens = tokens;
             let wait = (1.0 - tokens) / rate.per_second;
-            // At least a millisecond: RetryInfo is read in milliseconds.
-            Err(Duration::from_secs_f64(wait).max(Duration::from_millis(1)))
+            // At least a millisecond: RetryInfo is read in milliseconds. The
+            // config bounds the rate; a wait past any duration is a year.
+            let wait = Duration::try_from_secs_f64(wait).unwrap_or(YEAR).min(YEAR);
+            Err(wait.max(Duration::from_millis(1)))
         }
     }
 }
