@@ -337,8 +337,14 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     let admission = admission(&live, config, metrics.clone());
     drop(snapshot);
     let settings = {
-        let live = Arc::clone(&live);
-        limits::layers::Settings::new(move || live.snapshot().config.limits.clone())
+        let (live, agencies) = (Arc::clone(&live), Arc::clone(&live));
+        limits::layers::Settings::new(move || live.snapshot().config.limits.clone()).with_agencies(
+            move |code| {
+                let snapshot = agencies.snapshot();
+                let agency = snapshot.config.agencies.get(code)?;
+                agency.limits.max_in_flight
+            },
+        )
     };
 
     let (health_reporter, _) = tonic_health::server::health_reporter();
@@ -376,7 +382,8 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     );
 
     // Every call, top to bottom, outermost first (per-agency limits are in `Core::call`,
-    // where whom a call is for is known and its refusal is recorded).
+    // where whom a call is for is known and its refusal is recorded; only calls still
+    // awaiting their request message are bounded per agency here).
     let stack = tower::ServiceBuilder::new()
         // A connection with a call in progress is not idle.
         .layer(CountStreams(admission.clone()))
@@ -386,6 +393,9 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         .option_layer(receipts)
         // Draining: new calls are UNAVAILABLE SHUTTING_DOWN before anything is read.
         .layer(RefuseWhenDraining(shutdown_rx.clone()))
+        // An agency's `max_in_flight` calls already awaiting their message:
+        // RESOURCE_EXHAUSTED TOO_MANY_IN_FLIGHT at once, before taking a place.
+        .layer(limits::layers::AwaitingBodyLayer::new(settings.clone()))
         // More than `max_in_flight` calls: UNAVAILABLE OVERLOADED at once.
         .layer(limits::layers::ShedLayer::new(settings.clone()))
         // A body that is not the method's message: INVALID_ARGUMENT.

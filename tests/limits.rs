@@ -314,3 +314,71 @@ async fn an_agency_reads_its_own_limits_in_list_my_grants() {
     );
     gw.stop().await;
 }
+
+/// Calls that send their headers and never finish their message are
+/// counted in their agency's `max_in_flight` before the message is read:
+/// past it they are refused at once, so an agency cannot take the
+/// gateway-wide places from the others with stalled bodies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_bodies_of_one_agency_do_not_take_the_gateway() {
+    let gw = gateway("max_in_flight = 4", "").await;
+    let tls = raw::tls_connect(&gw, &gw.pki.agency(ONE_AT_A_TIME)).await;
+    let (h2, connection) = h2::client::handshake(tls).await.unwrap();
+    let conn = tokio::spawn(connection);
+    let (answered, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    let mut bodies = Vec::new();
+    for i in 0..10 {
+        let mut h2 = h2.clone().ready().await.expect("the connection was closed");
+        let req = http::Request::post(
+            "https://localhost/interop.business.v1.BusinessRegistryService/GetEnterprise",
+        )
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+        let (response, mut body) = h2.send_request(req, false).unwrap();
+        // A prefix announcing 16 bytes, then 2 of them, then nothing.
+        body.send_data(bytes_of(vec![0, 0, 0, 0, 16, 10, 2]), false)
+            .unwrap();
+        bodies.push(body);
+        let answered = answered.clone();
+        tokio::spawn(async move {
+            let _ = answered.send((i, response.await));
+        });
+    }
+    // One call (whichever the gateway saw first) holds the agency's one
+    // place; the nine others are answered at once, where without the bound
+    // they would wait for max_call_ms (30 s) holding the gateway's places.
+    let mut refused = std::collections::HashSet::new();
+    for _ in 0..9 {
+        let (i, response) = tokio::time::timeout(Duration::from_secs(10), answers.recv())
+            .await
+            .expect("refused at once")
+            .unwrap();
+        let response = response.unwrap();
+        let status = tonic::Status::from_header_map(response.headers()).expect("a status");
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert_eq!(reason(&status), "TOO_MANY_IN_FLIGHT");
+        assert!(retry_delay(&status) > Duration::ZERO);
+        refused.insert(i);
+    }
+    let held = (0..10).find(|i| !refused.contains(i)).unwrap();
+    // Other agencies keep the gateway's other places.
+    let mut land = gw.client(LAND_OFFICE).await;
+    for _ in 0..5 {
+        land.citizen.get_citizen(citizen_request()).await.unwrap();
+    }
+    // Once its message is complete, the held call is answered (a message
+    // of zeros: MALFORMED_REQUEST), and the agency's place is back.
+    bodies[held].send_data(bytes_of(vec![0; 14]), true).unwrap();
+    let (i, response) = tokio::time::timeout(Duration::from_secs(10), answers.recv())
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(i, held);
+    assert_eq!(response.unwrap().status(), http::StatusCode::OK);
+    let mut one = gw.client(ONE_AT_A_TIME).await;
+    one.business.get_enterprise(enterprise()).await.unwrap();
+    conn.abort();
+    gw.stop().await;
+}

@@ -2,6 +2,11 @@
 //! `server.rs`, each reading its `[limits]` value per call from the config
 //! the call uses ([`Settings`]):
 //!
+//! - [`AwaitingBodyLayer`]: per agency, at most its `max_in_flight` calls
+//!   whose request message has not fully arrived: a call is counted in the
+//!   agency's share only once its message is read (`Core::call`), so without
+//!   this an agency could hold every gateway-wide place with calls that send
+//!   their headers and never finish their body;
 //! - [`ShedLayer`]: at most `max_in_flight` calls being served; one more is
 //!   answered at once with UNAVAILABLE `OVERLOADED` and a RetryInfo, instead
 //!   of queueing into a timeout;
@@ -40,24 +45,159 @@ use crate::{
 /// What a shed caller is told to wait before trying again.
 pub const SHED_RETRY_AFTER: Duration = Duration::from_millis(100);
 
-/// Where the layers read `[limits]`: the config a call uses, looked up
-/// when the call starts.
+/// Where the layers read `[limits]` (and each agency's `max_in_flight`):
+/// the config a call uses, looked up when the call starts.
 #[derive(Clone)]
-pub struct Settings(Arc<dyn Fn() -> Limits + Send + Sync>);
+pub struct Settings {
+    limits: Arc<dyn Fn() -> Limits + Send + Sync>,
+    agency_max_in_flight: AgencyBound,
+}
+
+/// An agency's `max_in_flight` by its code, as the config in force has it.
+type AgencyBound = Arc<dyn Fn(&str) -> Option<usize> + Send + Sync>;
 
 impl Settings {
     /// Always `config`.
     pub fn fixed(config: Arc<Config>) -> Settings {
-        Settings(Arc::new(move || config.limits.clone()))
+        let agencies = Arc::clone(&config);
+        Settings::new(move || config.limits.clone()).with_agencies(move |code| {
+            agencies
+                .agencies
+                .get(code)
+                .and_then(|a| a.limits.max_in_flight)
+        })
     }
 
-    /// Whatever `current` returns at the start of each call.
+    /// Whatever `current` returns at the start of each call (and no
+    /// agency limits, until [`Settings::with_agencies`]).
     pub fn new(current: impl Fn() -> Limits + Send + Sync + 'static) -> Settings {
-        Settings(Arc::new(current))
+        Settings {
+            limits: Arc::new(current),
+            agency_max_in_flight: Arc::new(|_| None),
+        }
+    }
+
+    /// Each agency's `max_in_flight`, as `of` says at the start of a call.
+    pub fn with_agencies(
+        mut self,
+        of: impl Fn(&str) -> Option<usize> + Send + Sync + 'static,
+    ) -> Settings {
+        self.agency_max_in_flight = Arc::new(of);
+        self
     }
 
     fn current(&self) -> Limits {
-        (self.0)()
+        (self.limits)()
+    }
+}
+
+/// Counts, per agency, the calls whose request message has not fully
+/// arrived; see the module docs. Runs before [`ShedLayer`], so such calls
+/// past the agency's bound never take a gateway-wide place.
+#[derive(Clone)]
+pub struct AwaitingBodyLayer {
+    settings: Settings,
+    waiting: Arc<Mutex<std::collections::HashMap<Arc<str>, Arc<AtomicUsize>>>>,
+}
+
+impl AwaitingBodyLayer {
+    pub fn new(settings: Settings) -> AwaitingBodyLayer {
+        AwaitingBodyLayer {
+            settings,
+            waiting: Arc::default(),
+        }
+    }
+
+    /// The agency's count (connections are only admitted for configured
+    /// agencies, so the map is bounded by the config).
+    fn count_of(&self, agency: &Arc<str>) -> Arc<AtomicUsize> {
+        let mut map = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(map.entry(Arc::clone(agency)).or_default())
+    }
+}
+
+impl<S> tower::Layer<S> for AwaitingBodyLayer {
+    type Service = AwaitingBody<S>;
+    fn layer(&self, inner: S) -> AwaitingBody<S> {
+        AwaitingBody {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// See [`AwaitingBodyLayer`].
+#[derive(Clone)]
+pub struct AwaitingBody<S> {
+    inner: S,
+    layer: AwaitingBodyLayer,
+}
+
+/// A call counted among its agency's calls awaiting their message, in its
+/// request's extensions until [`LimitedBody`] has read the message (or the
+/// body ends, or is dropped).
+#[derive(Clone)]
+pub struct BodyPending(Arc<Mutex<Option<Counted>>>);
+
+impl BodyPending {
+    fn release(&self) {
+        let taken = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(taken);
+    }
+}
+
+impl<S, B> tower::Service<http::Request<B>> for AwaitingBody<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: HttpBody + Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let agency = req
+            .extensions()
+            .get::<crate::metrics::ConnectionAgency>()
+            .map(|a| Arc::clone(&a.code));
+        let bound = agency.and_then(|a| {
+            let max = (self.layer.settings.agency_max_in_flight)(&a)?;
+            Some((a, max))
+        });
+        if let Some((agency, max)) = bound {
+            let count = self.layer.count_of(&agency);
+            let before = count.fetch_add(1, Ordering::AcqRel);
+            let counted = Counted(count);
+            if before >= max {
+                drop(counted);
+                tracing::debug!(target: "interop_gateway::shed", agency = %agency, max_in_flight = max, "call refused: the agency's earlier calls have not sent their request");
+                let answer = refusal(RequestError::ResourceExhausted {
+                    reason: crate::error::reason::TOO_MANY_IN_FLIGHT,
+                    message: format!(
+                        "agency {agency} already has {max} calls (its max_in_flight) whose request message has not arrived; finish sending those, or retry after the delay given"
+                    ),
+                    metadata: vec![
+                        ("agency".into(), agency.to_string()),
+                        ("max_in_flight".into(), max.to_string()),
+                    ],
+                    retry_after: crate::limits::IN_FLIGHT_RETRY_AFTER,
+                });
+                let drain = Drain::new(req.into_body());
+                return Box::pin(async move {
+                    drain.await;
+                    Ok(answer)
+                });
+            }
+            req.extensions_mut()
+                .insert(BodyPending(Arc::new(Mutex::new(Some(counted)))));
+        }
+        Box::pin(self.inner.call(req))
     }
 }
 
@@ -140,6 +280,24 @@ pub struct Shed<S> {
 /// One call counted in the gateway's calls in flight.
 struct Counted(Arc<AtomicUsize>);
 
+/// A call's place among the gateway's `max_in_flight`, in its request's
+/// extensions: the call holds it until its answer, except that a call
+/// ending in an error gives it back once that is known, before waiting for
+/// its access record ([`ShedSlot::release`]). Such a call discloses
+/// nothing; were it to keep its place while its record is made durable, a
+/// flood of refused calls (an agency over its own limits) would fill the
+/// places every other agency needs.
+#[derive(Clone, Default)]
+pub struct ShedSlot(Arc<Mutex<Option<Counted>>>);
+
+impl ShedSlot {
+    /// Gives the call's place back now (once; later calls do nothing).
+    pub fn release(&self) {
+        let taken = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(taken);
+    }
+}
+
 impl Drop for Counted {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
@@ -163,7 +321,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let max = self.layer.settings.current().max_in_flight;
         let before = self.layer.in_flight.fetch_add(1, Ordering::AcqRel);
         let counted = Counted(Arc::clone(&self.layer.in_flight));
@@ -177,10 +335,12 @@ where
                 Ok(answer)
             });
         }
+        let slot = ShedSlot(Arc::new(Mutex::new(Some(counted))));
+        req.extensions_mut().insert(slot.clone());
         let call = self.inner.call(req);
         Box::pin(async move {
             let response = call.await;
-            drop(counted);
+            slot.release();
             response
         })
     }
@@ -302,11 +462,14 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> S::Future {
         let max = self.settings.current().max_request_bytes;
+        let pending = req.extensions().get::<BodyPending>().cloned();
         self.inner.call(req.map(|body| LimitedBody {
             inner: body,
             max,
             left: max + GRPC_FRAME_HEADER,
             header: Vec::with_capacity(GRPC_FRAME_HEADER),
+            message_left: None,
+            pending,
         }))
     }
 }
@@ -320,6 +483,26 @@ pub struct LimitedBody<B> {
     left: usize,
     /// The first message's frame header, while it is being read.
     header: Vec<u8>,
+    /// Bytes of the first message still to come, once its header is read.
+    message_left: Option<usize>,
+    /// The call's place among its agency's calls awaiting their message,
+    /// given back once the message is read.
+    pending: Option<BodyPending>,
+}
+
+impl<B> LimitedBody<B> {
+    /// The message is here (or will never be): the call no longer awaits it.
+    fn arrived(&mut self) {
+        if let Some(pending) = self.pending.take() {
+            pending.release();
+        }
+    }
+}
+
+impl<B> Drop for LimitedBody<B> {
+    fn drop(&mut self) {
+        self.arrived();
+    }
 }
 
 impl<B> LimitedBody<B> {
@@ -332,11 +515,14 @@ impl<B> LimitedBody<B> {
 
     /// Takes in `data`; a status once over the limit.
     fn count(&mut self, data: &[u8]) -> Result<(), Status> {
+        let mut rest = data.len();
         if self.header.len() < GRPC_FRAME_HEADER {
             let wanted = GRPC_FRAME_HEADER - self.header.len();
-            self.header
-                .extend_from_slice(&data[..wanted.min(data.len())]);
+            let taken = wanted.min(data.len());
+            rest -= taken;
+            self.header.extend_from_slice(&data[..taken]);
             if let [flag, a, b, c, d] = self.header[..] {
+                self.message_left = Some(u32::from_be_bytes([a, b, c, d]) as usize);
                 if flag != 0 {
                     // tonic answers a compressed flag without an encoding
                     // with INTERNAL, as if the gateway had failed.
@@ -349,6 +535,12 @@ impl<B> LimitedBody<B> {
                 if u32::from_be_bytes([a, b, c, d]) as usize > self.max {
                     return Err(self.too_large());
                 }
+            }
+        }
+        if let Some(left) = &mut self.message_left {
+            *left = left.saturating_sub(rest);
+            if *left == 0 {
+                self.arrived();
             }
         }
         match self.left.checked_sub(data.len()) {
@@ -375,8 +567,14 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = self.get_mut();
         let frame = match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-            None => return Poll::Ready(None),
-            Some(Err(e)) => return Poll::Ready(Some(Err(Status::from_error(e.into())))),
+            None => {
+                this.arrived();
+                return Poll::Ready(None);
+            }
+            Some(Err(e)) => {
+                this.arrived();
+                return Poll::Ready(Some(Err(Status::from_error(e.into()))));
+            }
             Some(Ok(frame)) => frame,
         };
         if let Some(data) = frame.data_ref() {
@@ -618,6 +816,29 @@ mod tests {
         }
     }
 
+    /// A body that never ends: the refusal waits for it at most
+    /// `DRAIN_TIME`.
+    struct Never;
+    impl HttpBody for Never {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_call_whose_body_never_ends_is_answered_after_its_wait() {
+        let started = tokio::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), Drain::new(Never))
+            .await
+            .expect("the wait ends");
+        assert!(started.elapsed() >= DRAIN_TIME);
+    }
+
     #[test]
     fn a_body_is_refused_once_over_or_once_its_prefix_claims_more() {
         let body = |max| LimitedBody {
@@ -625,6 +846,8 @@ mod tests {
             max,
             left: max + GRPC_FRAME_HEADER,
             header: Vec::new(),
+            message_left: None,
+            pending: None,
         };
         let frame = |len: u32| {
             let mut f = vec![0u8];

@@ -266,6 +266,10 @@ impl Core {
     {
         let started = Instant::now();
         let snapshot = self.live.snapshot();
+        let shed_slot = request
+            .extensions()
+            .get::<crate::limits::layers::ShedSlot>()
+            .cloned();
         let time_unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
@@ -403,6 +407,13 @@ impl Core {
                 };
                 if code == tonic::Code::Ok && self.receipts {
                     receipt = Some(crate::receipt::Claims::of(&record));
+                }
+                // Nothing is disclosed: the gateway-wide place goes back
+                // now, the answer still waits for its record.
+                if code != tonic::Code::Ok {
+                    if let Some(slot) = &shed_slot {
+                        slot.release();
+                    }
                 }
                 let appending = Instant::now();
                 let appended = self.audit.append(record).await;
