@@ -808,7 +808,7 @@ mod tests {
         /// Fuzzing the header parser: any bytes, never a panic, and what
         /// parses prints back to itself.
         #[test]
-        fn grpc_timeout_parsing_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..16)) {
+        fn fuzz_grpc_timeout(bytes in proptest::collection::vec(any::<u8>(), 0..16)) {
             if let Some(d) = parse_grpc_timeout(&bytes) {
                 prop_assert!(d <= Duration::from_secs(99_999_999 * 3600));
                 prop_assert!(bytes.len() >= 2 && bytes.len() <= 9);

@@ -156,7 +156,11 @@ impl Run {
                 Ok(()) => return "OK",
                 Err(status) => status,
             };
-            match retry_delay(&status).filter(|d| Instant::now() + *d < deadline) {
+            let delay = retry_delay(&status).map(|d| {
+                let n = self.retries.load(Ordering::Relaxed);
+                jittered(d, n)
+            });
+            match delay.filter(|d| Instant::now() + *d < deadline) {
                 // Within its deadline whatever else happens: a run that has
                 // issued its last request still waits for those in flight.
                 Some(delay) => {
@@ -235,6 +239,20 @@ impl Run {
 }
 
 /// The `google.rpc.RetryInfo` delay of a refusal, if it carries one.
+/// `delay` stretched by a factor in [1, 1.5) that differs from one resend
+/// to the next (a hash of `n`): every caller refused at one moment is told
+/// the same delay, and resending all at once at its end would be refused
+/// again together.
+fn jittered(delay: Duration, n: u64) -> Duration {
+    // splitmix64's finaliser: well spread for consecutive n.
+    let mut z = n.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let unit = (z >> 11) as f64 / (1u64 << 53) as f64;
+    delay.mul_f64(1.0 + unit / 2.0)
+}
+
 fn retry_delay(status: &tonic::Status) -> Option<Duration> {
     use tonic_types::StatusExt;
     status
@@ -507,6 +525,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resends_wait_at_least_the_delay_given_and_spread_over_half_of_it() {
+        let d = Duration::from_millis(100);
+        let waits: Vec<Duration> = (0..1000).map(|n| jittered(d, n)).collect();
+        assert!(waits.iter().all(|w| *w >= d && *w < d.mul_f64(1.5)));
+        // Spread, not a few values: each tenth of the range is used.
+        let mut tenths = [0u32; 5];
+        for w in &waits {
+            tenths[((w.as_secs_f64() / d.as_secs_f64() - 1.0) * 10.0) as usize] += 1;
+        }
+        assert!(tenths.iter().all(|&n| n > 100), "{tenths:?}");
+    }
 
     #[test]
     fn durations_parse_with_units() {
