@@ -78,6 +78,22 @@ async fn audit_verify_catches_edits_deletions_swaps_and_truncation() {
         "{stdout}{}",
         String::from_utf8_lossy(&ok.stderr)
     );
+    // Its reader gone (`| head -1` having read its line): a quiet stop.
+    for args in [&["audit", "verify"][..], &["audit", "export"][..]] {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
     assert!(stdout.contains("23 records"), "{stdout}");
 
     // The re-use report counts those lookups for the procedure and agency.

@@ -151,7 +151,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
             match verified {
                 Ok(report) => {
                     let took = started.elapsed().as_secs_f64();
-                    println!(
+                    outln!(
                         "access log {}: OK, {} records, {} checkpoints{}",
                         config.audit.dir.display(),
                         report.records,
@@ -166,24 +166,24 @@ pub fn run(args: Args) -> Result<(), Failure> {
                         }
                     );
                     if let Some(through) = report.retired_through {
-                        println!(
+                        outln!(
                             "records 1 to {through} were deleted under retention, as the signed statement in {} attests",
                             audit::RETIRED_FILE
                         );
                     }
-                    println!(
+                    outln!(
                         "verified in {took:.2} s ({:.0} records/s)",
                         report.records as f64 / took.max(1e-9)
                     );
                     match report.last_checkpoint {
-                        Some((seq, time)) => println!(
+                        Some((seq, time)) => outln!(
                             "last checkpoint: after record {seq}, at {}",
                             super::format_time(time)
                         ),
-                        None => println!("no checkpoint yet"),
+                        None => outln!("no checkpoint yet"),
                     }
                     for line in tail_lines(report.unsealed_tail, report.torn_tail_bytes) {
-                        println!("{line}");
+                        outln!("{line}");
                     }
                     let Some((dir, found)) = &witnessed else {
                         return Ok(());
@@ -237,8 +237,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 .transpose()
                 .map_err(|e| Failure::new(EXIT_CONFIG, format!("--since: {e}")))?;
             let source = source(&config, database_url)?;
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
+            let mut out = std::io::BufWriter::new(super::Stdout);
             let config = match source {
                 Source::Files(config) => config,
                 Source::Database(url) => {
@@ -283,7 +282,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 }
                 let signer =
                     audit::Signer::load_or_create(key).map_err(|e| Failure::new(EXIT_FAILED, e))?;
-                print!("{}", signer.public_key_pem());
+                out!("{}", signer.public_key_pem());
                 return Ok(());
             }
             let path = config.audit.dir.join(audit::PUB_FILE);
@@ -298,7 +297,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
             })?;
             audit::parse_public_key_pem(&pem)
                 .map_err(|e| Failure::new(EXIT_FAILED, format!("{}: {e}", path.display())))?;
-            print!("{pem}");
+            out!("{pem}");
             Ok(())
         }
     }
@@ -342,19 +341,19 @@ fn witness_lines(
         )
     })?;
     if report.witnesses.is_empty() && report.retired == 0 {
-        println!(
+        outln!(
             "witnesses: no countersignature in {} is for this log",
             dir.display()
         );
     }
     for (kid, (count, seq)) in &report.witnesses {
-        println!(
+        outln!(
             "witness {}: {count} countersigned checkpoints, the latest at record {seq}, all in this log",
             &kid[..16]
         );
     }
     if report.retired > 0 {
-        println!(
+        outln!(
             "{} countersigned checkpoints fall in records deleted under retention and cannot be checked",
             report.retired
         );
@@ -378,12 +377,12 @@ fn verify_database(
             broken => Failure::new(EXIT_FAILED, format!("access log {shown}: BROKEN: {broken}")),
         })?;
     let records: u64 = reports.iter().map(|r| r.records).sum();
-    println!(
+    outln!(
         "access log {shown}: OK, {} instances, {records} records",
         reports.len()
     );
     for r in &reports {
-        println!(
+        outln!(
             "instance {}: {} records, {} checkpoints, last after record {} at {}",
             r.instance,
             r.records,
@@ -392,7 +391,7 @@ fn verify_database(
             super::format_time(r.last_checkpoint.1)
         );
         for line in tail_lines(r.unsealed_tail, 0) {
-            println!("  {line}");
+            outln!("  {line}");
         }
     }
     let Some((dir, found)) = witnessed else {
@@ -418,7 +417,7 @@ fn verify_database(
             p.last_seq,
             0,
         );
-        println!("instance {}:", p.instance);
+        outln!("instance {}:", p.instance);
         witness_lines(&format!("{shown} instance {}", p.instance), dir, checked)?;
     }
     Ok(())

@@ -152,7 +152,7 @@ async fn watch(client: &mut Client, text: &str) -> Result<tonic::Status, Failure
         Ok(response) => response.into_inner(),
         Err(status) => return Ok(status),
     };
-    let mut out = std::io::stdout().lock();
+    let mut out = super::Stdout;
     loop {
         match stream.message().await {
             Ok(Some(event)) => {
@@ -297,7 +297,7 @@ fn print_result(
 ) -> Result<(), Failure> {
     match result {
         Ok(v) => {
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             Ok(())
         }
         // No answer came: that is no gRPC status, so none is printed.
@@ -311,7 +311,7 @@ fn print_result(
             ),
         )),
         Err(status) => {
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&status_json(&status)).unwrap_or_default()
             );

@@ -88,13 +88,13 @@ pub fn run(args: Args) -> Result<(), Failure> {
             let mut revoked = read_revoked(&layout)?;
             let hex = pki::serial_hex(&serial);
             if revoked.contains(&serial) {
-                println!("serial {hex} was already revoked");
+                outln!("serial {hex} was already revoked");
             } else {
                 revoked.push(serial);
                 let text: String = revoked.iter().map(|s| pki::serial_hex(s) + "\n").collect();
                 pki::write_file(&layout.revoked(), &text, false)
                     .map_err(|e| Failure::new(EXIT_FAILED, e))?;
-                println!("revoked serial {hex}");
+                outln!("revoked serial {hex}");
             }
             write_crl(&config, &layout, &ca, &revoked)
         }
@@ -109,13 +109,13 @@ pub fn run(args: Args) -> Result<(), Failure> {
             let config = load_config(&config.config)?;
             let done = dev::ensure_pki(&config).map_err(|e| Failure::new(EXIT_FAILED, e))?;
             if done.is_empty() {
-                println!(
+                outln!(
                     "dev PKI already complete under {}",
                     config.pki_dir().display()
                 );
             }
             for line in done {
-                println!("{line}");
+                outln!("{line}");
             }
             Ok(())
         }
@@ -144,7 +144,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 &issued,
             )
             .map_err(|e| Failure::new(EXIT_FAILED, e))?;
-            println!(
+            outln!(
                 "issued {} and {} (spiffe://{}/agency/{agency})",
                 layout.agency_cert(&agency).display(),
                 layout.agency_key(&agency).display(),
@@ -200,16 +200,16 @@ fn write_crl(
         .map_err(|e| Failure::new(EXIT_FAILED, e))?;
     let path = layout.crl();
     pki::write_file(&path, &pem, false).map_err(|e| Failure::new(EXIT_FAILED, e))?;
-    println!(
+    outln!(
         "wrote {} ({} revoked, valid {} days)",
         path.display(),
         revoked.len(),
         pki::CRL_VALID_DAYS
     );
     if config.tls.crls.contains(&path) {
-        println!("send SIGHUP to the gateway to apply it (`interop-gateway check-config` first)");
+        outln!("send SIGHUP to the gateway to apply it (`interop-gateway check-config` first)");
     } else {
-        println!(
+        outln!(
             "add it to [tls] crls in {} and send SIGHUP to the gateway to apply it (`interop-gateway check-config` first)",
             config.path.display()
         );

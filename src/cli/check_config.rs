@@ -38,7 +38,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         eprintln!("warning: {warning}");
     }
     let c = &snapshot.config;
-    println!(
+    outln!(
         "{}: OK ({} agencies, {} grants, {} CRL files)",
         path.display(),
         c.agencies.len(),

@@ -18,7 +18,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<(), Failure> {
     let s = demo::write_extract(&args.out, args.citizens)
         .map_err(|e| Failure::new(EXIT_FAILED, format!("{}: {e}", args.out.display())))?;
-    println!(
+    outln!(
         "wrote {} citizens, {} parcels, {} enterprises to {}",
         s.citizens,
         s.parcels,

@@ -21,7 +21,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let started = Instant::now();
     let summary = import_file(&config.store_path(), args.registry, &args.file)
         .map_err(|e| Failure::new(EXIT_FAILED, e))?;
-    println!(
+    outln!(
         "imported {} {} records from {} into {} in {:.1} s",
         summary.records,
         args.registry.record_name(),

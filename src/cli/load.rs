@@ -354,8 +354,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
         eprintln!("load: {warning}");
     }
     match args.output {
-        Output::Text => print!("{}", summary.to_text()),
-        Output::Json => println!(
+        Output::Text => out!("{}", summary.to_text()),
+        Output::Json => outln!(
             "{}",
             serde_json::to_string_pretty(&summary)
                 .map_err(|e| Failure::new(EXIT_FAILED, e.to_string()))?

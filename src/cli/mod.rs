@@ -5,6 +5,22 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// `println!` for command output, through [`Stdout`].
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!($crate::cli::Stdout, $($arg)*);
+    }};
+}
+
+/// `print!` for command output, through [`Stdout`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!($crate::cli::Stdout, $($arg)*);
+    }};
+}
+
 pub mod audit;
 pub mod call;
 pub mod certs;
@@ -49,6 +65,39 @@ pub enum Command {
     Proto(proto::Args),
     /// Verify a signed receipt of an answer.
     Receipt(receipt::Args),
+}
+
+/// Standard output for what a command prints. A closed pipe (`| head`: the
+/// reader has what it wanted) ends the command at once with exit 0, where
+/// `println!` would panic and a write error would be blamed on whatever was
+/// being read; any other write error ends it with exit 1, saying so.
+pub struct Stdout;
+
+impl Stdout {
+    fn settle<T>(r: std::io::Result<T>) -> std::io::Result<T> {
+        match r {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+            Err(e) => {
+                eprintln!("error: writing to standard output: {e}");
+                std::process::exit(i32::from(EXIT_FAILED))
+            }
+            ok => ok,
+        }
+    }
+}
+
+impl std::io::Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Self::settle(std::io::stdout().lock().write(buf))
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        Self::settle(std::io::stdout().lock().write_all(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Self::settle(std::io::stdout().lock().flush())
+    }
 }
 
 /// `lowerCamelCase` -> `snake_case`, for one field-mask path segment.

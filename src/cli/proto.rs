@@ -74,9 +74,9 @@ fn export(out: &Path) -> Result<(), Failure> {
             .map_err(|e| Failure::new(EXIT_FAILED, format!("{}: {e}", path.display())))?;
     }
     for (path, _) in PROTO_SOURCES {
-        println!("{}", out.join(path).display());
+        outln!("{}", out.join(path).display());
     }
-    println!("{}", out.join(DESCRIPTOR_SET_FILE).display());
+    outln!("{}", out.join(DESCRIPTOR_SET_FILE).display());
     let services: Vec<String> = set
         .file
         .iter()
@@ -86,7 +86,7 @@ fn export(out: &Path) -> Result<(), Failure> {
                 .map(move |s| format!("{}.{}", f.package(), s.name()))
         })
         .collect();
-    println!(
+    outln!(
         "interop-gateway {}: {} proto files, services: {}",
         env!("CARGO_PKG_VERSION"),
         PROTO_SOURCES.len(),

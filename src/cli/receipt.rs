@@ -80,7 +80,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
             };
             let claims = receipt::verify(&key, &jws, response.as_deref())
                 .map_err(|e| Failure::new(EXIT_FAILED, e))?;
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&claims).unwrap_or_default()
             );

@@ -322,7 +322,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
             verifications::render(&rows, *format)
         }
     };
-    print!("{out}");
+    out!("{out}");
     Ok(())
 }
 
