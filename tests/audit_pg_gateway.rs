@@ -210,6 +210,35 @@ async fn two_instances_share_one_postgresql_log() {
     assert_success(&out);
     assert_all_in_export(&answered, &out.stdout);
 
+    // The re-use report reads the same database (every instance), not the
+    // config's file log.
+    let lookups = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| {
+            l["record"]["outcome"] == "OK"
+                && l["record"]["method"]
+                    .as_str()
+                    .is_some_and(|m| m.ends_with("/GetCitizen"))
+        })
+        .count();
+    let report = cli(&[
+        "report",
+        "reuse",
+        "--config",
+        config_b.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_success(&report);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&report.stdout).unwrap();
+    let reported: u64 = rows
+        .iter()
+        .map(|r| r["lookups_with_data"].as_u64().unwrap())
+        .sum();
+    assert_eq!(reported as usize, lookups);
+    assert!(lookups >= answered.len());
+
     // The database stops: both fail closed, and say so in their health.
     let mut land_a = Client::connect(&a.addr, &land).await.unwrap();
     let mut health_a = HealthClient::new(land_a.channel.clone());

@@ -1518,6 +1518,47 @@ pub async fn export_database(
     Ok(written)
 }
 
+/// Hands `each` every record of every instance, per instance oldest first,
+/// a chunk at a time from one read-only snapshot (constant memory whatever
+/// the log's size). Does not verify: run [`verify_database`] for that.
+pub async fn for_each_database_record(
+    url: &str,
+    mut each: impl FnMut(AuditRecord) -> Result<(), AuditError>,
+) -> Result<u64, AuditError> {
+    const CHUNK: i64 = 5000;
+    let snapshot = ReadSnapshot::open(url).await?;
+    let conn = &snapshot.conn;
+    let failed = db_err("reading the audit database");
+    let (mut instance, mut seq, mut read) = (String::new(), 0i64, 0u64);
+    loop {
+        let rows = conn
+            .query(
+                "SELECT instance, seq, record FROM audit_records
+                 WHERE (instance, seq) > ($1, $2) ORDER BY instance, seq LIMIT $3",
+                &[&instance, &seq, &CHUNK],
+            )
+            .await
+            .map_err(&failed)?;
+        if rows.is_empty() {
+            break;
+        }
+        for row in &rows {
+            instance = row.get(0);
+            seq = row.get(1);
+            let json: String = row.get(2);
+            let record = serde_json::from_str(&json).map_err(|e| {
+                AuditError::Unavailable(format!(
+                    "instance {instance:?} record {seq} is malformed: {e} (run `audit verify`)"
+                ))
+            })?;
+            each(record)?;
+            read += 1;
+        }
+    }
+    snapshot.close().await;
+    Ok(read)
+}
+
 fn checkpoint_from_row(row: &tokio_postgres::Row) -> Result<Checkpoint, String> {
     let seq: i64 = row.get(0);
     let hash: Vec<u8> = row.get(1);

@@ -304,7 +304,6 @@ pub fn run(args: Args) -> Result<(), Failure> {
             .map_err(|e| Failure::new(EXIT_CONFIG, format!("{flag}: {e}")))
     };
     let (from, to) = (day(from, "--from")?, day(to, "--to")?);
-    let records = read_log(&config)?;
     let agency_name = |code: &str| {
         config
             .agencies
@@ -313,12 +312,17 @@ pub fn run(args: Args) -> Result<(), Failure> {
             .unwrap_or_default()
     };
     let out = match args.command {
-        ReportCommand::Reuse(_) => render(&reuse(records, from, to, agency_name), *format),
+        ReportCommand::Reuse(_) => {
+            let report = with_records(&config, |records| reuse(records, from, to, agency_name))?;
+            render(&report, *format)
+        }
         ReportCommand::Verifications(_) => {
             let path = config.verify_budget_path();
             let failures = crate::verify_budget::persist::read_all(&path)
                 .map_err(|e| Failure::new(EXIT_FAILED, e))?;
-            let rows = verifications::rows(records, failures, from, to, agency_name);
+            let rows = with_records(&config, |records| {
+                verifications::rows(records, failures, from, to, agency_name)
+            })?;
             verifications::render(&rows, *format)
         }
     };
@@ -326,24 +330,56 @@ pub fn run(args: Args) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Every record of the access log named by `config`, from its segments and
-/// its archive alike. Every line must parse (a torn tail left by a crash is
-/// repaired when the gateway next starts).
-fn read_log(config: &crate::config::Config) -> Result<Vec<AuditRecord>, Failure> {
-    let mut records = Vec::new();
-    crate::audit::for_each_record(
-        &config.audit.dir,
-        config.audit.files.archive_dir.as_deref(),
-        |_, record| {
-            records.push(record);
-            Ok(())
-        },
-    )
-    .map_err(|e| match e {
-        crate::audit::AuditError::Unavailable(_) => Failure::new(EXIT_FAILED, e),
+/// Runs `consume` over every record of the access log `config` names
+/// (its PostgreSQL database, or its segments and archive alike), streamed
+/// from a reader thread: memory stays bounded whatever the log's size (a
+/// report keeps only its counters and distinct ids). Every record must
+/// parse and none may be missing; a torn tail left by a crash is repaired
+/// when the gateway next starts.
+fn with_records<T>(
+    config: &crate::config::Config,
+    consume: impl FnOnce(&mut dyn Iterator<Item = AuditRecord>) -> T,
+) -> Result<T, Failure> {
+    use crate::audit::AuditError;
+    /// The consumer stopped reading (it never does before the end today).
+    const GONE: &str = "the report stopped reading";
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<AuditRecord>(1024);
+    let database = config.audit.database.as_ref().map(|db| db.url.clone());
+    let (dir, archive) = (
+        config.audit.dir.clone(),
+        config.audit.files.archive_dir.clone(),
+    );
+    let reader = std::thread::spawn(move || -> Result<(), AuditError> {
+        let gone = |_| AuditError::Unavailable(GONE.into());
+        match database {
+            Some(url) => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| {
+                        AuditError::Unavailable(format!("cannot start the runtime: {e}"))
+                    })?;
+                runtime
+                    .block_on(crate::audit::pg::for_each_database_record(&url, |r| {
+                        sender.send(r).map_err(gone)
+                    }))
+                    .map(drop)
+            }
+            None => crate::audit::for_each_record(&dir, archive.as_deref(), |_, r| {
+                sender.send(r).map_err(|_| std::io::Error::other(GONE))
+            }),
+        }
+    });
+    let out = consume(&mut receiver.iter());
+    drop(receiver);
+    let read = reader
+        .join()
+        .map_err(|_| Failure::new(EXIT_FAILED, "the access log's reader failed"))?;
+    read.map_err(|e| match e {
+        AuditError::Unavailable(_) => Failure::new(EXIT_FAILED, e),
         e => Failure::new(EXIT_FAILED, format!("{e} (run `audit verify`)")),
     })?;
-    Ok(records)
+    Ok(out)
 }
 
 #[cfg(test)]
