@@ -661,3 +661,27 @@ async fn an_index_that_cannot_be_written_catches_up_from_the_segments() {
     let report = verify_in(&fx.dir(), None).unwrap();
     assert_eq!(report.records, 60);
 }
+
+#[tokio::test]
+async fn the_first_segment_ages_from_its_first_record_after_a_restart() {
+    // Segment 1 opens with a record, not a checkpoint; a restart reads it
+    // from its last checkpoint on, which must not reset its age.
+    let fx = Fx::with_records(5).await;
+    let segs = fx.segments();
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    let first_ms = {
+        let text = fs::read_to_string(&segs[0].path).unwrap();
+        let line = text.lines().next().unwrap();
+        assert!(line.starts_with("{\"seq\""), "{line}");
+        serde_json::from_str::<serde_json::Value>(line).unwrap()["record"]["time_unix_ms"]
+            .as_i64()
+            .unwrap()
+    };
+    let mut files = fx.files(false);
+    files.segment_bytes = 1 << 30;
+    files.segment_max_age = Some(Duration::from_secs(3600));
+    let mut store = FileStore::new(&fx.dir(), fx.signer().public_key(), files);
+    store.recover().unwrap();
+    assert!(!store.wants_checkpoint(first_ms + 3_599_000));
+    assert!(store.wants_checkpoint(first_ms + 3_600_000));
+}

@@ -858,6 +858,23 @@ fn move_file(from: &Path, to: &Path) -> Result<(), AuditError> {
     files::sync_parent(from).map_err(io_at(from))
 }
 
+/// The time of a segment's first line, a checkpoint or a record (the very
+/// first segment, and one made by migrating a single-file log, open with a
+/// record): what its age is counted from.
+fn first_line_time(path: &Path) -> Result<Option<i64>, AuditError> {
+    let file = File::open(path).map_err(io_at(path))?;
+    let bytes = match index::read_line_at(&file, 0) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(io_at(path)(e)),
+    };
+    Ok(match line::parse_entry(&bytes) {
+        Ok(Entry::Checkpoint(cp)) => Some(cp.time_unix_ms),
+        Ok(Entry::Record { record, .. }) => Some(record.time_unix_ms),
+        Err(_) => None,
+    })
+}
+
 /// The first line of a segment, when it is a checkpoint.
 fn first_checkpoint(path: &Path) -> Result<Option<Checkpoint>, AuditError> {
     let file = File::open(path).map_err(io_at(path))?;
@@ -992,7 +1009,7 @@ impl AuditStore for FileStore {
             index::forget_after(&conn, last_seq).map_err(io_at(&index_path))?;
         }
         if start > 0 && started_ms.is_none() {
-            started_ms = first_checkpoint(&active.path)?.map(|cp| cp.time_unix_ms);
+            started_ms = first_line_time(&active.path)?;
         }
 
         // Sealed segments still here, for retention: each ends where the next
