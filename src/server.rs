@@ -239,6 +239,9 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         metrics
     });
     let upstreams = Arc::new(Upstreams::from_config(config)?);
+    for upstream in upstreams.iter() {
+        tracing::info!(service = upstream.service, owner = %upstream.owner, address = upstream.address(), "forwarding the service to its owner's gateway");
+    }
     let signer = Signer::load_or_create(&config.audit.signing_key)?;
     let audit_options = AuditOptions {
         checkpoint_every_records: config.audit.checkpoint_every_records,

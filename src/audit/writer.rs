@@ -712,7 +712,12 @@ fn run(
 
         match result {
             Ok(committed) => {
-                health.send_if_modified(|healthy| !std::mem::replace(healthy, true));
+                if health.send_if_modified(|healthy| !std::mem::replace(healthy, true)) {
+                    tracing::info!(
+                        location = %writer.store.location(),
+                        "the access log is written again; calls are answered (health SERVING)"
+                    );
+                }
                 if let Some(cp) = committed.sealed {
                     sealed.seq.send_replace(cp.seq);
                     sealed.checkpoint.send_replace(Some(cp));
@@ -734,6 +739,7 @@ fn run(
                 health.send_replace(false);
                 tracing::error!(
                     error = %e,
+                    location = %writer.store.location(),
                     records = records.len(),
                     "audit write failed; the batch is refused and will be cut off before the next write"
                 );

@@ -288,6 +288,11 @@ impl Upstream {
         }
     }
 
+    /// The owner's gateway, `host:port` as configured.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
     /// Follows whether the owner is believed up.
     pub fn health(&self) -> watch::Receiver<bool> {
         self.up.subscribe()
