@@ -194,6 +194,53 @@ fn instances_keep_their_own_chains_and_list_each_others_records_newest_first() {
         .to_string();
     assert!(err.contains("gw-a") && err.contains("signature"), "{err}");
 
+    // The subject index and the time column are checked against the
+    // records: a read hidden from a citizen's listing, or moved in time.
+    env.pg.psql(
+        "CREATE TABLE s_backup AS SELECT * FROM audit_subjects; \
+         CREATE TABLE r_backup AS SELECT * FROM audit_records",
+    );
+    let restore = "DELETE FROM audit_subjects; \
+         UPDATE audit_records r SET time_unix_ms = b.time_unix_ms FROM r_backup b \
+           WHERE b.instance = r.instance AND b.seq = r.seq; \
+         INSERT INTO audit_subjects SELECT * FROM s_backup";
+    for (tamper, wanted) in [
+        (
+            "DELETE FROM audit_subjects WHERE instance = 'gw-a' AND seq = 2",
+            "lacks it",
+        ),
+        (
+            "UPDATE audit_subjects SET time_unix_ms = time_unix_ms + 34560000000 \
+             WHERE instance = 'gw-a' AND seq = 2",
+            "another time",
+        ),
+        (
+            "UPDATE audit_records SET time_unix_ms = time_unix_ms - 34560000000 \
+             WHERE instance = 'gw-a' AND seq = 2",
+            "time_unix_ms column",
+        ),
+        (
+            "INSERT INTO audit_subjects SELECT '001099009999', time_unix_ms, instance, seq \
+             FROM audit_records WHERE instance = 'gw-a' AND seq = 1",
+            "name no record's subject",
+        ),
+    ] {
+        env.pg.psql(tamper);
+        let err = env
+            .rt
+            .block_on(pg::verify_database(&env.pg.url, None))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("gw-a") && err.contains(wanted),
+            "{tamper}: {err}"
+        );
+        env.pg.psql(restore);
+        env.rt
+            .block_on(pg::verify_database(&env.pg.url, None))
+            .unwrap();
+    }
+
     env.pg.psql(
         "UPDATE audit_records SET record = replace(record, 'officer-7', 'officer-8') \
          WHERE instance = 'gw-b' AND seq = 1",

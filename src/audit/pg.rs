@@ -1393,11 +1393,16 @@ pub async fn verify_database(
         }
         let mut next_cp = checkpoints.iter().skip(1).peekable();
         let (mut seq, mut hash) = (0u64, GENESIS);
+        // The subject index and the time column (what listings and
+        // `audit export --since` read) against the records: the first
+        // mismatch, reported once the chain itself verifies.
+        let mut index_failure: Option<(Option<u64>, String)> = None;
+        let mut index_entries = 0u64;
         loop {
             let rows = conn
                 .query(
-                    "SELECT seq, hash, record FROM audit_records WHERE instance = $1 AND seq > $2
-                     ORDER BY seq LIMIT $3",
+                    "SELECT seq, hash, record, time_unix_ms FROM audit_records
+                     WHERE instance = $1 AND seq > $2 ORDER BY seq LIMIT $3",
                     &[&instance, &to_i64(seq), &CHUNK],
                 )
                 .await
@@ -1405,9 +1410,30 @@ pub async fn verify_database(
             if rows.is_empty() {
                 break;
             }
+            let (mut e_subject, mut e_time, mut e_seq) = (Vec::new(), Vec::new(), Vec::new());
             for row in &rows {
                 let (row_seq, stored, record) =
                     record_from_row(row).map_err(|what| broken(None, what))?;
+                let column: i64 = row.get(3);
+                if column != record.time_unix_ms && index_failure.is_none() {
+                    index_failure = Some((
+                        Some(row_seq),
+                        format!(
+                            "its time_unix_ms column ({column}) is not the record's ({}): \
+                             listings and `audit export --since` would misplace it",
+                            record.time_unix_ms
+                        ),
+                    ));
+                }
+                let mut seen: Vec<&str> = Vec::new();
+                for subject in &record.subjects {
+                    if crate::domain::is_subject_key(subject) && !seen.contains(&subject.as_str()) {
+                        seen.push(subject);
+                        e_subject.push(subject.clone());
+                        e_time.push(record.time_unix_ms);
+                        e_seq.push(to_i64(row_seq));
+                    }
+                }
                 if row_seq != seq + 1 {
                     return Err(broken(Some(seq + 1), "missing".into()));
                 }
@@ -1430,6 +1456,30 @@ pub async fn verify_database(
                     }
                 }
             }
+            index_entries += e_subject.len() as u64;
+            if index_failure.is_none() && !e_subject.is_empty() {
+                let lacking = conn
+                    .query_opt(
+                        "SELECT u.q, u.s FROM unnest($1::text[], $2::int8[], $3::int8[]) AS u(s, t, q)
+                         WHERE NOT EXISTS (SELECT 1 FROM audit_subjects x WHERE x.subject = u.s
+                           AND x.time_unix_ms = u.t AND x.instance = $4 AND x.seq = u.q)
+                         ORDER BY u.q LIMIT 1",
+                        &[&e_subject, &e_time, &e_seq, &instance],
+                    )
+                    .await
+                    .map_err(failed)?;
+                if let Some(row) = lacking {
+                    let (q, s): (i64, String) = (row.get(0), row.get(1));
+                    index_failure = Some((
+                        u64::try_from(q).ok(),
+                        format!(
+                            "the subject index (audit_subjects) lacks it for {s}, or names \
+                             another time: ListAccessRecords would not show this read to the \
+                             citizen where it belongs; the record is intact, the index was changed"
+                        ),
+                    ));
+                }
+            }
         }
         if let Some(cp) = next_cp.next() {
             return Err(broken(
@@ -1450,6 +1500,29 @@ pub async fn verify_database(
             return Err(broken(
                 None,
                 format!("{dangling} subject index rows name records that are not there"),
+            ));
+        }
+        if let Some((seq, what)) = index_failure {
+            return Err(broken(seq, what));
+        }
+        let entries: i64 = conn
+            .query_one(
+                "SELECT count(*) FROM audit_subjects WHERE instance = $1",
+                &[&instance],
+            )
+            .await
+            .map_err(failed)?
+            .get(0);
+        let extra = u64::try_from(entries)
+            .unwrap_or(0)
+            .saturating_sub(index_entries);
+        if extra > 0 {
+            return Err(broken(
+                None,
+                format!(
+                    "{extra} subject index rows (audit_subjects) name no record's subject: \
+                     ListAccessRecords would show a citizen reads that are not in the log"
+                ),
             ));
         }
         let last = checkpoints

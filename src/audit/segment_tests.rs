@@ -685,3 +685,37 @@ async fn the_first_segment_ages_from_its_first_record_after_a_restart() {
     assert!(!store.wants_checkpoint(first_ms + 3_599_000));
     assert!(store.wants_checkpoint(first_ms + 3_600_000));
 }
+
+#[tokio::test]
+async fn verification_checks_the_subject_index_against_the_records() {
+    let fx = Fx::with_records(300).await;
+    let report = verify_in(&fx.dir(), None).unwrap();
+    assert_eq!((report.index_entries, report.indexed_seq), (Some(300), 300));
+    let index = fx.dir().join("index.sqlite");
+    let original = fs::read(&index).unwrap();
+    let tamper = |sql: &str| {
+        fs::write(&index, &original).unwrap();
+        let conn = rusqlite::Connection::open(&index).unwrap();
+        conn.execute_batch(sql).unwrap();
+        drop(conn);
+        verify_in(&fx.dir(), None).unwrap_err()
+    };
+    // A read hidden from the citizen: its entry deleted, or moved.
+    let failure = tamper("DELETE FROM subjects WHERE subject = '001099000001' AND seq = 99");
+    assert_eq!(failure.seq, Some(99), "{failure}");
+    assert!(failure.what.contains("lacks it"), "{failure}");
+    let failure = tamper("UPDATE subjects SET offset = offset + 1 WHERE seq = 120");
+    assert_eq!(failure.seq, Some(120), "{failure}");
+    assert!(failure.what.contains("points elsewhere"), "{failure}");
+    // A read shown that is not in the log.
+    let failure = tamper("INSERT INTO subjects VALUES ('001099000001', 5, 1, 0)");
+    assert!(
+        failure.what.contains("1 entries that name no record"),
+        "{failure}"
+    );
+    // Without an index there is nothing to check (it is rebuilt at start).
+    fs::remove_file(&index).unwrap();
+    let _ = fs::remove_file(fx.dir().join("index.sqlite-wal"));
+    let _ = fs::remove_file(fx.dir().join("index.sqlite-shm"));
+    assert_eq!(verify_in(&fx.dir(), None).unwrap().index_entries, None);
+}

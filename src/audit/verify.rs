@@ -49,6 +49,157 @@ pub struct VerifyReport {
     pub retired_through: Option<u64>,
     /// Seq of the last record checked.
     pub last_seq: u64,
+    /// Entries of the subject index (`index.sqlite`, behind
+    /// `ListAccessRecords`) checked against the records: each record's
+    /// subjects point at its line, and (verifying the whole log) no entry
+    /// names anything else. `None` when there is no index (it is rebuilt
+    /// from the segments at the next start).
+    pub index_entries: Option<u64>,
+    /// The last record the index covers (it follows the log by up to a
+    /// second or a batch).
+    pub indexed_seq: u64,
+}
+
+/// The subject index checked against the records as verification reads
+/// them: a citizen's listing comes from it, so an entry deleted or moved
+/// would hide a read from the citizen while the chain still verifies. Its
+/// failure is reported only once the records themselves verify: a changed
+/// record is the finding then, not the index that no longer matches it.
+struct IndexCheck {
+    conn: rusqlite::Connection,
+    /// Entries are checked for records up to this seq (the index lags).
+    through: u64,
+    checked: u64,
+    failure: Option<VerifyFailure>,
+}
+
+impl IndexCheck {
+    /// The index of the log in `dir`, read in one snapshot; `None` when
+    /// there is none.
+    fn open(dir: &Path) -> Result<Option<IndexCheck>, VerifyFailure> {
+        if !dir.join(super::index::INDEX_FILE).exists() {
+            return Ok(None);
+        }
+        let failed = |e: std::io::Error| {
+            VerifyFailure::new(format!("cannot read {}: {e}", super::index::INDEX_FILE))
+        };
+        let conn = super::index::open_reader(dir).map_err(failed)?;
+        conn.execute_batch("BEGIN")
+            .map_err(|e| failed(std::io::Error::other(e)))?;
+        let through = super::index::indexed_seq(&conn).map_err(failed)?;
+        Ok(Some(IndexCheck {
+            conn,
+            through,
+            checked: 0,
+            failure: None,
+        }))
+    }
+
+    /// Checks the entries of the record `seq` at `offset` in `seg`; the
+    /// first mismatch is kept for [`IndexCheck::finish`].
+    fn record(&mut self, seq: u64, seg: &SegmentFile, offset: u64, record: &AuditRecord) {
+        if seq > self.through || self.failure.is_some() {
+            return;
+        }
+        if let Err((seq, what)) = self.entries(seq, seg.first, offset, record) {
+            self.failure = Some(VerifyFailure {
+                seq,
+                line: 0,
+                what,
+                file: Some(seg.path.clone()),
+            });
+        }
+    }
+
+    fn entries(
+        &mut self,
+        seq: u64,
+        segment: u64,
+        offset: u64,
+        record: &AuditRecord,
+    ) -> Result<(), (Option<u64>, String)> {
+        for subject in &record.subjects {
+            if !crate::domain::is_subject_key(subject) {
+                continue;
+            }
+            let found: Option<(i64, i64)> = self
+                .conn
+                .prepare_cached(
+                    "SELECT segment, offset FROM subjects WHERE subject = ?1 AND seq = ?2",
+                )
+                .and_then(|mut stmt| {
+                    rusqlite::OptionalExtension::optional(
+                        stmt.query_row(rusqlite::params![subject, seq as i64], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        }),
+                    )
+                })
+                .map_err(|e| {
+                    (
+                        Some(seq),
+                        format!("cannot read {}: {e}", super::index::INDEX_FILE),
+                    )
+                })?;
+            let tampered = match found {
+                Some((s, o)) if (s, o) == (segment as i64, offset as i64) => {
+                    self.checked += 1;
+                    continue;
+                }
+                Some(_) => "points elsewhere",
+                None => "lacks it",
+            };
+            return Err((
+                Some(seq),
+                format!(
+                    "the subject index ({}) {tampered} for {subject}: ListAccessRecords would not \
+                     show this read to the citizen. The records are intact; the index was \
+                     changed: find out by whom, then delete it (it is rebuilt from the segments \
+                     at the next start)",
+                    super::index::INDEX_FILE
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Once the records verify: the first mismatch found, then (`whole`:
+    /// verifying the whole log) no entry beyond those checked, for records
+    /// after `retired` (deleted under retention).
+    fn finish(&mut self, whole: bool, retired: u64) -> Result<(), VerifyFailure> {
+        if let Some(failure) = self.failure.take() {
+            return Err(failure);
+        }
+        if whole {
+            self.no_others(retired)?;
+        }
+        Ok(())
+    }
+
+    fn no_others(&self, retired: u64) -> Result<(), VerifyFailure> {
+        let entries: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM subjects WHERE seq > ?1 AND seq <= ?2",
+                rusqlite::params![retired as i64, self.through as i64],
+                |r| r.get(0),
+            )
+            .map_err(|e| {
+                VerifyFailure::new(format!("cannot read {}: {e}", super::index::INDEX_FILE))
+            })?;
+        let extra = u64::try_from(entries)
+            .unwrap_or(0)
+            .saturating_sub(self.checked);
+        if extra > 0 {
+            return Err(VerifyFailure::new(format!(
+                "the subject index ({}) has {extra} entries that name no record's subject: \
+                 ListAccessRecords would show a citizen reads that are not in the log. The \
+                 records are intact; the index was changed: delete it (it is rebuilt from the \
+                 segments at the next start)",
+                super::index::INDEX_FILE
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Where and why a log fails verification. `line` is 1-based within `file`
@@ -473,6 +624,7 @@ pub fn verify_log_observing(
         retired_through: retired.as_ref().map(|r| r.seq),
         ..VerifyReport::default()
     };
+    let mut index = IndexCheck::open(dir)?;
     if let Some(r) = &retired {
         observe(r.seq, &r.hash);
     }
@@ -522,7 +674,10 @@ pub fn verify_log_observing(
             .map_err(|e| file_failure(None, 0, format!("cannot open: {e}")))?;
         let mut fresh = check.is_none();
         let mut opening = true;
-        let end = read_entries(BufReader::new(file), 0, |_, entry| {
+        let end = read_entries(BufReader::new(file), 0, |offset, entry| {
+            if let (Some(index), Entry::Record { seq, record, .. }) = (index.as_mut(), &entry) {
+                index.record(*seq, seg, offset, record);
+            }
             if fresh {
                 fresh = false;
                 let started = match &entry {
@@ -646,6 +801,11 @@ pub fn verify_log_observing(
             }
             f
         })?;
+    }
+    if let Some(index) = &mut index {
+        index.finish(whole, retired.as_ref().map_or(0, |r| r.seq))?;
+        report.index_entries = Some(index.checked);
+        report.indexed_seq = index.through;
     }
     Ok(report)
 }
@@ -775,6 +935,8 @@ pub(crate) fn verify_legacy(
             archived_segments: 0,
             retired_through: None,
             last_seq: check.seq,
+            index_entries: None,
+            indexed_seq: 0,
         },
         end.complete_len,
     ))

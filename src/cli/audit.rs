@@ -175,6 +175,15 @@ pub fn run(args: Args) -> Result<(), Failure> {
                         "verified in {took:.2} s ({:.0} records/s)",
                         report.records as f64 / took.max(1e-9)
                     );
+                    match report.index_entries {
+                        Some(n) => outln!(
+                            "subject index: {n} entries, each pointing at its record (records up to {} indexed)",
+                            report.indexed_seq
+                        ),
+                        None => outln!(
+                            "subject index: none (it is rebuilt from the segments at the next start)"
+                        ),
+                    }
                     match report.last_checkpoint {
                         Some((seq, time)) => outln!(
                             "last checkpoint: after record {seq}, at {}",
