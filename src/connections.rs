@@ -177,6 +177,14 @@ impl Admission {
         })
     }
 
+    /// Counts a connection closed for a limit, under `reason` (see
+    /// [`crate::metrics::connection_closed_reason`]).
+    pub fn connection_closed(&self, reason: &'static str) {
+        if let Some(m) = &self.metrics {
+            m.connection_closed(reason);
+        }
+    }
+
     /// Counts a failed TLS handshake under `reason`.
     pub fn handshake_failed(&self, reason: &'static str) {
         if let Some(m) = &self.metrics {
@@ -231,8 +239,12 @@ impl Admission {
         let agency = match self.agency(&tls, &limits) {
             Ok(agency) => agency,
             Err(why) => {
-                if let (Refused::NoAgency { reason, .. }, Some(m)) = (&why, &self.metrics) {
-                    m.unauthenticated(reason);
+                match (&why, &self.metrics) {
+                    (Refused::NoAgency { reason, .. }, Some(m)) => m.unauthenticated(reason),
+                    (Refused::AgencyFull { .. }, Some(m)) => m.connection_closed(
+                        crate::metrics::connection_closed_reason::AGENCY_CONNECTIONS,
+                    ),
+                    _ => {}
                 }
                 return Err((why, Box::new(tls)));
             }
@@ -255,6 +267,7 @@ impl Admission {
             preface_due: now + limits.preface_timeout,
             idle_timeout: self.identify.as_ref().map(|_| limits.idle_timeout),
             timer: Box::pin(tokio::time::sleep_until(now + limits.preface_timeout)),
+            closed: false,
             _held: Held {
                 admission: Arc::clone(self),
                 agency,
@@ -334,6 +347,10 @@ impl Drop for Held {
     }
 }
 
+/// Why [`Guarded`] ends a connection, as logged.
+const NO_PREFACE: &str = "no HTTP/2 preface in time";
+const IDLE: &str = "idle";
+
 /// An admitted connection: the TLS stream, ending (as if the client had
 /// closed it) when the preface is late or it has been idle too long.
 pub struct Guarded {
@@ -344,6 +361,8 @@ pub struct Guarded {
     /// `None`: no idle timeout (calls are not counted on this server).
     idle_timeout: Option<Duration>,
     timer: Pin<Box<Sleep>>,
+    /// Ended by a deadline: every later read is the end of the stream.
+    closed: bool,
     _held: Held,
 }
 
@@ -354,10 +373,10 @@ impl Guarded {
         loop {
             let now = Instant::now();
             let (due, why) = if self.preface_left > 0 {
-                (self.preface_due, "no HTTP/2 preface in time")
+                (self.preface_due, NO_PREFACE)
             } else if let Some(idle) = self.idle_timeout {
                 match self.streams.idle_since() {
-                    Some(since) => (since + idle, "idle"),
+                    Some(since) => (since + idle, IDLE),
                     // Calls in progress: look again later (keeping a timer
                     // already set for later, so busy reads cost no reset).
                     None if self.timer.deadline() > now => (self.timer.deadline(), ""),
@@ -386,7 +405,17 @@ impl AsyncRead for Guarded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.closed {
+            return Poll::Ready(Ok(()));
+        }
         if let Some(why) = this.expired(cx) {
+            this.closed = true;
+            let reason = if why == NO_PREFACE {
+                crate::metrics::connection_closed_reason::NO_PREFACE
+            } else {
+                crate::metrics::connection_closed_reason::IDLE
+            };
+            this._held.admission.connection_closed(reason);
             tracing::info!(target: "interop_gateway::connection", remote = ?this._held.remote, agency = ?this._held.agency, why, "connection closed");
             // End of stream: hyper closes the connection.
             return Poll::Ready(Ok(()));

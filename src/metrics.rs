@@ -135,6 +135,22 @@ pub mod witness_result {
     pub const ERROR: &str = "error";
 }
 
+/// Why the gateway closed a connection on the gRPC port for a limit of its
+/// own: the `reason` label of `interop_gateway_connections_closed_total`.
+pub mod connection_closed_reason {
+    /// `limits.max_connections` (lowered to the open-file limit) reached.
+    pub const CONNECTION_LIMIT: &str = "CONNECTION_LIMIT";
+    /// `limits.max_handshakes_per_address` handshakes already in progress
+    /// from the same address.
+    pub const HANDSHAKES_PER_ADDRESS: &str = "HANDSHAKES_PER_ADDRESS";
+    /// The agency already holds `limits.max_connections_per_agency`.
+    pub const AGENCY_CONNECTIONS: &str = "AGENCY_CONNECTIONS";
+    /// No HTTP/2 preface within `limits.preface_timeout_ms`.
+    pub const NO_PREFACE: &str = "NO_PREFACE";
+    /// No call in progress for `limits.idle_timeout_ms`.
+    pub const IDLE: &str = "IDLE";
+}
+
 /// Why a TLS handshake on the gRPC port failed: the `reason` label of
 /// `interop_gateway_handshake_failures_total`.
 pub mod handshake_reason {
@@ -308,6 +324,7 @@ pub struct Metrics {
     /// resolved at its first call so later calls need no lookup.
     durations: Vec<OnceLock<Histogram>>,
     handshake_failures: Family<ReasonLabels, Counter>,
+    connections_closed: Family<ReasonLabels, Counter>,
     unauthenticated: Family<ReasonLabels, Counter>,
     audit_append: Histogram,
     audit_healthy: Gauge,
@@ -377,6 +394,7 @@ impl Metrics {
                 .map(|_| OnceLock::new())
                 .collect(),
             handshake_failures: Family::default(),
+            connections_closed: Family::default(),
             unauthenticated: Family::default(),
             audit_append: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             audit_healthy: Gauge::default(),
@@ -412,6 +430,11 @@ impl Metrics {
             "interop_gateway_handshake_failures",
             "TLS handshakes on the gRPC port that failed, by reason",
             m.handshake_failures.clone(),
+        );
+        registry.register(
+            "interop_gateway_connections_closed",
+            "Connections on the gRPC port the gateway closed for a limit of its own (not a client's close, not a failed handshake), by reason",
+            m.connections_closed.clone(),
         );
         registry.register(
             "interop_gateway_unauthenticated",
@@ -522,6 +545,14 @@ impl Metrics {
         let result = if ok { "ok" } else { "error" };
         self.config_reloads
             .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Counts a connection closed for a limit (see
+    /// [`connection_closed_reason`]).
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

@@ -598,10 +598,14 @@ async fn accept_loop(
         // Over a limit, the connection is closed at once: it then costs
         // nothing, and the descriptor reserve stays free.
         let Some(permit) = admission.connection() else {
+            admission.connection_closed(crate::metrics::connection_closed_reason::CONNECTION_LIMIT);
             tracing::info!(target: "interop_gateway::handshake", %peer, cap = admission.cap(), "connection limit reached; connection closed");
             continue;
         };
         let Some(slot) = admission.handshake(peer.ip()) else {
+            admission.connection_closed(
+                crate::metrics::connection_closed_reason::HANDSHAKES_PER_ADDRESS,
+            );
             tracing::info!(target: "interop_gateway::handshake", %peer, "too many handshakes in progress from this address; connection closed");
             continue;
         };

@@ -343,21 +343,24 @@ impl ReloadSummary {
         );
         changed("limits.fd_reserve", o.fd_reserve != n.fd_reserve);
         changed(
-            "limits.keepalive_interval_ms, keepalive_timeout_ms",
-            (o.keepalive_interval, o.keepalive_timeout)
-                != (n.keepalive_interval, n.keepalive_timeout),
+            "limits.keepalive_interval_ms",
+            o.keepalive_interval != n.keepalive_interval,
         );
         changed(
-            "limits.max_concurrent_streams, max_header_list_bytes, max_pending_reset_streams",
-            (
-                o.max_concurrent_streams,
-                o.max_header_list_bytes,
-                o.max_pending_reset_streams,
-            ) != (
-                n.max_concurrent_streams,
-                n.max_header_list_bytes,
-                n.max_pending_reset_streams,
-            ),
+            "limits.keepalive_timeout_ms",
+            o.keepalive_timeout != n.keepalive_timeout,
+        );
+        changed(
+            "limits.max_concurrent_streams",
+            o.max_concurrent_streams != n.max_concurrent_streams,
+        );
+        changed(
+            "limits.max_header_list_bytes",
+            o.max_header_list_bytes != n.max_header_list_bytes,
+        );
+        changed(
+            "limits.max_pending_reset_streams",
+            o.max_pending_reset_streams != n.max_pending_reset_streams,
         );
         ReloadSummary {
             generation: new.generation,

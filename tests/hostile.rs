@@ -76,7 +76,11 @@ async fn a_certificate_naming_no_agency_is_closed_right_after_the_handshake() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agency_holds_no_more_connections_than_its_share() {
-    let gw = gateway("max_connections_per_agency = 2\npreface_timeout_ms = 600000").await;
+    let gw = Gateway::start_with(Options {
+        extra_config: "\n[limits]\nmax_connections_per_agency = 2\npreface_timeout_ms = 600000\n\n[admin]\nlisten = \"127.0.0.1:0\"\n".into(),
+        ..Options::default()
+    })
+    .await;
     let mut land = gw.client(LAND_OFFICE).await;
     let business = gw.pki.agency(BUSINESS_OFFICE);
     let mut reads = tokio::task::JoinSet::new();
@@ -92,6 +96,16 @@ async fn an_agency_holds_no_more_connections_than_its_share() {
         assert!(closed.unwrap().unwrap());
     }
     assert_eq!(reads.len(), 2);
+    let text = scrape(gw.admin.as_deref().expect("[admin] is configured")).await;
+    assert_eq!(
+        metric(
+            &text,
+            "interop_gateway_connections_closed_total",
+            &[("reason", "AGENCY_CONNECTIONS")]
+        ),
+        Some(4.0),
+        "{text}"
+    );
     // The agency's share is used up, other agencies are not affected.
     answers(&gw, &mut land).await;
     // (Business has no grant for GetCitizen: served, it would be
@@ -123,7 +137,11 @@ async fn an_agency_holds_no_more_connections_than_its_share() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_without_a_preface_or_without_calls_are_closed() {
-    let gw = gateway("preface_timeout_ms = 200\nidle_timeout_ms = 300").await;
+    let gw = Gateway::start_with(Options {
+        extra_config: "\n[limits]\npreface_timeout_ms = 200\nidle_timeout_ms = 300\n\n[admin]\nlisten = \"127.0.0.1:0\"\n".into(),
+        ..Options::default()
+    })
+    .await;
     let land = gw.pki.agency(LAND_OFFICE);
     // The handshake done, then silence.
     let mut silent = tls_connect(&gw, &land).await;
@@ -138,6 +156,17 @@ async fn connections_without_a_preface_or_without_calls_are_closed() {
     let mut c = gw.client(LAND_OFFICE).await;
     answers(&gw, &mut c).await;
     answers(&gw, &mut c).await;
+    // Each close is counted once, under its reason.
+    let text = scrape(gw.admin.as_deref().expect("[admin] is configured")).await;
+    let closed = |reason| {
+        metric(
+            &text,
+            "interop_gateway_connections_closed_total",
+            &[("reason", reason)],
+        )
+    };
+    assert_eq!(closed("NO_PREFACE"), Some(1.0), "{text}");
+    assert!(closed("IDLE").is_some_and(|n| n >= 1.0), "{text}");
     gw.stop().await;
 }
 
