@@ -209,14 +209,11 @@ impl RequestError {
     /// passed on, the owner's own reason), as the access log records it.
     pub fn reason_text(&self) -> String {
         match self {
-            RequestError::Upstream(status) => {
-                use tonic_types::StatusExt;
-                status
-                    .get_error_details()
-                    .error_info()
-                    .map(|info| info.reason.clone())
-                    .unwrap_or_default()
-            }
+            RequestError::Upstream(status) => status
+                .get_error_details()
+                .error_info()
+                .map(|info| reason_code(&info.reason).unwrap_or("none").to_owned())
+                .unwrap_or_default(),
             other => other.reason().to_owned(),
         }
     }
@@ -296,6 +293,73 @@ fn listed(violations: &[Violation]) -> Vec<Violation> {
     out
 }
 
+/// An owner's refusal as the consumer receives it: the owner's code, its
+/// message bounded as this gateway's own are, and of its details the kinds
+/// this gateway gives itself (ErrorInfo, BadRequest, ResourceInfo,
+/// RetryInfo), their text bounded too. The owner's encoded
+/// `google.rpc.Status` is not passed as sent: it repeats the message
+/// unbounded and may carry DebugInfo (stack traces) or anything else. None
+/// of the owner's metadata either (its request id names a record in the
+/// owner's log, not ours).
+fn passed_on(status: &Status) -> Status {
+    let theirs = status.get_error_details();
+    let mut ours = ErrorDetails::new();
+    if let Some(info) = theirs.error_info() {
+        let metadata: std::collections::HashMap<String, String> = info
+            .metadata
+            .iter()
+            .take(MAX_VIOLATIONS)
+            .map(|(k, v)| (clip(k, 64), clip(v, MAX_DESCRIPTION_BYTES)))
+            .collect();
+        ours.set_error_info(
+            reason_code(&info.reason).unwrap_or("none"),
+            clip(&info.domain, 64),
+            metadata,
+        );
+    }
+    if let Some(bad) = theirs.bad_request() {
+        let violations: Vec<Violation> = bad
+            .field_violations
+            .iter()
+            .map(|v| Violation::new(v.field.clone(), v.description.clone()))
+            .collect();
+        ours.set_bad_request(
+            listed(&violations)
+                .iter()
+                .map(|v| FieldViolation::new(&v.field, &v.description))
+                .collect::<Vec<_>>(),
+        );
+    }
+    if let Some(r) = theirs.resource_info() {
+        ours.set_resource_info(
+            clip(&r.resource_type, 128),
+            clip(&r.resource_name, MAX_DESCRIPTION_BYTES),
+            clip(&r.owner, 128),
+            clip(&r.description, MAX_DESCRIPTION_BYTES),
+        );
+    }
+    if let Some(r) = theirs.retry_info() {
+        ours.set_retry_info(r.retry_delay);
+    }
+    Status::with_error_details(
+        status.code(),
+        clip(status.message(), MAX_MESSAGE_BYTES),
+        ours,
+    )
+}
+
+/// `reason` when it is a reason code (1 to 64 capitals, digits and `_`,
+/// as this gateway's are): what of another gateway's `ErrorInfo.reason` is
+/// recorded or passed on, so that no free text rides along in it.
+pub fn reason_code(reason: &str) -> Option<&str> {
+    let ok = !reason.is_empty()
+        && reason.len() <= 64
+        && reason
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    ok.then_some(reason)
+}
+
 impl From<RequestError> for Status {
     fn from(err: RequestError) -> Status {
         let err = match err {
@@ -306,14 +370,7 @@ impl From<RequestError> for Status {
             other => other,
         };
         if let RequestError::Upstream(status) = &err {
-            // The owner's code, message (bounded as ours are) and details;
-            // none of its metadata (its request id names a record in the
-            // owner's log, not ours).
-            return Status::with_details(
-                status.code(),
-                clip(status.message(), MAX_MESSAGE_BYTES),
-                status.details().to_vec().into(),
-            );
+            return passed_on(status);
         }
         let message = clip(&err.to_string(), MAX_MESSAGE_BYTES);
         let mut metadata = std::collections::HashMap::new();

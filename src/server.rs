@@ -396,7 +396,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         .option_layer(receipts)
         // Draining: new calls are UNAVAILABLE SHUTTING_DOWN before anything is read.
         .layer(RefuseWhenDraining(shutdown_rx.clone()))
-        // An agency's `max_in_flight` calls already awaiting their message:
+        // An agency's `max_in_flight` calls already awaiting their request's end:
         // RESOURCE_EXHAUSTED TOO_MANY_IN_FLIGHT at once, before taking a place.
         .layer(limits::layers::AwaitingBodyLayer::new(settings.clone()))
         // More than `max_in_flight` calls: UNAVAILABLE OVERLOADED at once.

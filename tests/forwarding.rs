@@ -872,6 +872,18 @@ fn owner_failure(asked: &str) -> Option<tonic::Status> {
             "disk /dev/sdb3 full",
             "AUDIT_UNAVAILABLE",
         )),
+        // A refusal passed on, with an endless message and a stack trace.
+        "092085000128" => {
+            let mut details = ErrorDetails::with_error_info("RECORD_NOT_FOUND", "elsewhere", []);
+            details
+                .set_resource_info("citizen", "092085000128", "", "")
+                .set_debug_info(vec!["/srv/owner/app.py line 42".into()], "secret-name");
+            Some(tonic::Status::with_error_details(
+                tonic::Code::NotFound,
+                "x".repeat(5000),
+                details,
+            ))
+        }
         _ => None,
     }
 }
@@ -983,6 +995,32 @@ async fn an_owner_answering_beyond_the_mask_or_not_at_all_discloses_nothing() {
     let metadata = &refused.error_info().unwrap().metadata;
     assert_eq!(metadata["owner_reason"], "UNKNOWN_AGENCY");
     assert_eq!(metadata["owner"], CITIZEN_OWNER);
+    // A refusal passes with what a client acts on, bounded; the debug
+    // details stay with the owner.
+    let status = land
+        .citizen
+        .get_citizen(GetCitizenRequest {
+            context: context(PROCEDURE_LAND),
+            personal_id: "092085000128".into(),
+            read_mask: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert_eq!(reason(&status), "RECORD_NOT_FOUND");
+    assert!(status.message().len() <= 1024, "{}", status.message().len());
+    let details = tonic_types::StatusExt::get_error_details(&status);
+    assert_eq!(
+        details.resource_info().unwrap().resource_name,
+        "092085000128"
+    );
+    assert!(details.debug_info().is_none());
+    let shown = format!("{status:?}");
+    assert!(
+        !shown.contains("secret-name") && !shown.contains("app.py"),
+        "{shown}"
+    );
+    assert!(status.details().len() < 2048, "{}", status.details().len());
 
     let started = Instant::now();
     let status = land
@@ -1017,6 +1055,7 @@ async fn an_owner_answering_beyond_the_mask_or_not_at_all_discloses_nothing() {
             "INTERNAL",
             "PERMISSION_DENIED",
             "UNAVAILABLE",
+            "NOT_FOUND",
             "UNAVAILABLE"
         ]
     );

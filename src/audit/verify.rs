@@ -66,7 +66,8 @@ pub struct VerifyReport {
 /// failure is reported only once the records themselves verify: a changed
 /// record is the finding then, not the index that no longer matches it.
 struct IndexCheck {
-    conn: rusqlite::Connection,
+    /// `None` when the index could not be read (`failure` says why).
+    conn: Option<rusqlite::Connection>,
     /// Entries are checked for records up to this seq (the index lags).
     through: u64,
     checked: u64,
@@ -74,25 +75,38 @@ struct IndexCheck {
 }
 
 impl IndexCheck {
-    /// The index of the log in `dir`, read in one snapshot; `None` when
-    /// there is none.
-    fn open(dir: &Path) -> Result<Option<IndexCheck>, VerifyFailure> {
+    /// The index of the log in `dir`, read in one snapshot taken before
+    /// the segments are listed (the index only follows them, so the
+    /// segments read hold at least what it names); `None` when there is
+    /// none. An index that cannot be read is a failure reported, like any
+    /// other of the index's, once the records verify.
+    fn open(dir: &Path) -> Option<IndexCheck> {
         if !dir.join(super::index::INDEX_FILE).exists() {
-            return Ok(None);
+            return None;
         }
-        let failed = |e: std::io::Error| {
-            VerifyFailure::new(format!("cannot read {}: {e}", super::index::INDEX_FILE))
-        };
-        let conn = super::index::open_reader(dir).map_err(failed)?;
-        conn.execute_batch("BEGIN")
-            .map_err(|e| failed(std::io::Error::other(e)))?;
-        let through = super::index::indexed_seq(&conn).map_err(failed)?;
-        Ok(Some(IndexCheck {
-            conn,
-            through,
-            checked: 0,
-            failure: None,
-        }))
+        let snapshot = super::index::open_reader(dir).and_then(|conn| {
+            conn.execute_batch("BEGIN").map_err(std::io::Error::other)?;
+            let through = super::index::indexed_seq(&conn)?;
+            Ok((conn, through))
+        });
+        Some(match snapshot {
+            Ok((conn, through)) => IndexCheck {
+                conn: Some(conn),
+                through,
+                checked: 0,
+                failure: None,
+            },
+            Err(e) => IndexCheck {
+                conn: None,
+                through: 0,
+                checked: 0,
+                failure: Some(VerifyFailure::new(format!(
+                    "cannot read the subject index ({}): {e}; delete it to have it rebuilt \
+                     from the segments at the next start",
+                    super::index::INDEX_FILE
+                ))),
+            },
+        })
     }
 
     /// Checks the entries of the record `seq` at `offset` in `seg`; the
@@ -118,12 +132,14 @@ impl IndexCheck {
         offset: u64,
         record: &AuditRecord,
     ) -> Result<(), (Option<u64>, String)> {
+        let Some(conn) = &self.conn else {
+            return Ok(());
+        };
         for subject in &record.subjects {
             if !crate::domain::is_subject_key(subject) {
                 continue;
             }
-            let found: Option<(i64, i64)> = self
-                .conn
+            let found: Option<(i64, i64)> = conn
                 .prepare_cached(
                     "SELECT segment, offset FROM subjects WHERE subject = ?1 AND seq = ?2",
                 )
@@ -152,9 +168,10 @@ impl IndexCheck {
                 Some(seq),
                 format!(
                     "the subject index ({}) {tampered} for {subject}: ListAccessRecords would not \
-                     show this read to the citizen. The records are intact; the index was \
-                     changed: find out by whom, then delete it (it is rebuilt from the segments \
-                     at the next start)",
+                     show this read to the citizen. The records are intact; the index does not \
+                     match them: it was changed, or built by a version before 2026-12-01 that \
+                     left archived segments out of a rebuild. Delete it (it is rebuilt from the \
+                     segments and the archive at the next start)",
                     super::index::INDEX_FILE
                 ),
             ));
@@ -164,23 +181,26 @@ impl IndexCheck {
 
     /// Once the records verify: the first mismatch found, then (`whole`:
     /// verifying the whole log) no entry beyond those checked, for records
-    /// after `retired` (deleted under retention).
-    fn finish(&mut self, whole: bool, retired: u64) -> Result<(), VerifyFailure> {
+    /// after `retired` (deleted under retention) up to `last`, the last
+    /// record read (an index copied after the segments may name later ones).
+    fn finish(&mut self, whole: bool, retired: u64, last: u64) -> Result<(), VerifyFailure> {
         if let Some(failure) = self.failure.take() {
             return Err(failure);
         }
         if whole {
-            self.no_others(retired)?;
+            self.no_others(retired, last)?;
         }
         Ok(())
     }
 
-    fn no_others(&self, retired: u64) -> Result<(), VerifyFailure> {
-        let entries: i64 = self
-            .conn
+    fn no_others(&self, retired: u64, last: u64) -> Result<(), VerifyFailure> {
+        let Some(conn) = &self.conn else {
+            return Ok(());
+        };
+        let entries: i64 = conn
             .query_row(
                 "SELECT count(*) FROM subjects WHERE seq > ?1 AND seq <= ?2",
-                rusqlite::params![retired as i64, self.through as i64],
+                rusqlite::params![retired as i64, self.through.min(last) as i64],
                 |r| r.get(0),
             )
             .map_err(|e| {
@@ -193,8 +213,8 @@ impl IndexCheck {
             return Err(VerifyFailure::new(format!(
                 "the subject index ({}) has {extra} entries that name no record's subject: \
                  ListAccessRecords would show a citizen reads that are not in the log. The \
-                 records are intact; the index was changed: delete it (it is rebuilt from the \
-                 segments at the next start)",
+                 records are intact; the index does not match them: delete it (it is rebuilt \
+                 from the segments and the archive at the next start)",
                 super::index::INDEX_FILE
             )));
         }
@@ -570,6 +590,8 @@ pub fn verify_log_observing(
     if !dir.join(segments::SEGMENTS_DIR).exists() && dir.join(LOG_FILE).exists() {
         return verify_legacy(dir, &key).map(|(report, _)| report);
     }
+    // The index's snapshot first: see `IndexCheck::open`.
+    let mut index = IndexCheck::open(dir);
     // Read before the segments: see `files::read_head`.
     let head = files::read_head(dir).map_err(VerifyFailure::new)?;
     let retired = segments::read_retired(dir).map_err(VerifyFailure::new)?;
@@ -624,7 +646,6 @@ pub fn verify_log_observing(
         retired_through: retired.as_ref().map(|r| r.seq),
         ..VerifyReport::default()
     };
-    let mut index = IndexCheck::open(dir)?;
     if let Some(r) = &retired {
         observe(r.seq, &r.hash);
     }
@@ -803,9 +824,13 @@ pub fn verify_log_observing(
         })?;
     }
     if let Some(index) = &mut index {
-        index.finish(whole, retired.as_ref().map_or(0, |r| r.seq))?;
+        index.finish(
+            whole,
+            retired.as_ref().map_or(0, |r| r.seq),
+            report.last_seq,
+        )?;
         report.index_entries = Some(index.checked);
-        report.indexed_seq = index.through;
+        report.indexed_seq = index.through.min(report.last_seq);
     }
     Ok(report)
 }

@@ -245,13 +245,25 @@ impl AuditLog {
         &self,
         record: AuditRecord,
     ) -> impl Future<Output = Result<u64, AuditError>> + Send + 'static {
+        self.append_and_tell(record, || {})
+    }
+
+    /// [`AuditLog::append`], calling `queued` once the record is in the
+    /// writer's bounded queue (or could not be put there), before it is
+    /// durable: what a caller holding a scarce place only for the queue's
+    /// sake can give back then.
+    pub fn append_and_tell(
+        &self,
+        record: AuditRecord,
+        queued: impl FnOnce() + Send + 'static,
+    ) -> impl Future<Output = Result<u64, AuditError>> + Send + 'static {
         let tx = self.tx.clone();
         async move {
             let stopped = || AuditError::Unavailable("the audit writer has stopped".into());
             let (reply, answer) = oneshot::channel();
-            tx.send(Msg::Append(record, reply))
-                .await
-                .map_err(|_| stopped())?;
+            let sent = tx.send(Msg::Append(record, reply)).await;
+            queued();
+            sent.map_err(|_| stopped())?;
             answer.await.map_err(|_| stopped())?
         }
     }

@@ -3,10 +3,11 @@
 //! the call uses ([`Settings`]):
 //!
 //! - [`AwaitingBodyLayer`]: per agency, at most its `max_in_flight` calls
-//!   whose request message has not fully arrived: a call is counted in the
-//!   agency's share only once its message is read (`Core::call`), so without
-//!   this an agency could hold every gateway-wide place with calls that send
-//!   their headers and never finish their body;
+//!   whose request has not ended: a call is counted in the agency's share
+//!   only once its request is read to its end (tonic calls the handler,
+//!   `Core::call`, then), so without this an agency could hold every
+//!   gateway-wide place with calls that send their headers, or a whole
+//!   message, and never end their request stream;
 //! - [`ShedLayer`]: at most `max_in_flight` calls being served; one more is
 //!   answered at once with UNAVAILABLE `OVERLOADED` and a RetryInfo, instead
 //!   of queueing into a timeout;
@@ -91,8 +92,8 @@ impl Settings {
     }
 }
 
-/// Counts, per agency, the calls whose request message has not fully
-/// arrived; see the module docs. Runs before [`ShedLayer`], so such calls
+/// Counts, per agency, the calls whose request has not ended; see the
+/// module docs. Runs before [`ShedLayer`], so such calls
 /// past the agency's bound never take a gateway-wide place.
 #[derive(Clone)]
 pub struct AwaitingBodyLayer {
@@ -133,7 +134,7 @@ pub struct AwaitingBody<S> {
     layer: AwaitingBodyLayer,
 }
 
-/// A call counted among its agency's calls awaiting their message, in its
+/// A call counted among its agency's calls awaiting their request's end, in its
 /// request's extensions until [`LimitedBody`] has read the message (or the
 /// body ends, or is dropped).
 #[derive(Clone)]
@@ -162,9 +163,13 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        // Server reflection is one long bidirectional stream per client
+        // session (grpcurl, Postman): its request never ends while in use.
+        let streaming = req.uri().path().starts_with("/grpc.reflection.");
         let agency = req
             .extensions()
             .get::<crate::metrics::ConnectionAgency>()
+            .filter(|_| !streaming)
             .map(|a| Arc::clone(&a.code));
         let bound = agency.and_then(|a| {
             let max = (self.layer.settings.agency_max_in_flight)(&a)?;
@@ -180,7 +185,7 @@ where
                 let answer = refusal(RequestError::ResourceExhausted {
                     reason: crate::error::reason::TOO_MANY_IN_FLIGHT,
                     message: format!(
-                        "agency {agency} already has {max} calls (its max_in_flight) whose request message has not arrived; finish sending those, or retry after the delay given"
+                        "agency {agency} already has {max} calls (its max_in_flight) whose request has not ended; finish sending those, or retry after the delay given"
                     ),
                     metadata: vec![
                         ("agency".into(), agency.to_string()),
@@ -282,11 +287,12 @@ struct Counted(Arc<AtomicUsize>);
 
 /// A call's place among the gateway's `max_in_flight`, in its request's
 /// extensions: the call holds it until its answer, except that a call
-/// ending in an error gives it back once that is known, before waiting for
-/// its access record ([`ShedSlot::release`]). Such a call discloses
-/// nothing; were it to keep its place while its record is made durable, a
-/// flood of refused calls (an agency over its own limits) would fill the
-/// places every other agency needs.
+/// ending in an error gives it back once its access record is in the
+/// writer's bounded queue, before the record is durable
+/// ([`ShedSlot::release`]). Such a call discloses nothing; were it to keep
+/// its place while its record is made durable, a flood of refused calls (an
+/// agency over its own limits) would fill the places every other agency
+/// needs. The queue's bound still holds them back when the log is slow.
 #[derive(Clone, Default)]
 pub struct ShedSlot(Arc<Mutex<Option<Counted>>>);
 
@@ -468,7 +474,6 @@ where
             max,
             left: max + GRPC_FRAME_HEADER,
             header: Vec::with_capacity(GRPC_FRAME_HEADER),
-            message_left: None,
             pending,
         }))
     }
@@ -483,15 +488,15 @@ pub struct LimitedBody<B> {
     left: usize,
     /// The first message's frame header, while it is being read.
     header: Vec<u8>,
-    /// Bytes of the first message still to come, once its header is read.
-    message_left: Option<usize>,
-    /// The call's place among its agency's calls awaiting their message,
-    /// given back once the message is read.
+    /// The call's place among its agency's calls awaiting their request,
+    /// given back once the request has ended: tonic hands a unary call to
+    /// its handler (where the agency's own limits apply) only then, so a
+    /// complete message on a stream left open is still awaited.
     pending: Option<BodyPending>,
 }
 
 impl<B> LimitedBody<B> {
-    /// The message is here (or will never be): the call no longer awaits it.
+    /// The request has ended (or never will): the call no longer awaits it.
     fn arrived(&mut self) {
         if let Some(pending) = self.pending.take() {
             pending.release();
@@ -515,14 +520,11 @@ impl<B> LimitedBody<B> {
 
     /// Takes in `data`; a status once over the limit.
     fn count(&mut self, data: &[u8]) -> Result<(), Status> {
-        let mut rest = data.len();
         if self.header.len() < GRPC_FRAME_HEADER {
             let wanted = GRPC_FRAME_HEADER - self.header.len();
-            let taken = wanted.min(data.len());
-            rest -= taken;
-            self.header.extend_from_slice(&data[..taken]);
+            self.header
+                .extend_from_slice(&data[..wanted.min(data.len())]);
             if let [flag, a, b, c, d] = self.header[..] {
-                self.message_left = Some(u32::from_be_bytes([a, b, c, d]) as usize);
                 if flag != 0 {
                     // tonic answers a compressed flag without an encoding
                     // with INTERNAL, as if the gateway had failed.
@@ -535,12 +537,6 @@ impl<B> LimitedBody<B> {
                 if u32::from_be_bytes([a, b, c, d]) as usize > self.max {
                     return Err(self.too_large());
                 }
-            }
-        }
-        if let Some(left) = &mut self.message_left {
-            *left = left.saturating_sub(rest);
-            if *left == 0 {
-                self.arrived();
             }
         }
         match self.left.checked_sub(data.len()) {
@@ -579,8 +575,14 @@ where
         };
         if let Some(data) = frame.data_ref() {
             if let Err(status) = this.count(data) {
+                this.arrived();
                 return Poll::Ready(Some(Err(status)));
             }
+        }
+        // Trailers end a request; so does the end of the stream on the
+        // frame just read.
+        if frame.is_trailers() || this.inner.is_end_stream() {
+            this.arrived();
         }
         Poll::Ready(Some(Ok(frame)))
     }
@@ -846,7 +848,6 @@ mod tests {
             max,
             left: max + GRPC_FRAME_HEADER,
             header: Vec::new(),
-            message_left: None,
             pending: None,
         };
         let frame = |len: u32| {

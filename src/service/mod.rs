@@ -409,14 +409,19 @@ impl Core {
                     receipt = Some(crate::receipt::Claims::of(&record));
                 }
                 // Nothing is disclosed: the gateway-wide place goes back
-                // now, the answer still waits for its record.
-                if code != tonic::Code::Ok {
-                    if let Some(slot) = &shed_slot {
-                        slot.release();
-                    }
-                }
+                // once the record is in the writer's bounded queue (a slow
+                // log still holds refusals back there); the answer still
+                // waits for its record to be durable.
+                let release = shed_slot.filter(|_| code != tonic::Code::Ok);
                 let appending = Instant::now();
-                let appended = self.audit.append(record).await;
+                let appended = self
+                    .audit
+                    .append_and_tell(record, move || {
+                        if let Some(slot) = release {
+                            slot.release();
+                        }
+                    })
+                    .await;
                 if let Some(m) = &self.metrics {
                     m.audit_append(appending.elapsed());
                 }

@@ -431,11 +431,11 @@ impl Upstream {
                 self.timeout.as_millis()
             )),
             Code::Unavailable => {
-                tracing::warn!(target: "interop_gateway::upstream", service = self.service, owner = %self.owner, reason = %owner_reason, message = %status.message(), "the registry owner answered UNAVAILABLE");
+                tracing::warn!(target: "interop_gateway::upstream", service = self.service, owner = %self.owner, reason = %owner_reason, message = ?status.message(), "the registry owner answered UNAVAILABLE");
                 self.unavailable(format!("answered UNAVAILABLE ({owner_reason})"))
             }
             Code::Unauthenticated => {
-                tracing::warn!(target: "interop_gateway::upstream", service = self.service, owner = %self.owner, consumer, reason = %owner_reason, message = %status.message(), "the registry owner refused this gateway's call; the two gateways' configs disagree");
+                tracing::warn!(target: "interop_gateway::upstream", service = self.service, owner = %self.owner, consumer, reason = %owner_reason, message = ?status.message(), "the registry owner refused this gateway's call; the two gateways' configs disagree");
                 RequestError::PermissionDenied {
                     reason: crate::error::reason::UPSTREAM_REFUSED,
                     message: format!(
@@ -453,7 +453,7 @@ impl Upstream {
                 }
             }
             code => {
-                tracing::error!(target: "interop_gateway::upstream", service = self.service, owner = %self.owner, code = ?code, reason = %owner_reason, message = %status.message(), "the registry owner's call failed; nothing of its answer is passed on");
+                tracing::error!(target: "interop_gateway::upstream", service = self.service, owner = %self.owner, code = ?code, reason = %owner_reason, message = ?status.message(), "the registry owner's call failed; nothing of its answer is passed on");
                 RequestError::Internal(format!(
                     "the owner of {} ({}) failed to answer ({}); nothing of its answer is disclosed",
                     self.service,
@@ -504,21 +504,13 @@ impl Upstream {
     }
 }
 
-/// The owner's `ErrorInfo.reason`, when it is a reason code (capitals,
-/// digits and `_`, as this gateway's are); `none` otherwise, so that no
-/// text of the owner's reaches the consumer through it.
+/// The owner's `ErrorInfo.reason`, when it is a reason code; `none`
+/// otherwise, so that no text of the owner's reaches the consumer through it.
 fn owner_reason(status: &tonic::Status) -> String {
     use tonic_types::StatusExt;
     status
         .get_error_details()
         .error_info()
-        .map(|info| info.reason.as_str())
-        .filter(|r| {
-            !r.is_empty()
-                && r.len() <= 64
-                && r.bytes()
-                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-        })
-        .unwrap_or("none")
-        .to_owned()
+        .and_then(|info| crate::error::reason_code(&info.reason).map(str::to_owned))
+        .unwrap_or_else(|| "none".to_owned())
 }
