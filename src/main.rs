@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use interop_gateway::cli::{run, Cli};
+use interop_gateway::cli::{output_failed, run, Cli};
 
 /// mimalloc instead of glibc's malloc: a call allocates and frees dozens of
 /// small buffers across tokio's worker threads, the store readers and the
@@ -16,6 +16,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
+        Ok(()) if output_failed() => ExitCode::FAILURE,
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("error: {}", failure.message);

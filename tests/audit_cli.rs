@@ -93,6 +93,21 @@ async fn audit_verify_catches_edits_deletions_swaps_and_truncation() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{args:?}: {stderr}");
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
+        // Output lost otherwise (a full disk): said once, and exit 1.
+        let full = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&full.stderr);
+        assert_eq!(full.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.matches("writing to standard output").count(),
+            1,
+            "{args:?}: {stderr}"
+        );
     }
     assert!(stdout.contains("23 records"), "{stdout}");
 

@@ -1343,6 +1343,18 @@ pub async fn verify_database(
         )
         .await
         .map_err(failed)?;
+    // Index rows per instance, in one pass over the table (its primary key
+    // does not lead with the instance).
+    let mut indexed: std::collections::HashMap<String, i64> = conn
+        .query(
+            "SELECT instance, count(*) FROM audit_subjects GROUP BY instance",
+            &[],
+        )
+        .await
+        .map_err(failed)?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
     let mut reports = Vec::new();
     for row in instances {
         let instance: String = row.get(0);
@@ -1505,14 +1517,7 @@ pub async fn verify_database(
         if let Some((seq, what)) = index_failure {
             return Err(broken(seq, what));
         }
-        let entries: i64 = conn
-            .query_one(
-                "SELECT count(*) FROM audit_subjects WHERE instance = $1",
-                &[&instance],
-            )
-            .await
-            .map_err(failed)?
-            .get(0);
+        let entries = indexed.remove(&instance).unwrap_or(0);
         let extra = u64::try_from(entries)
             .unwrap_or(0)
             .saturating_sub(index_entries);
@@ -1583,7 +1588,10 @@ pub async fn export_database(
                 super::line::hex(&hash)
             );
             out.write_all(line.as_bytes())
-                .map_err(|e| AuditError::Unavailable(format!("writing the export: {e}")))?;
+                .map_err(|source| AuditError::Io {
+                    path: std::path::PathBuf::from("standard output"),
+                    source,
+                })?;
             written += 1;
         }
     }

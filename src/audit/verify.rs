@@ -991,40 +991,67 @@ pub fn for_each_record(
     mut each: impl FnMut(&[u8], AuditRecord) -> io::Result<()>,
 ) -> Result<(), AuditError> {
     let segmented = dir.join(segments::SEGMENTS_DIR).exists();
-    // The seq the next record must have: a record missing (a segment
-    // removed, an archive not read) fails the read instead of leaving a
-    // silent hole in an export or a report.
-    let mut next = if segmented {
-        segments::read_retired(dir)
-            .map_err(|what| AuditError::Corrupt {
-                path: dir.join(segments::RETIRED_FILE),
-                what,
-            })?
-            .map_or(1, |retired| retired.seq + 1)
-    } else {
-        1
+    let retired = || {
+        segments::read_retired(dir).map_err(|what| AuditError::Corrupt {
+            path: dir.join(segments::RETIRED_FILE),
+            what,
+        })
     };
-    let files: Vec<PathBuf> = if !segmented {
+    let files: Vec<(PathBuf, u64)> = if !segmented {
         if let Some(absent) = no_log_in(dir) {
             return Err(AuditError::Unavailable(absent));
         }
-        vec![dir.join(LOG_FILE)]
+        vec![(dir.join(LOG_FILE), u64::MAX)]
     } else {
-        segments::list_segments(dir, archive_dir)
-            .map_err(|source| AuditError::Io {
-                path: dir.to_owned(),
-                source,
-            })?
-            .into_iter()
-            .map(|s| s.path)
-            .collect()
+        let segs = segments::list_segments(dir, archive_dir).map_err(|source| AuditError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        // Each segment with the last seq it may hold (the next one's first - 1).
+        let ends: Vec<u64> = segs
+            .iter()
+            .skip(1)
+            .map(|s| s.first - 1)
+            .chain([u64::MAX])
+            .collect();
+        segs.into_iter().map(|s| s.path).zip(ends).collect()
     };
-    for path in files {
+    // The seq the next record must have: a record missing (a segment
+    // removed, an archive not read) fails the read instead of leaving a
+    // silent hole in an export or a report. Read after the listing: a
+    // segment that retention deletes meanwhile is then covered by it.
+    let mut next = if segmented {
+        retired()?.map_or(1, |r| r.seq + 1)
+    } else {
+        1
+    };
+    for (mut path, last) in files {
+        let opened = match fs::File::open(&path) {
+            // A live gateway's retention moved the segment to the archive,
+            // or deleted it under a statement that now covers it.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && segmented => {
+                let moved = archive_dir.zip(path.file_name()).map(|(a, n)| a.join(n));
+                match moved.as_ref().map(fs::File::open) {
+                    Some(Ok(file)) => {
+                        path = moved.unwrap_or(path);
+                        Ok(file)
+                    }
+                    _ => match retired()? {
+                        Some(r) if r.seq >= last => {
+                            next = next.max(r.seq + 1);
+                            continue;
+                        }
+                        _ => Err(e),
+                    },
+                }
+            }
+            other => other,
+        };
         let io_err = |source| AuditError::Io {
             path: path.clone(),
             source,
         };
-        let mut reader = BufReader::new(fs::File::open(&path).map_err(io_err)?);
+        let mut reader = BufReader::new(opened.map_err(io_err)?);
         let mut buf = Vec::new();
         let mut lineno = 0;
         loop {
@@ -1085,15 +1112,27 @@ pub fn export(
     out: &mut impl Write,
 ) -> Result<u64, AuditError> {
     let mut written = 0;
-    for_each_record(dir, archive_dir, |bytes, record| {
+    // A write error is the output's, not the segment's being read.
+    let mut output: Option<io::Error> = None;
+    let read = for_each_record(dir, archive_dir, |bytes, record| {
         let recent = since_unix_ms.is_none_or(|since| record.time_unix_ms >= since);
         let concerns = subject.is_none_or(|s| record.subjects.iter().any(|x| x == s));
         if recent && concerns {
-            out.write_all(bytes)?;
-            out.write_all(b"\n")?;
+            if let Err(e) = out.write_all(bytes).and_then(|()| out.write_all(b"\n")) {
+                let kind = e.kind();
+                output = Some(e);
+                return Err(io::Error::new(kind, "the export's output failed"));
+            }
             written += 1;
         }
         Ok(())
-    })?;
+    });
+    if let Some(source) = output {
+        return Err(AuditError::Io {
+            path: PathBuf::from("standard output"),
+            source,
+        });
+    }
+    read?;
     Ok(written)
 }

@@ -247,33 +247,46 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 .map_err(|e| Failure::new(EXIT_CONFIG, format!("--since: {e}")))?;
             let source = source(&config, database_url)?;
             let mut out = std::io::BufWriter::new(super::Stdout);
-            let config = match source {
-                Source::Files(config) => config,
-                Source::Database(url) => {
-                    super::runtime()?
-                        .block_on(audit::pg::export_database(
-                            &url,
-                            since,
-                            subject.as_deref(),
-                            &mut out,
-                        ))
-                        .map_err(|e| Failure::new(EXIT_FAILED, e))?;
-                    return out
-                        .flush()
-                        .map_err(|e| Failure::new(EXIT_FAILED, format!("stdout: {e}")));
-                }
+            let exported = match source {
+                Source::Database(url) => super::runtime()?
+                    .block_on(audit::pg::export_database(
+                        &url,
+                        since,
+                        subject.as_deref(),
+                        &mut out,
+                    ))
+                    .map(drop),
+                Source::Files(config) => audit::export(
+                    &config.audit.dir,
+                    config.audit.files.archive_dir.as_deref(),
+                    since,
+                    subject.as_deref(),
+                    &mut out,
+                )
+                .map(drop),
             };
-            audit::export(
-                &config.audit.dir,
-                config.audit.files.archive_dir.as_deref(),
-                since,
-                subject.as_deref(),
-                &mut out,
-            )
-            .map_err(|e| Failure::new(EXIT_FAILED, e))?;
-            out.flush()
-                .map_err(|e| Failure::new(EXIT_FAILED, format!("stdout: {e}")))?;
-            Ok(())
+            let flushed = out.flush();
+            match exported {
+                // The reader went away (`| head`): it has what it wanted.
+                Err(audit::AuditError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::BrokenPipe =>
+                {
+                    Ok(())
+                }
+                // Said once already, by `Stdout`.
+                Err(audit::AuditError::Io { path, .. })
+                    if path == std::path::Path::new("standard output") =>
+                {
+                    Err(Failure::new(EXIT_FAILED, "the export is incomplete"))
+                }
+                Err(e) => Err(Failure::new(EXIT_FAILED, e)),
+                Ok(()) => match flushed {
+                    Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                        Err(Failure::new(EXIT_FAILED, "the export is incomplete"))
+                    }
+                    _ => Ok(()),
+                },
+            }
         }
         AuditCommand::PublicKey { config } => {
             let config = load_config(&config.config)?;

@@ -157,9 +157,15 @@ async fn watch(client: &mut Client, text: &str) -> Result<tonic::Status, Failure
         match stream.message().await {
             Ok(Some(event)) => {
                 let line = serde_json::to_string(&event).unwrap_or_default();
-                writeln!(out, "{line}")
-                    .and_then(|()| out.flush())
-                    .map_err(|e| Failure::new(EXIT_FAILED, format!("stdout: {e}")))?;
+                match writeln!(out, "{line}").and_then(|()| out.flush()) {
+                    Ok(()) => {}
+                    // The reader went away (`| head`): the watch is over.
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                        return Ok(tonic::Status::ok("the output was closed"))
+                    }
+                    // Said once already, by `Stdout`.
+                    Err(_) => return Err(Failure::new(EXIT_FAILED, "the watch's output failed")),
+                }
             }
             Ok(None) => return Ok(tonic::Status::ok("the stream ended")),
             Err(status) => return Ok(status),

@@ -67,22 +67,34 @@ pub enum Command {
     Receipt(receipt::Args),
 }
 
-/// Standard output for what a command prints. A closed pipe (`| head`: the
-/// reader has what it wanted) ends the command at once with exit 0, where
-/// `println!` would panic and a write error would be blamed on whatever was
-/// being read; any other write error ends it with exit 1, saying so.
+/// Standard output for what a command prints. A command goes on with its
+/// work whatever becomes of its output, and exits with its own status: a
+/// closed pipe (`| head`: the reader has what it wanted) is silent, where
+/// `println!` would panic; any other write error (a full disk under a
+/// redirect) is said once on stderr and turns a success into exit 1
+/// ([`output_failed`]). Writers that stop at the first error (an export)
+/// see it as an error of kind `BrokenPipe` or other.
 pub struct Stdout;
+
+/// Set when standard output failed for a reason other than a closed pipe.
+static OUTPUT_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the command's output was lost to a write error (not a closed
+/// pipe): `main` then exits 1 where it would have exited 0.
+pub fn output_failed() -> bool {
+    OUTPUT_FAILED.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 impl Stdout {
     fn settle<T>(r: std::io::Result<T>) -> std::io::Result<T> {
-        match r {
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
-            Err(e) => {
+        if let Err(e) = &r {
+            if e.kind() != std::io::ErrorKind::BrokenPipe
+                && !OUTPUT_FAILED.swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
                 eprintln!("error: writing to standard output: {e}");
-                std::process::exit(i32::from(EXIT_FAILED))
             }
-            ok => ok,
         }
+        r
     }
 }
 

@@ -95,6 +95,8 @@ struct Run {
     last_answer_ns: AtomicU64,
     /// Requests sent again after a RetryInfo delay.
     retries: AtomicU64,
+    /// Draws of [`jittered`], one per RetryInfo refusal.
+    jitter_draws: AtomicU64,
 }
 
 impl Run {
@@ -156,10 +158,10 @@ impl Run {
                 Ok(()) => return "OK",
                 Err(status) => status,
             };
-            let delay = retry_delay(&status).map(|d| {
-                let n = self.retries.load(Ordering::Relaxed);
-                jittered(d, n)
-            });
+            // A draw of its own per refusal: two tasks refused at once on
+            // two threads never share one.
+            let delay = retry_delay(&status)
+                .map(|d| jittered(d, self.jitter_draws.fetch_add(1, Ordering::Relaxed)));
             match delay.filter(|d| Instant::now() + *d < deadline) {
                 // Within its deadline whatever else happens: a run that has
                 // issued its last request still waits for those in flight.
@@ -301,6 +303,7 @@ pub async fn run(
         measure_from,
         last_answer_ns: AtomicU64::new(0),
         retries: AtomicU64::new(0),
+        jitter_draws: AtomicU64::new(0),
         plan,
     });
     // Ctrl-C or SIGTERM ends the run early with the summary of what was
