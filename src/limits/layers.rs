@@ -134,18 +134,11 @@ pub struct AwaitingBody<S> {
     layer: AwaitingBodyLayer,
 }
 
-/// A call counted among its agency's calls awaiting their request's end, in its
-/// request's extensions until [`LimitedBody`] has read the message (or the
-/// body ends, or is dropped).
+/// A call counted among its agency's calls awaiting their request's end, in
+/// its request's extensions until [`LimitedBody`] sees the request end (or
+/// fail, or be dropped).
 #[derive(Clone)]
-pub struct BodyPending(Arc<Mutex<Option<Counted>>>);
-
-impl BodyPending {
-    fn release(&self) {
-        let taken = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
-        drop(taken);
-    }
-}
+pub struct BodyPending(Place);
 
 impl<S, B> tower::Service<http::Request<B>> for AwaitingBody<S>
 where
@@ -200,7 +193,7 @@ where
                 });
             }
             req.extensions_mut()
-                .insert(BodyPending(Arc::new(Mutex::new(Some(counted)))));
+                .insert(BodyPending(Place::holding(counted)));
         }
         Box::pin(self.inner.call(req))
     }
@@ -285,6 +278,23 @@ pub struct Shed<S> {
 /// One call counted in the gateway's calls in flight.
 struct Counted(Arc<AtomicUsize>);
 
+/// A call's count, shared by the request's extensions and the layer that
+/// took it: whoever is first to [`Place::release`] it gives it back.
+#[derive(Clone, Default)]
+struct Place(Arc<Mutex<Option<Counted>>>);
+
+impl Place {
+    fn holding(counted: Counted) -> Place {
+        Place(Arc::new(Mutex::new(Some(counted))))
+    }
+
+    /// Gives the count back now (once; later calls do nothing).
+    fn release(&self) {
+        let taken = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(taken);
+    }
+}
+
 /// A call's place among the gateway's `max_in_flight`, in its request's
 /// extensions: the call holds it until its answer, except that a call
 /// ending in an error gives it back once its access record is in the
@@ -294,13 +304,12 @@ struct Counted(Arc<AtomicUsize>);
 /// agency over its own limits) would fill the places every other agency
 /// needs. The queue's bound still holds them back when the log is slow.
 #[derive(Clone, Default)]
-pub struct ShedSlot(Arc<Mutex<Option<Counted>>>);
+pub struct ShedSlot(Place);
 
 impl ShedSlot {
     /// Gives the call's place back now (once; later calls do nothing).
     pub fn release(&self) {
-        let taken = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
-        drop(taken);
+        self.0.release();
     }
 }
 
@@ -341,7 +350,7 @@ where
                 Ok(answer)
             });
         }
-        let slot = ShedSlot(Arc::new(Mutex::new(Some(counted))));
+        let slot = ShedSlot(Place::holding(counted));
         req.extensions_mut().insert(slot.clone());
         let call = self.inner.call(req);
         Box::pin(async move {
@@ -499,7 +508,7 @@ impl<B> LimitedBody<B> {
     /// The request has ended (or never will): the call no longer awaits it.
     fn arrived(&mut self) {
         if let Some(pending) = self.pending.take() {
-            pending.release();
+            pending.0.release();
         }
     }
 }
