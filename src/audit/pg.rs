@@ -1555,13 +1555,60 @@ pub async fn export_database(
     subject: Option<&str>,
     out: &mut impl std::io::Write,
 ) -> Result<u64, AuditError> {
+    scan_records(
+        url,
+        since_unix_ms,
+        subject,
+        |instance, seq, hash, record| {
+            let line = format!(
+                "{{\"instance\":{},\"seq\":{seq},\"hash\":\"{}\",\"record\":{record}}}\n",
+                serde_json::Value::String(instance.to_owned()),
+                super::line::hex(hash)
+            );
+            out.write_all(line.as_bytes())
+                .map_err(|source| AuditError::Io {
+                    path: std::path::PathBuf::from("standard output"),
+                    source,
+                })
+        },
+    )
+    .await
+}
+
+/// Hands `each` every record of every instance, per instance oldest first,
+/// a chunk at a time from one read-only snapshot (constant memory whatever
+/// the log's size). Does not verify: run [`verify_database`] for that.
+pub async fn for_each_database_record(
+    url: &str,
+    mut each: impl FnMut(AuditRecord) -> Result<(), AuditError>,
+) -> Result<u64, AuditError> {
+    scan_records(url, None, None, |instance, seq, _, json| {
+        let record = serde_json::from_str(json).map_err(|e| {
+            AuditError::Unavailable(format!(
+                "instance {instance:?} record {seq} is malformed: {e} (run `audit verify`)"
+            ))
+        })?;
+        each(record)
+    })
+    .await
+}
+
+/// The records at or after `since_unix_ms` (and naming `subject`, when
+/// given) of every instance, per instance oldest first, 5,000 rows at a
+/// time from one read-only snapshot: `each` gets the instance, seq, hash
+/// and record text of each. Returns how many.
+async fn scan_records(
+    url: &str,
+    since_unix_ms: Option<i64>,
+    subject: Option<&str>,
+    mut each: impl FnMut(&str, i64, &[u8], &str) -> Result<(), AuditError>,
+) -> Result<u64, AuditError> {
     const CHUNK: i64 = 5000;
     let snapshot = ReadSnapshot::open(url).await?;
     let conn = &snapshot.conn;
     let failed = db_err("reading the audit database");
     let since = since_unix_ms.unwrap_or(i64::MIN);
-    let mut written = 0;
-    let (mut instance, mut seq) = (String::new(), 0i64);
+    let (mut instance, mut seq, mut read) = (String::new(), 0i64, 0u64);
     loop {
         let rows = conn
             .query(
@@ -1582,57 +1629,7 @@ pub async fn export_database(
             seq = row.get(1);
             let hash: Vec<u8> = row.get(2);
             let record: String = row.get(3);
-            let line = format!(
-                "{{\"instance\":{},\"seq\":{seq},\"hash\":\"{}\",\"record\":{record}}}\n",
-                serde_json::Value::String(instance.clone()),
-                super::line::hex(&hash)
-            );
-            out.write_all(line.as_bytes())
-                .map_err(|source| AuditError::Io {
-                    path: std::path::PathBuf::from("standard output"),
-                    source,
-                })?;
-            written += 1;
-        }
-    }
-    snapshot.close().await;
-    Ok(written)
-}
-
-/// Hands `each` every record of every instance, per instance oldest first,
-/// a chunk at a time from one read-only snapshot (constant memory whatever
-/// the log's size). Does not verify: run [`verify_database`] for that.
-pub async fn for_each_database_record(
-    url: &str,
-    mut each: impl FnMut(AuditRecord) -> Result<(), AuditError>,
-) -> Result<u64, AuditError> {
-    const CHUNK: i64 = 5000;
-    let snapshot = ReadSnapshot::open(url).await?;
-    let conn = &snapshot.conn;
-    let failed = db_err("reading the audit database");
-    let (mut instance, mut seq, mut read) = (String::new(), 0i64, 0u64);
-    loop {
-        let rows = conn
-            .query(
-                "SELECT instance, seq, record FROM audit_records
-                 WHERE (instance, seq) > ($1, $2) ORDER BY instance, seq LIMIT $3",
-                &[&instance, &seq, &CHUNK],
-            )
-            .await
-            .map_err(&failed)?;
-        if rows.is_empty() {
-            break;
-        }
-        for row in &rows {
-            instance = row.get(0);
-            seq = row.get(1);
-            let json: String = row.get(2);
-            let record = serde_json::from_str(&json).map_err(|e| {
-                AuditError::Unavailable(format!(
-                    "instance {instance:?} record {seq} is malformed: {e} (run `audit verify`)"
-                ))
-            })?;
-            each(record)?;
+            each(&instance, seq, &hash, &record)?;
             read += 1;
         }
     }

@@ -858,33 +858,31 @@ fn move_file(from: &Path, to: &Path) -> Result<(), AuditError> {
     files::sync_parent(from).map_err(io_at(from))
 }
 
+/// The first line of a segment, when there is one that parses.
+fn first_entry(path: &Path) -> Result<Option<Entry<'static>>, AuditError> {
+    let file = File::open(path).map_err(io_at(path))?;
+    let bytes = match index::read_line_at(&file, 0) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(io_at(path)(e)),
+    };
+    Ok(line::parse_entry(&bytes).ok().map(Entry::into_owned))
+}
+
 /// The time of a segment's first line, a checkpoint or a record (the very
 /// first segment, and one made by migrating a single-file log, open with a
 /// record): what its age is counted from.
 fn first_line_time(path: &Path) -> Result<Option<i64>, AuditError> {
-    let file = File::open(path).map_err(io_at(path))?;
-    let bytes = match index::read_line_at(&file, 0) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(io_at(path)(e)),
-    };
-    Ok(match line::parse_entry(&bytes) {
-        Ok(Entry::Checkpoint(cp)) => Some(cp.time_unix_ms),
-        Ok(Entry::Record { record, .. }) => Some(record.time_unix_ms),
-        Err(_) => None,
-    })
+    Ok(first_entry(path)?.map(|entry| match entry {
+        Entry::Checkpoint(cp) => cp.time_unix_ms,
+        Entry::Record { record, .. } => record.time_unix_ms,
+    }))
 }
 
 /// The first line of a segment, when it is a checkpoint.
 fn first_checkpoint(path: &Path) -> Result<Option<Checkpoint>, AuditError> {
-    let file = File::open(path).map_err(io_at(path))?;
-    let bytes = match index::read_line_at(&file, 0) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(io_at(path)(e)),
-    };
-    Ok(match line::parse_entry(&bytes) {
-        Ok(Entry::Checkpoint(cp)) => Some(cp),
+    Ok(match first_entry(path)? {
+        Some(Entry::Checkpoint(cp)) => Some(cp),
         _ => None,
     })
 }
