@@ -103,14 +103,10 @@ impl<'c> Batch<'c> {
         })
     }
 
-    /// Indexes a record's valid subjects (once each) at `at`. Subjects that
-    /// are not identifiers (a refused call's made-up values) are not
-    /// indexed: nobody can list records under them.
+    /// Indexes a record's [`AuditRecord::indexed_subjects`] at `at`.
     pub fn record(&mut self, seq: u64, at: Position, record: &AuditRecord) -> io::Result<()> {
-        for subject in &record.subjects {
-            if crate::domain::is_subject_key(subject) {
-                self.row(subject, seq, at)?;
-            }
+        for subject in record.indexed_subjects() {
+            self.row(subject, seq, at)?;
         }
         self.last_seq = Some(seq);
         Ok(())

@@ -789,15 +789,10 @@ async fn commit(
                     serde_json::to_string(record.as_ref())
                         .map_err(|e| AuditError::Unavailable(format!("encoding a record: {e}")))?,
                 );
-                let mut seen: Vec<&str> = Vec::new();
-                for subject in &record.subjects {
-                    // The file log's rule: only valid identifiers are indexed.
-                    if crate::domain::is_subject_key(subject) && !seen.contains(&subject.as_str()) {
-                        seen.push(subject);
-                        s_subject.push(subject.clone());
-                        s_time.push(record.time_unix_ms);
-                        s_seq.push(seq);
-                    }
+                for subject in record.indexed_subjects() {
+                    s_subject.push(subject.to_owned());
+                    s_time.push(record.time_unix_ms);
+                    s_seq.push(seq);
                 }
             }
             Entry::Checkpoint(cp) => {
@@ -1437,14 +1432,10 @@ pub async fn verify_database(
                         ),
                     ));
                 }
-                let mut seen: Vec<&str> = Vec::new();
-                for subject in &record.subjects {
-                    if crate::domain::is_subject_key(subject) && !seen.contains(&subject.as_str()) {
-                        seen.push(subject);
-                        e_subject.push(subject.clone());
-                        e_time.push(record.time_unix_ms);
-                        e_seq.push(to_i64(row_seq));
-                    }
+                for subject in record.indexed_subjects() {
+                    e_subject.push(subject.to_owned());
+                    e_time.push(record.time_unix_ms);
+                    e_seq.push(to_i64(row_seq));
                 }
                 if row_seq != seq + 1 {
                     return Err(broken(Some(seq + 1), "missing".into()));

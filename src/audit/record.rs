@@ -70,6 +70,18 @@ pub struct AuditRecord {
 }
 
 impl AuditRecord {
+    /// The subjects the subject index holds for this record, each once:
+    /// valid identifiers only (a refused call's made-up values are
+    /// recorded, but nobody can list records under them). The one rule
+    /// every index writer and verifier follows.
+    pub fn indexed_subjects(&self) -> impl Iterator<Item = &str> {
+        self.subjects
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| crate::domain::is_subject_key(s) && !self.subjects[..*i].contains(s))
+            .map(|(_, s)| s.as_str())
+    }
+
     /// The canonical encoding described in the module doc.
     pub fn canonical_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);

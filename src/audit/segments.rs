@@ -713,17 +713,11 @@ impl FileStore {
             line::write_entry(&mut buf, entry)?;
             match entry {
                 Entry::Record { seq, record, .. } => {
-                    rows.extend(
-                        record
-                            .subjects
-                            .iter()
-                            .filter(|s| crate::domain::is_subject_key(s))
-                            .map(|s| Row {
-                                subject: Some(s.as_str().into()),
-                                seq: *seq,
-                                at,
-                            }),
-                    );
+                    rows.extend(record.indexed_subjects().map(|s| Row {
+                        subject: Some(s.into()),
+                        seq: *seq,
+                        at,
+                    }));
                     last_record = Some(*seq);
                 }
                 Entry::Checkpoint(cp) => {

@@ -135,10 +135,7 @@ impl IndexCheck {
         let Some(conn) = &self.conn else {
             return Ok(());
         };
-        for subject in &record.subjects {
-            if !crate::domain::is_subject_key(subject) {
-                continue;
-            }
+        for subject in record.indexed_subjects() {
             let found: Option<(i64, i64)> = conn
                 .prepare_cached(
                     "SELECT segment, offset FROM subjects WHERE subject = ?1 AND seq = ?2",

@@ -186,11 +186,7 @@ where
                     ],
                     retry_after: crate::limits::IN_FLIGHT_RETRY_AFTER,
                 });
-                let drain = Drain::new(req.into_body());
-                return Box::pin(async move {
-                    drain.await;
-                    Ok(answer)
-                });
+                return answered_after_body(req.into_body(), answer);
             }
             req.extensions_mut()
                 .insert(BodyPending(Place::holding(counted)));
@@ -343,12 +339,7 @@ where
         if before >= max {
             drop(counted);
             tracing::debug!(target: "interop_gateway::shed", path = req.uri().path(), max_in_flight = max, "call shed");
-            let answer = self.layer.answer(max);
-            let drain = Drain::new(req.into_body());
-            return Box::pin(async move {
-                drain.await;
-                Ok(answer)
-            });
+            return answered_after_body(req.into_body(), self.layer.answer(max));
         }
         let slot = ShedSlot(Place::holding(counted));
         req.extensions_mut().insert(slot.clone());
@@ -359,6 +350,23 @@ where
             response
         })
     }
+}
+
+/// A refusal made before the call reached its handler: `answer`, once the
+/// call's `body` has been read to its end (see [`Drain`]).
+fn answered_after_body<B, E>(
+    body: B,
+    answer: http::Response<Body>,
+) -> BoxFuture<http::Response<Body>, E>
+where
+    B: HttpBody + Send + 'static,
+    E: 'static,
+{
+    let drain = Drain::new(body);
+    Box::pin(async move {
+        drain.await;
+        Ok(answer)
+    })
 }
 
 /// Most of a shed call's body read before its answer; see [`Drain`].
